@@ -1,0 +1,220 @@
+"""Every setting of the platform, in one table.
+
+The API, the finalize worker, the runner and the CLI all read their settings
+through :func:`load_settings`, so the same environment gives the same values
+everywhere (a parity test holds them to it).  Each row of :data:`SETTINGS` names
+the environment variable, its type, its default and what it does; the README's
+settings table is generated from it (``python -m chalicelib.config``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from chalicelib.errors import ConfigInvalid
+
+__all__ = ["Setting", "SETTINGS", "Settings", "BundleLimits", "load_settings", "settings_table_markdown"]
+
+MiB = 1024 * 1024
+
+
+def _parse_int(raw: str) -> int:
+    value = int(raw.strip().replace("_", ""))
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("expected true/false")
+
+
+def _parse_str(raw: str) -> str:
+    return raw.strip()
+
+
+def _parse_list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in re.split(r"[,\s]+", raw) if item.strip())
+
+
+def _parse_prefix(raw: str) -> str:
+    value = raw.strip().strip("/")
+    if not value or ".." in value.split("/"):
+        raise ValueError("must be a relative key prefix such as 'sha256/'")
+    return value + "/"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the settings table."""
+
+    env: str
+    attr: str
+    parse: Callable[[str], Any]
+    default: Any
+    doc: str
+    minimum: int | None = None
+
+
+def _row(env: str, parse: Callable[[str], Any], default: Any, doc: str, minimum: int | None = None) -> Setting:
+    return Setting(env=env, attr=env.lower(), parse=parse, default=default, doc=doc, minimum=minimum)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # storage
+    _row("STORAGE_S3_BUCKET", _parse_str, "ext-bundles", "Bucket holding staging uploads and the content-addressed store."),
+    _row("STORAGE_S3_ENDPOINT", _parse_str, "", "S3 endpoint URL (MinIO, moto). Empty: `AWS_ENDPOINT_URL`, then AWS."),
+    _row("STORAGE_S3_REGION", _parse_str, "us-east-1", "Region used to sign S3 requests."),
+    _row("STORAGE_S3_FORCE_PATH_STYLE", _parse_bool, False, "Path-style S3 URLs (needed by MinIO and moto)."),
+    _row("BUNDLE_STORE_BASE", _parse_prefix, "sha256/", "Key prefix of the immutable content-addressed store."),
+    _row("STAGING_PREFIX", _parse_prefix, "staging/", "Key prefix of upload staging objects (expire after a day)."),
+    _row("REGISTRY_TABLE_PREFIX", _parse_str, "ext-", "Prefix of the DynamoDB table names."),
+    # upload pipeline
+    _row("UPLOAD_MULTIPART_THRESHOLD_BYTES", _parse_int, 16 * MiB, "Uploads above this size use multipart.", 5 * MiB),
+    _row("UPLOAD_PART_BYTES", _parse_int, 8 * MiB, "Part size of multipart uploads.", 5 * MiB),
+    _row("UPLOAD_URL_TTL_SECONDS", _parse_int, 900, "Lifetime of presigned upload URLs.", 60),
+    _row("UPLOAD_SESSION_TTL_SECONDS", _parse_int, 86400, "Lifetime of an upload session.", 900),
+    _row("UPLOAD_RATE_LIMIT_PER_MINUTE", _parse_int, 30, "Upload API calls per tenant per minute (0 = unlimited)."),
+    # bundle limits (DESIGN §4)
+    _row("BUNDLE_MAX_COMPRESSED_BYTES", _parse_int, 200 * MiB, "Largest accepted `bundle.tar.zst`.", 1024),
+    _row("BUNDLE_MAX_UNPACKED_BYTES", _parse_int, 512 * MiB, "Largest total size of the files in a bundle.", 1024),
+    _row("BUNDLE_MAX_ENTRIES", _parse_int, 5000, "Most files and directories in a bundle.", 1),
+    _row("BUNDLE_MAX_FILE_BYTES", _parse_int, 64 * MiB, "Largest single file in a bundle.", 1024),
+    _row("BUNDLE_MAX_PATH_BYTES", _parse_int, 240, "Longest path inside a bundle, in UTF-8 bytes.", 16),
+    _row("BUNDLE_MAX_PATH_DEPTH", _parse_int, 16, "Deepest path inside a bundle, in segments.", 1),
+    _row("BUNDLE_MAX_WINDOW_BYTES", _parse_int, 32 * MiB, "Largest zstd window; larger frames are refused undecoded.", 1024),
+    _row("MANIFEST_MAX_BYTES", _parse_int, 64 * 1024, "Largest `manifest.json`.", 1024),
+    # signatures
+    _row("SIGNING_TRUST_BUNDLE", _parse_str, "", "Trust bundle (path or inline PEM). Set: signatures fail closed."),
+    # auth
+    _row("EXT_AUTH_SECRET", _parse_str, "", "HS256 secret for tokens (dev and tests)."),
+    _row("EXT_AUTH_JWKS", _parse_str, "", "JWKS (path, URL or inline JSON) for RS256/ES256 tokens in production."),
+    _row("EXT_AUTH_ISSUER", _parse_str, "", "Required `iss` claim when set."),
+    _row("EXT_AUTH_AUDIENCE", _parse_str, "", "Required `aud` claim when set."),
+    # gateway
+    _row("RUNNER_FUNCTION_NAME", _parse_str, "", "Runner Lambda to invoke (AWS). Takes precedence over RUNNER_BASE_URL."),
+    _row("RUNNER_BASE_URL", _parse_str, "", "Runner HTTP base URL (local and self-hosted)."),
+    _row("RUNNER_PUBLIC_BASE", _parse_str, "", "Public base URL of the runner's `/ext-ui/` assets."),
+    _row("RUNNER_AUTH_TOKEN", _parse_str, "", "Shared secret the gateway presents to the runner's HTTP mode."),
+    _row("EXT_GATEWAY_TIMEOUT_MS", _parse_int, 10_000, "Gateway's deadline for one runner call.", 100),
+    _row("EXT_GATEWAY_MAX_BODY_BYTES", _parse_int, 4 * MiB, "Largest request body forwarded to an extension.", 0),
+    _row("EXT_GATEWAY_RATE_LIMIT_PER_MINUTE", _parse_int, 600, "Gateway calls per tenant and extension per minute (0 = off)."),
+    # runner
+    _row("RUNNER_CACHE_DIR", _parse_str, "/tmp/ext-runner-cache", "Where the runner keeps verified bundles and compiled code."),
+    _row("RUNNER_CACHE_MAX_BYTES", _parse_int, 1024 * MiB, "LRU bound of the runner's disk cache.", MiB),
+    _row("RUNNER_MODULE_CACHE_ENTRIES", _parse_int, 32, "Compiled modules kept in memory per runner process.", 1),
+    _row("RUNNER_DEFAULT_TIMEOUT_MS", _parse_int, 5000, "Per-call deadline when the manifest asks for none.", 10),
+    _row("RUNNER_MAX_TIMEOUT_MS", _parse_int, 30_000, "Platform maximum for manifest `limits.timeout_ms`.", 10),
+    _row("RUNNER_DEFAULT_MEMORY_MB", _parse_int, 128, "Per-call linear memory cap when the manifest asks for none.", 1),
+    _row("RUNNER_MAX_MEMORY_MB", _parse_int, 512, "Platform maximum for manifest `limits.memory_mb`.", 1),
+    _row("RUNNER_FUEL", _parse_int, 0, "Fuel (instructions) per call; 0 turns fuel metering off."),
+    _row("RUNNER_MAX_RESPONSE_BYTES", _parse_int, 5 * MiB, "Largest response an extension may return.", 1024),
+    # egress
+    _row("EXT_EGRESS_ALLOWLIST", _parse_list, (), "Hosts (or `*.suffix`) any extension may fetch; empty denies all."),
+    _row("EXT_EGRESS_ALLOW_PRIVATE", _parse_bool, False, "Allow fetches to loopback/private addresses (tests only)."),
+    _row("EXT_HTTP_FETCH_MAX_BYTES", _parse_int, 2 * MiB, "Largest response body `http_fetch` returns.", 1024),
+    _row("EXT_HTTP_FETCH_TIMEOUT_MS", _parse_int, 3000, "Cap on one `http_fetch` (also bounded by the call deadline).", 10),
+    # observability
+    _row("LOG_LEVEL", _parse_str, "INFO", "Log level of the structured JSON logs."),
+)
+
+
+@dataclass(frozen=True)
+class BundleLimits:
+    """The limits of DESIGN §4; every one is enforced before the resource is spent."""
+
+    max_compressed_bytes: int = 200 * MiB
+    max_unpacked_bytes: int = 512 * MiB
+    max_entries: int = 5000
+    max_file_bytes: int = 64 * MiB
+    max_path_bytes: int = 240
+    max_path_depth: int = 16
+    max_window_bytes: int = 32 * MiB
+    max_manifest_bytes: int = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated settings; build with :func:`load_settings`."""
+
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def bundle_limits(self) -> BundleLimits:
+        return BundleLimits(
+            max_compressed_bytes=self.values["bundle_max_compressed_bytes"],
+            max_unpacked_bytes=self.values["bundle_max_unpacked_bytes"],
+            max_entries=self.values["bundle_max_entries"],
+            max_file_bytes=self.values["bundle_max_file_bytes"],
+            max_path_bytes=self.values["bundle_max_path_bytes"],
+            max_path_depth=self.values["bundle_max_path_depth"],
+            max_window_bytes=self.values["bundle_max_window_bytes"],
+            max_manifest_bytes=self.values["manifest_max_bytes"],
+        )
+
+    def replace(self, **changes: Any) -> Settings:
+        unknown = set(changes) - set(self.values)
+        if unknown:
+            raise ConfigInvalid(f"unknown settings: {', '.join(sorted(unknown))}")
+        return Settings(values={**self.values, **changes})
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read every setting from ``env`` (default: the process environment).
+
+    Raises :class:`ConfigInvalid` naming the variable when a value does not parse.
+    """
+    source = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = source.get(setting.env)
+        if raw is None or raw.strip() == "":
+            values[setting.attr] = setting.default
+            continue
+        try:
+            value = setting.parse(raw)
+        except ValueError as exc:
+            raise ConfigInvalid(f"{setting.env}={raw!r} is invalid: {exc}") from None
+        if setting.minimum is not None and value < setting.minimum:
+            raise ConfigInvalid(f"{setting.env}={raw!r} is invalid: must be at least {setting.minimum}")
+        values[setting.attr] = value
+    return Settings(values=values)
+
+
+def _default_text(setting: Setting) -> str:
+    default = setting.default
+    if isinstance(default, bool):
+        return "`true`" if default else "`false`"
+    if isinstance(default, tuple):
+        return "(empty)" if not default else "`" + ",".join(default) + "`"
+    if default == "":
+        return "(empty)"
+    if isinstance(default, int) and default >= MiB and default % MiB == 0:
+        return f"`{default}` ({default // MiB} MiB)"
+    return f"`{default}`"
+
+
+def settings_table_markdown() -> str:
+    """The README's settings table, generated from :data:`SETTINGS`."""
+    lines = ["| variable | default | what it does |", "| --- | --- | --- |"]
+    lines += [f"| `{s.env}` | {_default_text(s)} | {s.doc} |" for s in SETTINGS]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(settings_table_markdown())
