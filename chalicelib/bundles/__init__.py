@@ -1,0 +1,1 @@
+"""Bundle format: manifest, reproducible pack, streaming verification, signatures."""

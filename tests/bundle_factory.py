@@ -1,0 +1,149 @@
+"""Builders of good and hostile bundles for tests.
+
+Hostile archives are assembled from raw 512-byte tar headers where ``tarfile``
+would refuse to write them, so every byte of the attack is explicit.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import wasmtime
+import zstandard
+
+MINIMAL_WAT = """
+(module
+  (memory (export "memory") 1)
+  (func (export "alloc") (param i32) (result i32) i32.const 1024)
+  (func (export "handler") (param i32 i32 i32) (result i32) i32.const 0))
+"""
+
+
+def wasm(wat: str = MINIMAL_WAT) -> bytes:
+    return bytes(wasmtime.wat2wasm(wat))
+
+
+def manifest(**overrides: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "name": "com.acme.tools",
+        "publisher": "Acme Inc.",
+        "version": "1.0.0",
+        "runtime": "wasm-core@1",
+        "ui": {"type": "iframe", "entry": "ui/index.html"},
+        "api": {"endpoints": [{"method": "GET", "path": "/hello", "handler": "hello"}]},
+    }
+    doc.update(overrides)
+    return {k: v for k, v in doc.items() if v is not None}
+
+
+def manifest_bytes(**overrides: Any) -> bytes:
+    return json.dumps(manifest(**overrides)).encode()
+
+
+def good_files(**manifest_overrides: Any) -> dict[str, bytes]:
+    return {
+        "manifest.json": manifest_bytes(**manifest_overrides),
+        "dist/main.wasm": wasm(),
+        "ui/index.html": b"<!doctype html><title>t</title>",
+    }
+
+
+@dataclass
+class Entry:
+    """One raw tar member; ``typeflag`` and ``data`` are written as given."""
+
+    name: str | bytes
+    data: bytes = b""
+    typeflag: bytes = b"0"
+    linkname: bytes = b""
+    size: int | None = None
+    magic: bytes = b"ustar\x0000"
+    pax: dict[str, str] = field(default_factory=dict)
+
+
+def _octal(value: int, width: int) -> bytes:
+    return (b"%0*o" % (width - 1, value)) + b"\0"
+
+
+def raw_header(entry: Entry, *, checksum_delta: int = 0) -> bytes:
+    name = entry.name.encode() if isinstance(entry.name, str) else entry.name
+    size = len(entry.data) if entry.size is None else entry.size
+    block = bytearray(512)
+    block[0 : min(len(name), 100)] = name[:100]
+    block[100:108] = _octal(0o644, 8)
+    block[108:116] = _octal(0, 8)
+    block[116:124] = _octal(0, 8)
+    block[124:136] = _octal(size, 12)
+    block[136:148] = _octal(0, 12)
+    block[148:156] = b" " * 8
+    block[156:157] = entry.typeflag
+    block[157 : 157 + len(entry.linkname)] = entry.linkname
+    block[257:265] = entry.magic
+    checksum = sum(block) + checksum_delta
+    block[148:156] = b"%06o\0 " % checksum
+    return bytes(block)
+
+
+def _pad(data: bytes) -> bytes:
+    return data + b"\0" * (-len(data) % 512)
+
+
+def _pax_data(records: dict[str, str]) -> bytes:
+    out = b""
+    for key, value in records.items():
+        body = f" {key}={value}\n".encode()
+        length = len(body) + 1
+        while len(str(length)) + len(body) != length:
+            length += 1
+        out += str(length).encode() + body
+    return out
+
+
+def raw_tar(entries: Iterable[Entry], *, end: bytes = b"\0" * 1024) -> bytes:
+    out = bytearray()
+    for entry in entries:
+        if entry.pax:
+            data = _pax_data(entry.pax)
+            out += raw_header(Entry(name="PaxHeader", data=data, typeflag=b"x")) + _pad(data)
+        out += raw_header(entry) + _pad(entry.data)
+    return bytes(out) + end
+
+
+def files_tar(files: dict[str, bytes]) -> list[Entry]:
+    return [Entry(name=name, data=data) for name, data in files.items()]
+
+
+def std_tar(files: dict[str, bytes], fmt: int = tarfile.PAX_FORMAT) -> bytes:
+    """A tar written by Python's tarfile, as standard tools write it."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def zst(data: bytes, *, level: int = 3, checksum: bool = True, **params: Any) -> bytes:
+    if params:
+        cparams = zstandard.ZstdCompressionParameters.from_level(level, write_checksum=checksum, **params)
+        return zstandard.ZstdCompressor(compression_params=cparams).compress(data)
+    return zstandard.ZstdCompressor(level=level, write_checksum=checksum).compress(data)
+
+
+def bundle(files: dict[str, bytes] | None = None) -> bytes:
+    return zst(raw_tar(files_tar(files if files is not None else good_files())))
+
+
+def write_project(root: Path, files: dict[str, bytes]) -> Path:
+    for name, data in files.items():
+        target = root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    return root
