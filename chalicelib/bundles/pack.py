@@ -14,7 +14,6 @@ OS litter are left out; links and special files are refused.
 
 from __future__ import annotations
 
-import io
 import os
 import stat
 import tarfile
@@ -164,7 +163,7 @@ def pack_project(
     fd, temp_name = tempfile.mkstemp(prefix=".bundle-", suffix=".tmp", dir=output.parent)
     temp = Path(temp_name)
     try:
-        with io.open(fd, "wb") as handle:
+        with open(fd, "wb") as handle:
             write_bundle(members, handle, level=level)
         bundle = verify_file(temp, limits)
         os.chmod(temp, 0o644)

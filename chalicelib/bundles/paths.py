@@ -12,7 +12,7 @@ import unicodedata
 
 from chalicelib.errors import BundleUnsafePath
 
-__all__ = ["ROOT", "normalize_member_path", "collision_key"]
+__all__ = ["ROOT", "collision_key", "normalize_member_path"]
 
 ROOT = ""
 """What the archive root (``.`` or ``./``) normalizes to; callers skip it."""

@@ -25,11 +25,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import queue
 import re
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, cast
 
 import zstandard
 
@@ -52,7 +54,7 @@ from chalicelib.errors import (
     WasmInvalid,
 )
 
-__all__ = ["BundleFile", "VerifiedBundle", "verify_bundle", "verify_file", "format_content_hash", "CONTENT_HASH_RE"]
+__all__ = ["CONTENT_HASH_RE", "BundleFile", "VerifiedBundle", "format_content_hash", "verify_bundle", "verify_file"]
 
 CONTENT_HASH_RE = re.compile(r"sha256:[0-9a-f]{64}")
 _CHUNK = 1024 * 1024
@@ -60,6 +62,7 @@ _BLOCK = 512
 _MAX_EXTENDED_HEADER = 64 * 1024
 _MAX_END_PADDING = 1024 * 1024
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_HASH_INLINE_BELOW = 256 * 1024
 MANIFEST_PATH = "manifest.json"
 
 
@@ -93,6 +96,35 @@ class VerifiedBundle:
 
     def file(self, path: str) -> BundleFile | None:
         return next((f for f in self.files if f.path == path), None)
+
+
+# --- hashing beside decompression --------------------------------------------------------
+
+
+class _HashPipeline:
+    """Runs sha256 updates on a second thread, in submission order.
+
+    hashlib and zstd both release the GIL on large buffers, so hashing the
+    compressed bytes and the members overlaps decompression.  The queue is short,
+    so at most a few chunks wait in memory.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[tuple[Any, bytes] | None] = queue.Queue(maxsize=8)
+        self._thread = threading.Thread(target=self._work, name="bundle-hash", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while (job := self._queue.get()) is not None:
+            job[0].update(job[1])
+
+    def update(self, hasher: Any, data: bytes) -> None:
+        self._queue.put((hasher, data))
+
+    def close(self) -> None:
+        """Wait until every submitted update has been applied."""
+        self._queue.put(None)
+        self._thread.join()
 
 
 # --- 1 + 2: the compressed side -----------------------------------------------------------
@@ -217,8 +249,9 @@ class _FrameWalker:
 class _CompressedSource:
     """The file-like the decompressor reads: counts, hashes, and walks frames."""
 
-    def __init__(self, raw: BinaryIO, limits: BundleLimits) -> None:
+    def __init__(self, raw: BinaryIO, limits: BundleLimits, hashing: _HashPipeline) -> None:
         self._raw = raw
+        self._hashing = hashing
         self._limit = limits.max_compressed_bytes
         self.size = 0
         self.sha256 = hashlib.sha256()
@@ -230,7 +263,7 @@ class _CompressedSource:
             self.size += len(data)
             if self.size > self._limit:
                 raise BundleTooLarge(f"the bundle is larger than the {self._limit}-byte limit")
-            self.sha256.update(data)
+            self._hashing.update(self.sha256, data)
             self.frames.feed(memoryview(data))
         return data
 
@@ -247,7 +280,8 @@ class _CompressedSource:
 class _TarStream:
     def __init__(self, source: _CompressedSource, limits: BundleLimits) -> None:
         decompressor = zstandard.ZstdDecompressor(max_window_size=limits.max_window_bytes)
-        self._reader = decompressor.stream_reader(source, read_size=_CHUNK, read_across_frames=False)
+        # stream_reader only calls read(); the cast states that duck type to mypy.
+        self._reader = decompressor.stream_reader(cast(BinaryIO, source), read_size=_CHUNK, read_across_frames=False)
         self._buffer = b""
         self.total = 0
         self._cap = limits.max_unpacked_bytes + (limits.max_entries * 4 + 16) * _BLOCK + _MAX_END_PADDING
@@ -381,16 +415,18 @@ class _Walker:
         self,
         stream: _TarStream,
         limits: BundleLimits,
+        hashing: _HashPipeline,
         extract_to: Path | None,
         extract_filter: Callable[[str], bool] | None,
     ) -> None:
         self.stream = stream
+        self.hashing = hashing
         self.limits = limits
         self.extract_to = extract_to
         self.extract_filter = extract_filter
         self.entries = 0
         self.unpacked = 0
-        self.files: list[BundleFile] = []
+        self.files: list[tuple[str, int, Any]] = []
         self.directories: list[str] = []
         self.kinds: dict[str, str] = {}
         self.manifest_bytes: bytes | None = None
@@ -451,7 +487,9 @@ class _Walker:
         except UnicodeDecodeError:
             raise BundleUnsafePath(f"a member path is not valid UTF-8: {raw_name[:80]!r}") from None
         if header.typeflag in _UNSUPPORTED:
-            raise BundleUnsupportedEntry(f"{name!r} is {_UNSUPPORTED[header.typeflag]}; bundles hold only files and directories")
+            raise BundleUnsupportedEntry(
+                f"{name!r} is {_UNSUPPORTED[header.typeflag]}; bundles hold only files and directories"
+            )
         if header.typeflag not in _REGULAR and header.typeflag != _DIRECTORY:
             raise BundleUnsupportedEntry(f"{name!r} has the unsupported tar entry type {header.typeflag!r}")
         path = normalize_member_path(name, max_bytes=self.limits.max_path_bytes, max_depth=self.limits.max_path_depth)
@@ -505,13 +543,17 @@ class _Walker:
 
     def _read_file(self, path: str, size: int) -> None:
         digest = hashlib.sha256()
+        hash_aside = size >= _HASH_INLINE_BELOW
         keep_manifest = path == MANIFEST_PATH
         manifest = bytearray()
         inspector = WasmInspector() if path.endswith(".wasm") else None
         out = self._open_for_extract(path)
         try:
             for chunk in self.stream.chunks(size, f"data of {path!r}"):
-                digest.update(chunk)
+                if hash_aside:
+                    self.hashing.update(digest, chunk)
+                else:
+                    digest.update(chunk)
                 if keep_manifest:
                     manifest += chunk
                 if inspector is not None:
@@ -528,7 +570,7 @@ class _Walker:
             self.manifest_bytes = bytes(manifest)
         if inspector is not None:
             self.wasm[path] = inspector
-        self.files.append(BundleFile(path=path, size=size, sha256=digest.hexdigest()))
+        self.files.append((path, size, digest))
 
     def _wanted(self, path: str) -> bool:
         return self.extract_to is not None and (self.extract_filter is None or self.extract_filter(path))
@@ -568,32 +610,35 @@ def verify_bundle(
     subclass with the stable code of the first problem found.
     """
     limits = limits or BundleLimits()
-    compressed = _CompressedSource(source, limits)
-    stream = _TarStream(compressed, limits)
-    walker = _Walker(stream, limits, extract_to, extract_filter)
-    walker.walk()
-    compressed.drain()
+    hashing = _HashPipeline()
+    try:
+        compressed = _CompressedSource(source, limits, hashing)
+        walker = _Walker(_TarStream(compressed, limits), limits, hashing, extract_to, extract_filter)
+        walker.walk()
+        compressed.drain()
+    finally:
+        hashing.close()
     content_hash = format_content_hash(compressed.sha256.hexdigest())
     if expected_hash is not None and not hmac.compare_digest(expected_hash, content_hash):
         raise HashMismatch(f"the bundle's content hash is {content_hash}, not the declared {expected_hash}")
-    manifest = _check_manifest(walker)
+    files = tuple(BundleFile(path=p, size=n, sha256=h.hexdigest()) for p, n, h in walker.files)
+    manifest = _check_manifest(walker, {f.path for f in files})
     return VerifiedBundle(
         content_hash=content_hash,
         compressed_size=compressed.size,
         unpacked_size=walker.unpacked,
         manifest=manifest,
         manifest_bytes=walker.manifest_bytes or b"",
-        files=tuple(walker.files),
+        files=files,
         directories=tuple(walker.directories),
         entry_module=_check_entry(walker, manifest),
     )
 
 
-def _check_manifest(walker: _Walker) -> Manifest:
+def _check_manifest(walker: _Walker, files: set[str]) -> Manifest:
     if walker.manifest_bytes is None:
         raise ManifestMissing("the bundle has no manifest.json at its root")
     manifest = Manifest.parse(walker.manifest_bytes)
-    files = {f.path for f in walker.files}
     for field, path in manifest.referenced_files().items():
         if path not in files:
             raise ManifestFileMissing(f"`{field}` names {path!r}, which is not a file in the bundle")

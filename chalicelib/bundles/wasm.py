@@ -16,7 +16,7 @@ from enum import Enum
 
 from chalicelib.errors import WasmInvalid
 
-__all__ = ["ExternKind", "FuncType", "WasmInspector", "WasmModuleInfo", "check_abi", "RUNTIME_ABIS"]
+__all__ = ["RUNTIME_ABIS", "ExternKind", "FuncType", "WasmInspector", "WasmModuleInfo", "check_abi"]
 
 _MAGIC = b"\0asm"
 _CORE_VERSION = b"\x01\0\0\0"
@@ -326,6 +326,8 @@ def check_abi(info: WasmModuleInfo, runtime: str, path: str) -> None:
 def _check_export(exp: Export, expected: FuncType | None, runtime: str, path: str) -> None:
     wanted_kind = ExternKind.MEMORY if expected is None else ExternKind.FUNC
     if exp.kind is not wanted_kind:
-        raise WasmInvalid(f"{path} exports `{exp.name}` as a {exp.kind.name.lower()}, {runtime} needs a {wanted_kind.name.lower()}")
+        raise WasmInvalid(
+            f"{path} exports `{exp.name}` as a {exp.kind.name.lower()}, {runtime} needs a {wanted_kind.name.lower()}"
+        )
     if expected is not None and exp.type != expected:
         raise WasmInvalid(f"{path} exports `{exp.name}` as {exp.type}, {runtime} needs {expected}")

@@ -376,15 +376,32 @@ def with_extra_files(files: dict[str, bytes], *entries: Entry) -> bytes:
         (b"not wasm at all", "bad magic"),
         (b"\0asm\x0d\0\x01\0", "component"),
         (b"\0asm\x01\0\0\0\x01\x05", "truncated"),
-        (wasm('(module (memory (export "memory") 1) (func (export "alloc") (param i32) (result i32) i32.const 0))'),
-         "does not export `handler`"),
-        (wasm('(module (memory (export "memory") 1) (func (export "alloc") (result i32) i32.const 0)'
-              ' (func (export "handler") (param i32 i32 i32) (result i32) i32.const 0))'), "`alloc`"),
-        (wasm('(module (import "env" "abort" (func)) (memory (export "memory") 1)'
-              ' (func (export "alloc") (param i32) (result i32) i32.const 0)'
-              ' (func (export "handler") (param i32 i32 i32) (result i32) i32.const 0))'), "env.abort"),
-        (wasm('(module (func (export "alloc") (param i32) (result i32) i32.const 0)'
-              ' (func (export "handler") (param i32 i32 i32) (result i32) i32.const 0))'), "`memory`"),
+        (
+            wasm('(module (memory (export "memory") 1) (func (export "alloc") (param i32) (result i32) i32.const 0))'),
+            "does not export `handler`",
+        ),
+        (
+            wasm(
+                '(module (memory (export "memory") 1) (func (export "alloc") (result i32) i32.const 0)'
+                ' (func (export "handler") (param i32 i32 i32) (result i32) i32.const 0))'
+            ),
+            "`alloc`",
+        ),
+        (
+            wasm(
+                '(module (import "env" "abort" (func)) (memory (export "memory") 1)'
+                ' (func (export "alloc") (param i32) (result i32) i32.const 0)'
+                ' (func (export "handler") (param i32 i32 i32) (result i32) i32.const 0))'
+            ),
+            "env.abort",
+        ),
+        (
+            wasm(
+                '(module (func (export "alloc") (param i32) (result i32) i32.const 0)'
+                ' (func (export "handler") (param i32 i32 i32) (result i32) i32.const 0))'
+            ),
+            "`memory`",
+        ),
     ],
 )
 def test_an_entry_that_does_not_fit_the_runtime_is_refused(module: bytes, match: str) -> None:

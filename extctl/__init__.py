@@ -1,0 +1,1 @@
+"""extctl: the developer CLI of the extension platform."""
