@@ -1,0 +1,90 @@
+"""The settings table and the error hierarchy: complete, validated, documented."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from chalicelib.config import SETTINGS, load_settings, settings_table_markdown
+from chalicelib.errors import ALL_ERRORS, ConfigInvalid, ExtError, error_table_markdown
+
+ROOT = Path(__file__).resolve().parents[2]
+
+DESIGN_CODES = """BUNDLE_TOO_LARGE BUNDLE_CORRUPT BUNDLE_UNPACKED_TOO_LARGE BUNDLE_TOO_MANY_ENTRIES BUNDLE_UNSAFE_PATH
+BUNDLE_UNSUPPORTED_ENTRY BUNDLE_DUPLICATE_ENTRY MANIFEST_MISSING MANIFEST_INVALID MANIFEST_FILE_MISSING WASM_INVALID
+HASH_MISMATCH SIGNATURE_MISSING SIGNATURE_INVALID SIGNATURE_UNTRUSTED SIGNATURE_SCOPE VERSION_EXISTS NAME_OWNED
+UPLOAD_NOT_FOUND UPLOAD_EXPIRED UNAUTHENTICATED FORBIDDEN RATE_LIMITED NOT_INSTALLED ENDPOINT_NOT_FOUND
+PAYLOAD_TOO_LARGE EXTENSION_TIMEOUT EXTENSION_FAILED""".split()
+
+DESIGN_SETTINGS = """STORAGE_S3_BUCKET STORAGE_S3_ENDPOINT STORAGE_S3_REGION STORAGE_S3_FORCE_PATH_STYLE BUNDLE_STORE_BASE
+REGISTRY_TABLE_PREFIX RUNNER_FUNCTION_NAME RUNNER_BASE_URL RUNNER_PUBLIC_BASE RUNNER_CACHE_DIR RUNNER_CACHE_MAX_BYTES
+EXT_GATEWAY_TIMEOUT_MS EXT_GATEWAY_MAX_BODY_BYTES SIGNING_TRUST_BUNDLE EXT_EGRESS_ALLOWLIST EXT_AUTH_SECRET
+EXT_AUTH_JWKS""".split()
+
+
+def test_every_design_error_code_has_a_class_with_an_http_status() -> None:
+    codes = {cls.code: cls.http_status for cls in ALL_ERRORS}
+    for code in DESIGN_CODES:
+        assert code in codes, code
+        assert 400 <= codes[code] <= 599
+
+
+def test_error_bodies_have_the_contract_shape() -> None:
+    error = next(cls for cls in ALL_ERRORS if cls.code == "HASH_MISMATCH")("bytes differ")
+    assert error.to_dict("req-1") == {
+        "error": {"code": "HASH_MISMATCH", "message": "bytes differ", "request_id": "req-1"}
+    }
+    assert str(error) == "HASH_MISMATCH: bytes differ"
+    assert isinstance(error, ExtError)
+
+
+def test_every_design_setting_is_in_the_table() -> None:
+    names = {s.env for s in SETTINGS}
+    assert set(DESIGN_SETTINGS) <= names
+    assert len(names) == len(SETTINGS)
+
+
+def test_defaults_match_the_design_limits() -> None:
+    limits = load_settings({}).bundle_limits
+    MiB = 1024 * 1024
+    assert (limits.max_compressed_bytes, limits.max_unpacked_bytes, limits.max_entries) == (200 * MiB, 512 * MiB, 5000)
+    assert (limits.max_file_bytes, limits.max_path_bytes, limits.max_path_depth) == (64 * MiB, 240, 16)
+    assert (limits.max_window_bytes, limits.max_manifest_bytes) == (32 * MiB, 64 * 1024)
+
+
+def test_values_are_parsed_and_invalid_ones_name_the_variable() -> None:
+    settings = load_settings(
+        {
+            "BUNDLE_MAX_ENTRIES": "10_000",
+            "STORAGE_S3_FORCE_PATH_STYLE": "yes",
+            "EXT_EGRESS_ALLOWLIST": "a.com, *.b.io",
+            "BUNDLE_STORE_BASE": "/blobs",
+        }
+    )
+    assert settings.bundle_limits.max_entries == 10_000
+    assert settings.storage_s3_force_path_style is True
+    assert settings.ext_egress_allowlist == ("a.com", "*.b.io")
+    assert settings.bundle_store_base == "blobs/"
+    with pytest.raises(ConfigInvalid, match="BUNDLE_MAX_ENTRIES"):
+        load_settings({"BUNDLE_MAX_ENTRIES": "many"})
+    with pytest.raises(ConfigInvalid, match="at least"):
+        load_settings({"BUNDLE_MAX_ENTRIES": "0"})
+    with pytest.raises(ConfigInvalid, match="STORAGE_S3_FORCE_PATH_STYLE"):
+        load_settings({"STORAGE_S3_FORCE_PATH_STYLE": "maybe"})
+
+
+def _block(name: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    match = re.search(rf"<!-- {name}:start -->\n(.*?)\n<!-- {name}:end -->", text, re.S)
+    assert match, f"README has no {name} block"
+    return match.group(1)
+
+
+def test_the_readme_settings_table_is_generated_from_the_code() -> None:
+    assert _block("settings") == settings_table_markdown(), "regenerate with: python -m chalicelib.config"
+
+
+def test_the_readme_error_table_is_generated_from_the_code() -> None:
+    assert _block("errors") == error_table_markdown(), "regenerate with: python -m chalicelib.errors"
