@@ -17,7 +17,7 @@ from typing import Any
 
 from chalicelib.errors import ConfigInvalid
 
-__all__ = ["Setting", "SETTINGS", "Settings", "BundleLimits", "load_settings", "settings_table_markdown"]
+__all__ = ["SETTINGS", "BundleLimits", "Setting", "Settings", "load_settings", "settings_table_markdown"]
 
 MiB = 1024 * 1024
 
@@ -71,7 +71,12 @@ def _row(env: str, parse: Callable[[str], Any], default: Any, doc: str, minimum:
 
 SETTINGS: tuple[Setting, ...] = (
     # storage
-    _row("STORAGE_S3_BUCKET", _parse_str, "ext-bundles", "Bucket holding staging uploads and the content-addressed store."),
+    _row(
+        "STORAGE_S3_BUCKET",
+        _parse_str,
+        "ext-bundles",
+        "Bucket holding staging uploads and the content-addressed store.",
+    ),
     _row("STORAGE_S3_ENDPOINT", _parse_str, "", "S3 endpoint URL (MinIO, moto). Empty: `AWS_ENDPOINT_URL`, then AWS."),
     _row("STORAGE_S3_REGION", _parse_str, "us-east-1", "Region used to sign S3 requests."),
     _row("STORAGE_S3_FORCE_PATH_STYLE", _parse_bool, False, "Path-style S3 URLs (needed by MinIO and moto)."),
@@ -91,7 +96,13 @@ SETTINGS: tuple[Setting, ...] = (
     _row("BUNDLE_MAX_FILE_BYTES", _parse_int, 64 * MiB, "Largest single file in a bundle.", 1024),
     _row("BUNDLE_MAX_PATH_BYTES", _parse_int, 240, "Longest path inside a bundle, in UTF-8 bytes.", 16),
     _row("BUNDLE_MAX_PATH_DEPTH", _parse_int, 16, "Deepest path inside a bundle, in segments.", 1),
-    _row("BUNDLE_MAX_WINDOW_BYTES", _parse_int, 32 * MiB, "Largest zstd window; larger frames are refused undecoded.", 1024),
+    _row(
+        "BUNDLE_MAX_WINDOW_BYTES",
+        _parse_int,
+        32 * MiB,
+        "Largest zstd window; larger frames are refused undecoded.",
+        1024,
+    ),
     _row("MANIFEST_MAX_BYTES", _parse_int, 64 * 1024, "Largest `manifest.json`.", 1024),
     # signatures
     _row("SIGNING_TRUST_BUNDLE", _parse_str, "", "Trust bundle (path or inline PEM). Set: signatures fail closed."),
@@ -101,15 +112,27 @@ SETTINGS: tuple[Setting, ...] = (
     _row("EXT_AUTH_ISSUER", _parse_str, "", "Required `iss` claim when set."),
     _row("EXT_AUTH_AUDIENCE", _parse_str, "", "Required `aud` claim when set."),
     # gateway
-    _row("RUNNER_FUNCTION_NAME", _parse_str, "", "Runner Lambda to invoke (AWS). Takes precedence over RUNNER_BASE_URL."),
+    _row(
+        "RUNNER_FUNCTION_NAME", _parse_str, "", "Runner Lambda to invoke (AWS). Takes precedence over RUNNER_BASE_URL."
+    ),
     _row("RUNNER_BASE_URL", _parse_str, "", "Runner HTTP base URL (local and self-hosted)."),
     _row("RUNNER_PUBLIC_BASE", _parse_str, "", "Public base URL of the runner's `/ext-ui/` assets."),
     _row("RUNNER_AUTH_TOKEN", _parse_str, "", "Shared secret the gateway presents to the runner's HTTP mode."),
     _row("EXT_GATEWAY_TIMEOUT_MS", _parse_int, 10_000, "Gateway's deadline for one runner call.", 100),
     _row("EXT_GATEWAY_MAX_BODY_BYTES", _parse_int, 4 * MiB, "Largest request body forwarded to an extension.", 0),
-    _row("EXT_GATEWAY_RATE_LIMIT_PER_MINUTE", _parse_int, 600, "Gateway calls per tenant and extension per minute (0 = off)."),
+    _row(
+        "EXT_GATEWAY_RATE_LIMIT_PER_MINUTE",
+        _parse_int,
+        600,
+        "Gateway calls per tenant and extension per minute (0 = off).",
+    ),
     # runner
-    _row("RUNNER_CACHE_DIR", _parse_str, "/tmp/ext-runner-cache", "Where the runner keeps verified bundles and compiled code."),
+    _row(
+        "RUNNER_CACHE_DIR",
+        _parse_str,
+        "/tmp/ext-runner-cache",
+        "Where the runner keeps verified bundles and compiled code.",
+    ),
     _row("RUNNER_CACHE_MAX_BYTES", _parse_int, 1024 * MiB, "LRU bound of the runner's disk cache.", MiB),
     _row("RUNNER_MODULE_CACHE_ENTRIES", _parse_int, 32, "Compiled modules kept in memory per runner process.", 1),
     _row("RUNNER_DEFAULT_TIMEOUT_MS", _parse_int, 5000, "Per-call deadline when the manifest asks for none.", 10),
@@ -122,7 +145,13 @@ SETTINGS: tuple[Setting, ...] = (
     _row("EXT_EGRESS_ALLOWLIST", _parse_list, (), "Hosts (or `*.suffix`) any extension may fetch; empty denies all."),
     _row("EXT_EGRESS_ALLOW_PRIVATE", _parse_bool, False, "Allow fetches to loopback/private addresses (tests only)."),
     _row("EXT_HTTP_FETCH_MAX_BYTES", _parse_int, 2 * MiB, "Largest response body `http_fetch` returns.", 1024),
-    _row("EXT_HTTP_FETCH_TIMEOUT_MS", _parse_int, 3000, "Cap on one `http_fetch` (also bounded by the call deadline).", 10),
+    _row(
+        "EXT_HTTP_FETCH_TIMEOUT_MS",
+        _parse_int,
+        3000,
+        "Cap on one `http_fetch` (also bounded by the call deadline).",
+        10,
+    ),
     # observability
     _row("LOG_LEVEL", _parse_str, "INFO", "Log level of the structured JSON logs."),
 )
