@@ -1,0 +1,1 @@
+"""The runner: executes verified extension bundles in Wasmtime and serves their UI assets."""

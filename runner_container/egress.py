@@ -1,0 +1,510 @@
+"""Outbound HTTP for extensions: the policy behind the ``ext.http_fetch`` host import (DESIGN §6).
+
+A fetch goes through these stages, each raising :class:`FetchError` with one precise message:
+
+1. parse the guest's request JSON (:meth:`FetchRequest.parse`): method, headers, body size;
+2. check the URL (:meth:`EgressPolicy.target`): http/https only, no userinfo, and the host must match
+   the manifest's ``egress`` list **and** the platform's ``EXT_EGRESS_ALLOWLIST`` (deny by default);
+3. resolve the name once and refuse loopback, private, link-local, multicast, reserved, unspecified and
+   cloud-metadata addresses unless ``allow_private`` (metadata addresses are refused even then);
+4. connect to the address that was checked (no second lookup, so DNS rebinding cannot swap it), sending
+   the original ``Host`` header and, for https, the original name for SNI and certificate checks;
+5. read at most ``max_response_bytes + 1`` bytes, all within one deadline;
+6. follow a redirect only to the same host (at most ``max_redirects``); another host is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import http.client
+import ipaddress
+import json
+import re
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from urllib.parse import urljoin, urlsplit
+
+from chalicelib.config import Settings
+
+__all__ = [
+    "AddressClass",
+    "EgressPolicy",
+    "FetchError",
+    "FetchOutcome",
+    "FetchRequest",
+    "FetchResponse",
+    "classify_address",
+    "host_allowed",
+    "host_matches",
+    "resolve_addresses",
+]
+
+MiB = 1024 * 1024
+MAX_REQUEST_BODY_BYTES = MiB
+ALLOWED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+HOP_BY_HOP_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# The host computes these itself; a guest-supplied value would contradict the pinned address or body.
+_HOST_SET_HEADERS = frozenset({"host", "content-length"})
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_BAD_VALUE_CHARS = re.compile(r"[\r\n\x00]")
+_READ_CHUNK = 64 * 1024
+_REQUEST_ENVELOPE_BYTES = 64 * 1024
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_METADATA_ADDRESSES = frozenset({ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")})
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], Sequence[str]]
+
+
+class FetchOutcome(Enum):
+    """Why a fetch did not produce a response; the value is the code ``ext.http_fetch`` returns."""
+
+    DENIED = 1
+    FAILED = 2
+    TIMEOUT = 3
+
+    @property
+    def code(self) -> str:
+        """The stable code in the guest-visible error JSON."""
+        return {1: "EGRESS_DENIED", 2: "FETCH_FAILED", 3: "FETCH_TIMEOUT"}[self.value]
+
+
+class FetchError(Exception):
+    """A refused or failed fetch; the guest sees :meth:`to_json` and the return code ``outcome.value``."""
+
+    def __init__(self, outcome: FetchOutcome, message: str) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+        self.message = message
+
+    def to_json(self) -> bytes:
+        """``{"error": {"code", "message"}}`` as the guest receives it."""
+        return json.dumps({"error": {"code": self.outcome.code, "message": self.message}}).encode()
+
+    def answer(self) -> tuple[int, bytes]:
+        """What ``ext.http_fetch`` gives the guest: the outcome's return code and :meth:`to_json`."""
+        return self.outcome.value, self.to_json()
+
+
+def _denied(message: str) -> FetchError:
+    return FetchError(FetchOutcome.DENIED, message)
+
+
+def _failed(message: str) -> FetchError:
+    return FetchError(FetchOutcome.FAILED, message)
+
+
+def _timeout(message: str) -> FetchError:
+    return FetchError(FetchOutcome.TIMEOUT, message)
+
+
+# --- host patterns ------------------------------------------------------------------
+
+
+def _normalize_host(host: str) -> str:
+    return host.strip().lower().rstrip(".")
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def host_matches(pattern: str, host: str) -> bool:
+    """Whether ``host`` matches one allowlist ``pattern``.
+
+    A pattern is a hostname (exact, case-insensitive) or ``*.suffix``, which matches any name with at
+    least one more label (``*.example.com`` matches ``a.example.com`` and ``a.b.example.com``, not
+    ``example.com``). Wildcards never match IP literals, and a bare ``*`` matches nothing.
+    """
+    pattern = _normalize_host(pattern)
+    host = _normalize_host(host)
+    if not pattern or not host:
+        return False
+    if pattern.startswith("*."):
+        suffix = pattern[1:]
+        if "*" in suffix or suffix == "." or _is_ip_literal(host):
+            return False
+        return host.endswith(suffix) and len(host) > len(suffix)
+    return "*" not in pattern and host == pattern
+
+
+def host_allowed(host: str, patterns: Iterable[str]) -> bool:
+    """Whether any of ``patterns`` matches ``host``; an empty list allows nothing."""
+    return any(host_matches(pattern, host) for pattern in patterns)
+
+
+# --- addresses ----------------------------------------------------------------------
+
+
+class AddressClass(Enum):
+    """Where an address points; only ``PUBLIC`` is reachable without ``allow_private``."""
+
+    PUBLIC = "public"
+    METADATA = "cloud metadata"
+    UNSPECIFIED = "unspecified"
+    LOOPBACK = "loopback"
+    LINK_LOCAL = "link-local"
+    MULTICAST = "multicast"
+    PRIVATE = "private"
+    RESERVED = "reserved"
+
+
+def classify_address(address: IPAddress) -> AddressClass:
+    """Classify one resolved address; IPv4-mapped IPv6 addresses are judged by their IPv4 part."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.scope_id:
+            address = ipaddress.IPv6Address(str(address).split("%", 1)[0])
+        if address.ipv4_mapped is not None:
+            return classify_address(address.ipv4_mapped)
+    checks: tuple[tuple[bool, AddressClass], ...] = (
+        (address in _METADATA_ADDRESSES, AddressClass.METADATA),
+        (address.is_unspecified, AddressClass.UNSPECIFIED),
+        (address.is_loopback, AddressClass.LOOPBACK),
+        (address.is_link_local, AddressClass.LINK_LOCAL),
+        (address.is_multicast, AddressClass.MULTICAST),
+        (address.is_private, AddressClass.PRIVATE),
+        (address.is_reserved or not address.is_global, AddressClass.RESERVED),
+    )
+    return next((cls for matched, cls in checks if matched), AddressClass.PUBLIC)
+
+
+def resolve_addresses(host: str, port: int) -> list[str]:
+    """Every address ``host`` resolves to for a TCP connection (``socket.getaddrinfo``), in its order."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+# --- request and response -----------------------------------------------------------
+
+
+def _check_header(name: object, value: object, where: str) -> tuple[str, str]:
+    if not isinstance(name, str) or not isinstance(value, str):
+        raise _failed(f"{where} headers must map strings to strings")
+    if not _TOKEN.match(name):
+        raise _failed(f"{where} header name {name!r} is not a valid token")
+    if _BAD_VALUE_CHARS.search(value):
+        raise _failed(f"{where} header {name!r} has a value with CR, LF or NUL")
+    return name, value
+
+
+@dataclass(frozen=True)
+class FetchRequest:
+    """One outbound request, validated; build with :meth:`parse` or directly."""
+
+    url: str
+    method: str = "GET"
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+
+    @classmethod
+    def parse(cls, raw: bytes, *, max_body_bytes: int = MAX_REQUEST_BODY_BYTES) -> FetchRequest:
+        """Parse the guest's ``{url, method, headers, body_b64}`` JSON; raises :class:`FetchError`."""
+        try:
+            obj = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise _failed(f"http_fetch request is not valid JSON: {exc}") from None
+        if not isinstance(obj, dict):
+            raise _failed("http_fetch request must be a JSON object")
+        url, method = obj.get("url"), obj.get("method") or "GET"
+        headers = {} if obj.get("headers") is None else obj["headers"]
+        if not isinstance(url, str) or not url:
+            raise _failed("http_fetch request needs a string 'url'")
+        if not isinstance(method, str) or method.upper() not in ALLOWED_METHODS:
+            raise _failed(f"http_fetch method must be one of {', '.join(sorted(ALLOWED_METHODS))}")
+        if not isinstance(headers, dict):
+            raise _failed("request headers must map strings to strings")
+        pairs = tuple(_check_header(name, value, "request") for name, value in headers.items())
+        body = _decode_body(obj.get("body_b64"), max_body_bytes)
+        return cls(url=url, method=method.upper(), headers=pairs, body=body)
+
+
+def _base64_length(size: int) -> int:
+    return (size + 2) // 3 * 4
+
+
+def _decode_body(body_b64: object, max_body_bytes: int) -> bytes:
+    if body_b64 is None:
+        return b""
+    if not isinstance(body_b64, str):
+        raise _failed("http_fetch 'body_b64' must be a string or null")
+    if len(body_b64) > _base64_length(max_body_bytes):
+        raise _failed(f"http_fetch request body exceeds {max_body_bytes} bytes")
+    try:
+        body = base64.b64decode(body_b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise _failed("http_fetch 'body_b64' is not valid base64") from None
+    if len(body) > max_body_bytes:
+        raise _failed(f"http_fetch request body exceeds {max_body_bytes} bytes")
+    return body
+
+
+@dataclass(frozen=True)
+class FetchResponse:
+    """What the remote server answered, hop-by-hop headers removed."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def to_json(self) -> bytes:
+        """``{"status", "headers", "body_b64"}`` as the guest receives it."""
+        body_b64 = base64.b64encode(self.body).decode("ascii")
+        return json.dumps({"status": self.status, "headers": self.headers, "body_b64": body_b64}).encode()
+
+
+def _connection_listed(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
+    listed = (
+        token.strip().lower() for name, value in headers if name.lower() == "connection" for token in value.split(",")
+    )
+    return frozenset(token for token in listed if token)
+
+
+def _forwardable(headers: Sequence[tuple[str, str]], also_drop: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+    drop = HOP_BY_HOP_HEADERS | also_drop | _connection_listed(headers)
+    return [(name, value) for name, value in headers if name.lower() not in drop]
+
+
+def _response_headers(raw: Sequence[tuple[str, str]]) -> dict[str, str]:
+    merged: dict[str, str] = {}
+    for name, value in _forwardable(raw):
+        key = name.lower()
+        merged[key] = f"{merged[key]}, {value}" if key in merged else value
+    return merged
+
+
+# --- targets and connections --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Target:
+    url: str
+    scheme: str
+    host: str
+    port: int
+    address: str
+    path: str
+    host_header: str
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to a pre-resolved address, with SNI and certificate checks against the original name."""
+
+    def __init__(
+        self, address: str, port: int, *, server_hostname: str, context: ssl.SSLContext, timeout: float
+    ) -> None:
+        super().__init__(address, port, timeout=timeout, context=context)
+        self._server_hostname = server_hostname
+        self._tls_context = context
+
+    def connect(self) -> None:
+        http.client.HTTPConnection.connect(self)
+        self.sock = self._tls_context.wrap_socket(self.sock, server_hostname=self._server_hostname)
+
+
+class _Deadline:
+    """Seconds left until a fixed monotonic instant."""
+
+    def __init__(self, seconds: float) -> None:
+        self._end = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        left = self._end - time.monotonic()
+        if left <= 0:
+            raise _timeout("http_fetch ran out of time")
+        return left
+
+
+def _redirected(status: int, method: str, body: bytes) -> tuple[str, bytes]:
+    if status == 303 or (status in (301, 302) and method == "POST"):
+        return ("HEAD" if method == "HEAD" else "GET"), b""
+    return method, body
+
+
+@dataclass(frozen=True)
+class EgressPolicy:
+    """The platform half of egress control plus the fetch limits; the manifest half is passed per call.
+
+    The default policy denies everything (empty ``allowlist``).
+    """
+
+    allowlist: tuple[str, ...] = ()
+    allow_private: bool = False
+    max_response_bytes: int = 2 * MiB
+    timeout_ms: int = 3000
+    max_redirects: int = 3
+    max_request_body_bytes: int = MAX_REQUEST_BODY_BYTES
+    resolver: Resolver = resolve_addresses
+    ssl_context: ssl.SSLContext | None = field(default=None, compare=False)
+
+    @property
+    def max_request_json_bytes(self) -> int:
+        """Largest ``http_fetch`` request JSON worth reading: the body cap in base64 plus URL and headers."""
+        return _base64_length(self.max_request_body_bytes) + _REQUEST_ENVELOPE_BYTES
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EgressPolicy:
+        """The policy configured by ``EXT_EGRESS_*`` and ``EXT_HTTP_FETCH_*`` settings."""
+        return cls(
+            allowlist=tuple(settings.ext_egress_allowlist),
+            allow_private=bool(settings.ext_egress_allow_private),
+            max_response_bytes=int(settings.ext_http_fetch_max_bytes),
+            timeout_ms=int(settings.ext_http_fetch_timeout_ms),
+        )
+
+    def fetch_json(self, raw: bytes, egress: Sequence[str], *, remaining_s: float | None = None) -> tuple[int, bytes]:
+        """Serve one ``ext.http_fetch``: ``(0, response JSON)`` or ``(outcome code, error JSON)``."""
+        try:
+            request = FetchRequest.parse(raw, max_body_bytes=self.max_request_body_bytes)
+            return 0, self.fetch(request, egress, remaining_s=remaining_s).to_json()
+        except FetchError as exc:
+            return exc.answer()
+
+    def fetch(self, request: FetchRequest, egress: Sequence[str], *, remaining_s: float | None = None) -> FetchResponse:
+        """Perform ``request`` if this policy and the manifest's ``egress`` list allow it.
+
+        The whole fetch, redirects included, ends within ``min(timeout_ms, remaining_s)``. Raises
+        :class:`FetchError` when the request is refused, fails or runs out of time.
+        """
+        budget = self.timeout_ms / 1000 if remaining_s is None else min(self.timeout_ms / 1000, remaining_s)
+        if budget <= 0:
+            raise _timeout("no time left in the call's deadline for http_fetch")
+        deadline = _Deadline(budget)
+        if len(request.body) > self.max_request_body_bytes:
+            raise _failed(f"http_fetch request body exceeds {self.max_request_body_bytes} bytes")
+        first = target = self._target(request.url, egress)
+        method, body = request.method, request.body
+        for hop in range(self.max_redirects + 1):
+            response, location = self._exchange(target, method, request.headers, body, deadline)
+            if response.status not in REDIRECT_STATUSES or location is None:
+                return response
+            if hop == self.max_redirects:
+                break
+            target = self._redirect_target(first, urljoin(target.url, location), egress)
+            method, body = _redirected(response.status, method, body)
+        raise _failed(f"too many redirects (more than {self.max_redirects})")
+
+    def _target(self, url: str, egress: Sequence[str]) -> _Target:
+        """Check ``url`` against both allowlists and resolve it to one permitted address."""
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in _DEFAULT_PORTS:
+            raise _denied(f"only http and https URLs may be fetched, not {scheme or 'a relative URL'!r}")
+        if "@" in parts.netloc:
+            raise _denied("URLs with credentials (user:password@) are refused")
+        host = _normalize_host(parts.hostname or "")
+        if not host or not host.isascii():
+            raise _failed(f"URL {url!r} has no valid ASCII host (use punycode for international names)")
+        try:
+            port = parts.port or _DEFAULT_PORTS[scheme]
+        except ValueError:
+            raise _failed(f"URL {url!r} has an invalid port") from None
+        if not host_allowed(host, egress):
+            raise _denied(f"host {host!r} is not in the extension's egress list")
+        if not host_allowed(host, self.allowlist):
+            raise _denied(f"host {host!r} is not in the platform's egress allowlist")
+        address = self._checked_address(host, port)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        shown = f"[{host}]" if ":" in host else host
+        host_header = shown if port == _DEFAULT_PORTS[scheme] else f"{shown}:{port}"
+        return _Target(url, scheme, host, port, address, path, host_header)
+
+    def _redirect_target(self, first: _Target, url: str, egress: Sequence[str]) -> _Target:
+        target = self._target(url, egress)
+        if target.host != first.host:
+            raise _denied(f"redirect from {first.host!r} to another host ({target.host!r}) refused")
+        if first.scheme == "https" and target.scheme != "https":
+            raise _denied("redirect from https to http refused")
+        return target
+
+    def _checked_address(self, host: str, port: int) -> str:
+        try:
+            addresses = list(self.resolver(host, port))
+        except OSError as exc:
+            raise _failed(f"could not resolve {host!r}: {exc}") from None
+        if not addresses:
+            raise _failed(f"{host!r} resolved to no address")
+        for address in addresses:
+            kind = classify_address(ipaddress.ip_address(address))
+            if kind is AddressClass.METADATA or (kind is not AddressClass.PUBLIC and not self.allow_private):
+                raise _denied(f"host {host!r} resolves to a {kind.value} address ({address}), which is refused")
+        return addresses[0]
+
+    def _connect(self, target: _Target, timeout: float) -> http.client.HTTPConnection:
+        if target.scheme == "https":
+            context = self.ssl_context or ssl.create_default_context()
+            return _PinnedHTTPSConnection(
+                target.address, target.port, server_hostname=target.host, context=context, timeout=timeout
+            )
+        return http.client.HTTPConnection(target.address, target.port, timeout=timeout)
+
+    def _exchange(
+        self,
+        target: _Target,
+        method: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+        deadline: _Deadline,
+    ) -> tuple[FetchResponse, str | None]:
+        connection = self._connect(target, deadline.remaining())
+        outgoing = dict(_forwardable(headers, _HOST_SET_HEADERS))
+        outgoing["Host"] = target.host_header
+        try:
+            connection.request(method, target.path, body=body or None, headers=outgoing)
+            sock = connection.sock
+            response = connection.getresponse()
+            payload = self._read_body(sock, response, deadline, head=method == "HEAD")
+            raw_headers = response.getheaders()
+        except TimeoutError:
+            raise _timeout(f"http_fetch to {target.host!r} timed out") from None
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            raise _failed(f"http_fetch to {target.host!r} failed: {exc}") from None
+        finally:
+            connection.close()
+        location = response.getheader("location")
+        return FetchResponse(response.status, _response_headers(raw_headers), payload), location
+
+    def _read_body(
+        self, sock: socket.socket | None, response: http.client.HTTPResponse, deadline: _Deadline, *, head: bool
+    ) -> bytes:
+        # The socket is kept from before getresponse(): http.client drops its own reference when the
+        # server closes the connection, yet every read must still stop at the deadline.
+        cap = self.max_response_bytes
+        declared = response.getheader("content-length")
+        if not head and declared is not None and declared.strip().isdigit() and int(declared) > cap:
+            raise _failed(f"response body ({declared} bytes) exceeds the limit of {cap} bytes")
+        chunks: list[bytes] = []
+        received = 0
+        while received <= cap and not response.isclosed():
+            if sock is not None:
+                sock.settimeout(deadline.remaining())
+            chunk = response.read(min(_READ_CHUNK, cap + 1 - received))
+            chunks.append(chunk)
+            received += len(chunk)
+            if not chunk:
+                break
+        if received > cap:
+            raise _failed(f"response body exceeds the limit of {cap} bytes")
+        return b"".join(chunks)
