@@ -1,0 +1,77 @@
+"""Structured JSON logs: one object per line, the same fields everywhere.
+
+Every stage of a request logs ``event``, ``outcome`` and ``duration_ms`` with the
+request's identifiers (``request_id``, ``tenant``, ``upload_id``,
+``content_hash``), so one query in CloudWatch Logs Insights follows an upload
+from initiate to the runner's precompile.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from chalicelib.errors import ExtError
+
+__all__ = ["JsonFormatter", "configure_logging", "log_event", "stage"]
+
+LOGGER = logging.getLogger("ext")
+_RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "event": record.getMessage(),
+        }
+        data.update({k: v for k, v in record.__dict__.items() if k not in _RESERVED})
+        if record.exc_info and record.levelno >= logging.ERROR:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, default=str, separators=(",", ":"))
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Send the ``ext`` logger's records to stderr as JSON lines (idempotent)."""
+    if any(isinstance(h.formatter, JsonFormatter) for h in LOGGER.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    LOGGER.addHandler(handler)
+    LOGGER.setLevel(level.upper())
+    LOGGER.propagate = False
+
+
+def log_event(event: str, *, level: int = logging.INFO, **fields: Any) -> None:
+    LOGGER.log(level, event, extra={k: v for k, v in fields.items() if v is not None})
+
+
+@contextmanager
+def stage(event: str, **fields: Any) -> Iterator[dict[str, Any]]:
+    """Log ``event`` once it ends, with its duration and outcome.
+
+    The yielded dict collects fields learned during the stage (a content hash,
+    say).  An ``ExtError`` is logged with its code as the outcome; anything else
+    as ``error`` with its traceback.
+    """
+    started = time.perf_counter()
+    learned: dict[str, Any] = {}
+    try:
+        yield learned
+    except ExtError as exc:
+        log_event(event, outcome=exc.code, message=exc.message, duration_ms=_ms(started), **fields, **learned)
+        raise
+    except Exception:
+        LOGGER.exception(event, extra={"outcome": "error", "duration_ms": _ms(started), **fields, **learned})
+        raise
+    log_event(event, outcome="ok", duration_ms=_ms(started), **fields, **learned)
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
