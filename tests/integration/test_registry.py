@@ -1,0 +1,645 @@
+"""Registry v2 services against in-process moto DynamoDB."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from moto import mock_aws
+from moto.core.botocore_stubber import BotocoreStubber
+
+from chalicelib.config import load_settings
+from chalicelib.errors import (
+    BadRequest,
+    NameOwned,
+    NotFound,
+    NotInstalled,
+    RateLimited,
+    UploadConflict,
+    UploadExpired,
+    UploadNotFound,
+    VersionExists,
+)
+from chalicelib.registry import (
+    Actor,
+    ClaimKind,
+    InstallService,
+    RateLimiter,
+    RegistryService,
+    SignatureStatus,
+    UploadService,
+    UploadState,
+    VersionRecord,
+    create_tables,
+    make_models,
+    new_upload_id,
+)
+
+T0 = datetime(2026, 11, 26, 12, 0, 30, tzinfo=UTC)
+NAME = "com.acme.tickets"
+
+
+class FakeClock:
+    """A clock tests move by hand."""
+
+    def __init__(self, now: datetime = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def _atomic_requests(patch: pytest.MonkeyPatch) -> None:
+    """Make moto apply each request atomically, as DynamoDB does.
+
+    In-process moto runs concurrent requests interleaved, so two conditional
+    updates can both pass their condition (about 1 race in 300 here).  Serialising
+    its dispatch keeps the races these tests are about: the ones between requests.
+    """
+    lock = threading.Lock()
+    dispatch = BotocoreStubber.__call__
+
+    def atomic(self, *args, **kwargs):
+        with lock:
+            return dispatch(self, *args, **kwargs)
+
+    patch.setattr(BotocoreStubber, "__call__", atomic)
+
+
+@pytest.fixture(scope="module")
+def models():
+    # One moto backend and one set of tables per module: building pynamodb's clients is the slow part.
+    with pytest.MonkeyPatch.context() as patch:
+        _atomic_requests(patch)
+        patch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB"):
+            patch.delenv(name, raising=False)
+        with mock_aws():
+            bound = make_models(load_settings({"REGISTRY_TABLE_PREFIX": "test-"}))
+            create_tables(bound)
+            yield bound
+
+
+@pytest.fixture(autouse=True)
+def _empty_tables(models):
+    yield
+    for model in models.all():
+        with model.batch_write() as batch:
+            for item in model.scan():
+                batch.delete(item)
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def registry(models, clock):
+    return RegistryService(models, clock)
+
+
+@pytest.fixture
+def installs(models, registry, clock):
+    return InstallService(models, registry, clock)
+
+
+@pytest.fixture
+def uploads(models, clock):
+    return UploadService(models, clock)
+
+
+def manifest(version: str = "1.0.0", name: str = NAME, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "publisher": "Acme",
+        "version": version,
+        "runtime": "wasm-core@1",
+        "capabilities": ["cap:log.emit", "cap:http.fetch"],
+        "egress": ["api.acme.test"],
+        "ui": {"type": "iframe", "entry": "ui/index.html", "hooks": {"appMenu": {"label": "Tickets"}}},
+        "api": {"endpoints": [{"method": "GET", "path": "/tickets/:id", "handler": "get_ticket"}]},
+        **extra,
+    }
+
+
+def version_record(version: str = "1.0.0", digest: str = "aa", tenant: str = "acme", **extra: Any) -> VersionRecord:
+    return VersionRecord.from_manifest(
+        manifest(version, **extra),
+        content_hash="sha256:" + (digest * 64)[:64],
+        size=1234,
+        signature={"format": "ext-bundle-signature/v1", "key_id": "sha256:" + "k" * 64, "signature": "c2ln"},
+        signature_status=SignatureStatus.VERIFIED,
+        key_id="sha256:" + "k" * 64,
+        created_at=T0,
+        created_by=Actor(tenant=tenant, sub="dev@acme"),
+    )
+
+
+def in_threads(*calls: Callable[[], Any]) -> list[Any]:
+    """Run ``calls`` at once; each result is the return value or the raised exception."""
+    barrier = threading.Barrier(len(calls))
+    results: list[Any] = [None] * len(calls)
+
+    def run(index: int, call: Callable[[], Any]) -> None:
+        barrier.wait()
+        try:
+            results[index] = call()
+        except Exception as exc:
+            results[index] = exc
+
+    threads = [threading.Thread(target=run, args=(i, call)) for i, call in enumerate(calls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return results
+
+
+# --- registry -----------------------------------------------------------------------------
+
+
+def test_the_first_version_claims_the_name_for_its_tenant(registry):
+    assert registry.register_version(version_record(), "acme", "sha256:key1") == "created"
+
+    extension = registry.get_extension(NAME)
+    assert (extension.owner_tenant, extension.publisher, extension.latest_version) == ("acme", "Acme", "1.0.0")
+    assert extension.key_ids == frozenset({"sha256:key1"})
+    assert "owner_tenant" not in extension.to_json()
+
+
+def test_a_version_reads_back_as_it_was_registered(registry):
+    record = version_record()
+    registry.register_version(record, "acme", record.key_id)
+
+    stored = registry.get_version(NAME, "1.0.0")
+
+    assert stored == record
+    assert stored.entry == "dist/main.wasm"
+    assert stored.ui == {"type": "iframe", "entry": "ui/index.html", "hooks": {"appMenu": {"label": "Tickets"}}}
+    assert stored.endpoints == ({"method": "GET", "path": "/tickets/:id", "handler": "get_ticket"},)
+    assert stored.to_json()["signature_status"] == "verified"
+
+
+def test_existing_state_tells_new_same_and_conflict_apart(registry):
+    record = version_record()
+    registry.register_version(record, "acme", None)
+
+    assert registry.existing_state(NAME, "1.0.1", record.content_hash) == "new"
+    assert registry.existing_state(NAME, "1.0.0", record.content_hash) == "same"
+    assert registry.existing_state(NAME, "1.0.0", "sha256:" + "b" * 64) == "conflict"
+
+
+def test_registering_the_same_version_and_hash_again_is_already(registry):
+    registry.register_version(version_record(), "acme", None)
+
+    assert registry.register_version(version_record(), "acme", None) == "already"
+
+
+def test_registering_the_same_version_with_another_hash_is_version_exists(registry):
+    registry.register_version(version_record(digest="aa"), "acme", None)
+
+    with pytest.raises(VersionExists, match="another content hash"):
+        registry.register_version(version_record(digest="bb"), "acme", None)
+    assert registry.get_version(NAME, "1.0.0").content_hash == "sha256:" + "a" * 64
+
+
+def test_another_tenant_cannot_publish_under_an_owned_name(registry):
+    registry.register_version(version_record(), "acme", None)
+
+    with pytest.raises(NameOwned, match="belongs to another publisher"):
+        registry.check_name_owner(NAME, "globex", "Acme")
+    with pytest.raises(NameOwned, match="belongs to another publisher"):
+        registry.register_version(version_record("2.0.0", tenant="globex"), "globex", None)
+    assert registry.find_version(NAME, "2.0.0") is None
+
+
+def test_another_tenant_publishing_the_very_same_bundle_is_still_name_owned(registry):
+    registry.register_version(version_record(), "acme", None)
+
+    with pytest.raises(NameOwned):
+        registry.register_version(version_record(tenant="globex"), "globex", None)
+
+
+def test_the_owner_cannot_change_the_publisher_of_a_name(registry):
+    registry.register_version(version_record(), "acme", None)
+
+    with pytest.raises(NameOwned, match="cannot change the publisher"):
+        registry.register_version(version_record("1.1.0", publisher="Acme Corp"), "acme", None)
+
+
+def test_a_free_name_passes_the_owner_check(registry):
+    registry.check_name_owner("com.free.name", "anyone", "Anyone")
+
+
+def test_latest_version_follows_semver_not_publish_order(registry):
+    for version in ("1.2.0", "1.10.0", "1.9.0", "2.0.0-rc.1"):
+        registry.register_version(version_record(version, digest=version.replace(".", "")), "acme", None)
+
+    assert registry.get_extension(NAME).latest_version == "2.0.0-rc.1"
+    assert [v.version for v in registry.list_versions(NAME)] == ["2.0.0-rc.1", "1.10.0", "1.9.0", "1.2.0"]
+
+
+def test_signing_keys_accumulate_on_the_extension(registry):
+    registry.register_version(version_record("1.0.0", digest="a1"), "acme", "sha256:key1")
+    registry.register_version(version_record("1.0.1", digest="a2"), "acme", "sha256:key2")
+    registry.register_version(version_record("1.0.2", digest="a3"), "acme", None)
+
+    assert registry.get_extension(NAME).key_ids == frozenset({"sha256:key1", "sha256:key2"})
+
+
+def test_a_version_is_found_by_its_content_hash(registry):
+    record = version_record()
+    registry.register_version(record, "acme", None)
+
+    assert registry.find_by_hash(record.content_hash) == record
+    assert registry.find_by_hash("sha256:" + "f" * 64) is None
+
+
+def test_extensions_can_be_listed_for_everyone_or_one_owner(registry):
+    registry.register_version(version_record(name="com.acme.b"), "acme", None)
+    registry.register_version(version_record(name="com.acme.a", digest="ab"), "acme", None)
+    registry.register_version(version_record(name="com.globex.c", digest="ac", tenant="globex"), "globex", None)
+
+    assert [e.name for e in registry.list_extensions()] == ["com.acme.a", "com.acme.b", "com.globex.c"]
+    assert [e.name for e in registry.list_extensions("globex")] == ["com.globex.c"]
+
+
+def test_unknown_names_and_versions_are_not_found(registry):
+    with pytest.raises(NotFound):
+        registry.get_extension("com.nobody.x")
+    with pytest.raises(NotFound):
+        registry.list_versions("com.nobody.x")
+    with pytest.raises(NotFound):
+        registry.get_version("com.nobody.x", "1.0.0")
+
+
+def test_concurrent_registers_of_the_same_bundle_create_it_once(registry):
+    results = in_threads(*(lambda: registry.register_version(version_record(), "acme", None) for _ in range(2)))
+
+    assert sorted(results) == ["already", "created"]
+
+
+def test_concurrent_registers_of_one_version_with_different_bundles_let_one_win(registry):
+    results = in_threads(
+        lambda: registry.register_version(version_record(digest="aa"), "acme", None),
+        lambda: registry.register_version(version_record(digest="bb"), "acme", None),
+    )
+
+    assert "created" in results
+    assert any(isinstance(result, VersionExists) for result in results)
+
+
+def test_concurrent_registers_of_two_versions_keep_the_higher_one_latest(registry):
+    results = in_threads(
+        lambda: registry.register_version(version_record("1.1.0", digest="bb"), "acme", None),
+        lambda: registry.register_version(version_record("1.0.0", digest="aa"), "acme", None),
+    )
+
+    assert results == ["created", "created"]
+    assert registry.get_extension(NAME).latest_version == "1.1.0"
+
+
+# --- installs -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def published(registry):
+    for version, digest in (("1.0.0", "a1"), ("1.1.0", "a2"), ("2.0.0", "a3")):
+        registry.register_version(
+            version_record(version, digest=digest, capabilities=["cap:log.emit"] if version == "2.0.0" else []),
+            "acme",
+            None,
+        )
+    return registry
+
+
+def test_installing_enables_the_version_with_its_capabilities(installs, published):
+    record = installs.install("t1", NAME, "2.0.0", by="admin@t1")
+
+    assert (record.version, record.enabled, record.config, record.history) == ("2.0.0", True, {}, ())
+    assert record.granted_capabilities == ("cap:log.emit",)
+    assert record.content_hash == published.get_version(NAME, "2.0.0").content_hash
+    assert installs.get("t1", NAME) == record
+    assert [i.name for i in installs.list("t1")] == [NAME]
+
+
+def test_installing_an_unpublished_version_is_not_found(installs, published):
+    with pytest.raises(NotFound):
+        installs.install("t1", NAME, "9.9.9")
+    with pytest.raises(NotInstalled):
+        installs.get("t1", NAME)
+
+
+def test_installs_can_be_disabled_and_enabled(installs, published, clock):
+    installs.install("t1", NAME, "1.0.0")
+    clock.advance(5)
+
+    disabled = installs.set_enabled("t1", NAME, False)
+
+    assert disabled.enabled is False
+    assert disabled.updated_at == clock.now
+    assert installs.get("t1", NAME).enabled is False
+    assert installs.set_enabled("t1", NAME, True).enabled is True
+
+
+def test_upgrading_keeps_the_previous_version_in_history(installs, published, clock):
+    first = installs.install("t1", NAME, "1.0.0", by="alice")
+    installs.set_config("t1", NAME, {"board": 7})
+    clock.advance(60)
+
+    upgraded = installs.upgrade("t1", NAME, "1.1.0", by="bob")
+
+    assert upgraded.version == "1.1.0"
+    assert upgraded.install_id == first.install_id
+    assert upgraded.config == {"board": 7}
+    assert [(h.version, h.at, h.by) for h in upgraded.history] == [("1.0.0", T0, "alice")]
+
+
+def test_installing_over_an_install_behaves_like_an_upgrade(installs, published):
+    installs.install("t1", NAME, "1.0.0")
+
+    record = installs.install("t1", NAME, "2.0.0")
+
+    assert record.version == "2.0.0"
+    assert [h.version for h in record.history] == ["1.0.0"]
+
+
+def test_rollback_returns_to_the_most_recent_earlier_version(installs, published):
+    installs.install("t1", NAME, "1.0.0")
+    installs.upgrade("t1", NAME, "1.1.0")
+    installs.upgrade("t1", NAME, "2.0.0")
+
+    rolled = installs.rollback("t1", NAME)
+
+    assert rolled.version == "1.1.0"
+    assert rolled.granted_capabilities == ()
+    assert [h.version for h in rolled.history] == ["2.0.0", "1.0.0"]
+    assert installs.rollback("t1", NAME).version == "2.0.0"
+
+
+def test_rollback_to_a_named_version_from_history(installs, published):
+    installs.install("t1", NAME, "1.0.0")
+    installs.upgrade("t1", NAME, "1.1.0")
+    installs.upgrade("t1", NAME, "2.0.0")
+
+    assert installs.rollback("t1", NAME, "1.0.0").version == "1.0.0"
+    with pytest.raises(BadRequest, match=r"3\.0\.0 is not in the install history"):
+        installs.rollback("t1", NAME, "3.0.0")
+
+
+def test_rollback_without_history_is_a_bad_request(installs, published):
+    installs.install("t1", NAME, "1.0.0")
+
+    with pytest.raises(BadRequest, match="has no earlier version"):
+        installs.rollback("t1", NAME)
+
+
+def test_history_is_capped_at_twenty_entries(installs, registry):
+    for minor in range(23):
+        registry.register_version(version_record(f"1.{minor}.0", digest=f"{minor:02d}"), "acme", None)
+    installs.install("t1", NAME, "1.0.0")
+    for minor in range(1, 23):
+        installs.upgrade("t1", NAME, f"1.{minor}.0")
+
+    history = installs.get("t1", NAME).history
+
+    assert len(history) == 20
+    assert history[0].version == "1.21.0"
+
+
+def test_config_must_be_a_small_json_object(installs, published):
+    installs.install("t1", NAME, "1.0.0")
+
+    assert installs.set_config("t1", NAME, {"nested": {"list": [1, 2.5, None, True]}}).config == {
+        "nested": {"list": [1, 2.5, None, True]}
+    }
+    with pytest.raises(BadRequest, match="JSON object"):
+        installs.set_config("t1", NAME, ["not", "an", "object"])
+    with pytest.raises(BadRequest, match="at most 16384 bytes"):
+        installs.set_config("t1", NAME, {"big": "x" * 16384})
+    with pytest.raises(BadRequest, match="JSON object"):
+        installs.set_config("t1", NAME, {"nan": float("nan")})
+
+
+def test_uninstalling_removes_the_install_once(installs, published):
+    installs.install("t1", NAME, "1.0.0")
+
+    installs.uninstall("t1", NAME)
+
+    with pytest.raises(NotInstalled):
+        installs.get("t1", NAME)
+    with pytest.raises(NotInstalled):
+        installs.uninstall("t1", NAME)
+
+
+def test_another_tenant_neither_sees_nor_touches_an_install(installs, published):
+    installs.install("tenant-a", NAME, "1.0.0")
+
+    with pytest.raises(NotInstalled):
+        installs.get("tenant-b", NAME)
+    with pytest.raises(NotInstalled):
+        installs.set_enabled("tenant-b", NAME, False)
+    with pytest.raises(NotInstalled):
+        installs.set_config("tenant-b", NAME, {"x": 1})
+    with pytest.raises(NotInstalled):
+        installs.upgrade("tenant-b", NAME, "2.0.0")
+    with pytest.raises(NotInstalled):
+        installs.uninstall("tenant-b", NAME)
+    assert installs.list("tenant-b") == []
+    untouched = installs.get("tenant-a", NAME)
+    assert (untouched.version, untouched.enabled, untouched.config) == ("1.0.0", True, {})
+
+
+# --- uploads ------------------------------------------------------------------------------
+
+
+def new_session(uploads: UploadService, tenant: str = "acme", ttl: int = 3600):
+    upload_id = new_upload_id()
+    return uploads.create(
+        upload_id=upload_id,
+        tenant=tenant,
+        sub="dev@acme",
+        staging_key=f"staging/{tenant}/{upload_id}/bundle.tar.zst",
+        declared_size=1234,
+        declared_sha256="ab" * 32,
+        ttl_seconds=ttl,
+    )
+
+
+def test_a_new_session_is_pending_and_readable_by_its_tenant(uploads):
+    session = new_session(uploads)
+
+    stored = uploads.get(session.upload_id, "acme")
+
+    assert stored == session
+    assert stored.state is UploadState.PENDING
+    assert stored.expires_at == T0 + timedelta(hours=1)
+
+
+def test_another_tenants_session_is_not_found(uploads):
+    session = new_session(uploads)
+
+    with pytest.raises(UploadNotFound):
+        uploads.get(session.upload_id, "globex")
+    with pytest.raises(UploadNotFound):
+        uploads.get("no-such-upload", "acme")
+    with pytest.raises(UploadNotFound):
+        uploads.abort(session.upload_id, "globex")
+
+
+def test_an_upload_id_cannot_be_created_twice(uploads):
+    session = new_session(uploads)
+
+    with pytest.raises(UploadConflict):
+        uploads.create(
+            upload_id=session.upload_id,
+            tenant="acme",
+            sub="x",
+            staging_key="k",
+            declared_size=1,
+            ttl_seconds=60,
+        )
+
+
+def test_only_one_of_two_concurrent_claims_wins(uploads):
+    session = new_session(uploads)
+
+    results = in_threads(*(lambda: uploads.claim_for_finalize(session.upload_id, T0, 300) for _ in range(2)))
+
+    acquired = [r for r in results if not isinstance(r, Exception) and r.kind is ClaimKind.ACQUIRED]
+    refused = [r for r in results if isinstance(r, UploadConflict)]
+    assert len(acquired) == 1
+    assert len(refused) == 1
+    assert refused[0].details["retry_after"] == 300
+
+
+def test_a_claim_replayed_after_complete_returns_the_stored_result(uploads, clock):
+    session = new_session(uploads)
+    claim = uploads.claim_for_finalize(session.upload_id, T0, 300)
+    result = {"content_hash": "sha256:" + "a" * 64, "extension": NAME, "version": "1.0.0", "status": "finalized"}
+    uploads.complete(session.upload_id, result, claim_id=claim.claim_id)
+
+    replay = uploads.claim_for_finalize(session.upload_id, T0 + timedelta(days=2), 300)
+
+    assert replay.kind is ClaimKind.FINALIZED
+    assert replay.claim_id is None
+    assert replay.session.result == result
+
+
+def test_a_second_complete_keeps_the_first_result(uploads):
+    session = new_session(uploads)
+    claim = uploads.claim_for_finalize(session.upload_id, T0, 300)
+    uploads.complete(session.upload_id, {"version": "1.0.0"}, claim_id=claim.claim_id)
+
+    again = uploads.complete(session.upload_id, {"version": "other"})
+
+    assert again.result == {"version": "1.0.0"}
+
+
+def test_an_expired_lease_lets_a_retry_reclaim(uploads):
+    session = new_session(uploads)
+    first = uploads.claim_for_finalize(session.upload_id, T0, 300)
+
+    with pytest.raises(UploadConflict, match="being finalized already"):
+        uploads.claim_for_finalize(session.upload_id, T0 + timedelta(seconds=299), 300)
+    second = uploads.claim_for_finalize(session.upload_id, T0 + timedelta(seconds=301), 300)
+
+    assert second.kind is ClaimKind.ACQUIRED
+    assert second.claim_id != first.claim_id
+    with pytest.raises(UploadConflict, match="cannot be completed"):
+        uploads.complete(session.upload_id, {"late": True}, claim_id=first.claim_id)
+    assert uploads.complete(session.upload_id, {"ok": True}, claim_id=second.claim_id).state is UploadState.FINALIZED
+
+
+def test_a_released_claim_can_be_taken_at_once(uploads):
+    session = new_session(uploads)
+    claim = uploads.claim_for_finalize(session.upload_id, T0, 300)
+
+    uploads.release(session.upload_id, claim.claim_id)
+
+    assert uploads.claim_for_finalize(session.upload_id, T0, 300).kind is ClaimKind.ACQUIRED
+
+
+def test_a_failed_finalize_is_replayed_as_its_error(uploads):
+    session = new_session(uploads)
+    claim = uploads.claim_for_finalize(session.upload_id, T0, 300)
+    uploads.fail(session.upload_id, "HASH_MISMATCH", "sha256 differs from the declared one", claim_id=claim.claim_id)
+
+    replay = uploads.claim_for_finalize(session.upload_id, T0, 300)
+
+    assert replay.kind is ClaimKind.FAILED
+    assert (replay.session.error_code, replay.session.error_message) == (
+        "HASH_MISMATCH",
+        "sha256 differs from the declared one",
+    )
+
+
+def test_an_expired_session_cannot_be_claimed(uploads):
+    session = new_session(uploads, ttl=900)
+
+    with pytest.raises(UploadExpired):
+        uploads.claim_for_finalize(session.upload_id, T0 + timedelta(seconds=901), 300)
+
+
+def test_an_aborted_session_cannot_be_claimed_and_abort_is_idempotent(uploads):
+    session = new_session(uploads)
+
+    aborted = uploads.abort(session.upload_id, "acme")
+
+    assert aborted.state is UploadState.ABORTED
+    assert uploads.abort(session.upload_id, "acme").state is UploadState.ABORTED
+    with pytest.raises(UploadConflict, match="aborted"):
+        uploads.claim_for_finalize(session.upload_id, T0, 300)
+
+
+def test_a_finalized_session_cannot_be_aborted(uploads):
+    session = new_session(uploads)
+    claim = uploads.claim_for_finalize(session.upload_id, T0, 300)
+    uploads.complete(session.upload_id, {"ok": True}, claim_id=claim.claim_id)
+
+    with pytest.raises(UploadConflict, match="can no longer be aborted"):
+        uploads.abort(session.upload_id, "acme")
+
+
+def test_claiming_an_unknown_upload_is_not_found(uploads):
+    with pytest.raises(UploadNotFound):
+        uploads.claim_for_finalize("nope", T0, 300)
+
+
+# --- rate limits --------------------------------------------------------------------------
+
+
+def test_the_rate_limiter_refuses_the_call_after_the_limit_with_retry_after(models):
+    limiter = RateLimiter(models)
+    for _ in range(3):
+        limiter.hit("upload#acme", 3, T0)
+
+    with pytest.raises(RateLimited) as refused:
+        limiter.hit("upload#acme", 3, T0)
+
+    assert refused.value.details["retry_after"] == 30
+    limiter.hit("upload#globex", 3, T0)
+
+
+def test_a_new_minute_starts_a_new_window(models):
+    limiter = RateLimiter(models)
+    for _ in range(2):
+        limiter.hit("upload#acme", 2, T0)
+
+    limiter.hit("upload#acme", 2, T0 + timedelta(seconds=30))
+
+
+def test_a_limit_of_zero_is_unlimited(models):
+    limiter = RateLimiter(models)
+
+    for _ in range(50):
+        limiter.hit("upload#acme", 0, T0)
