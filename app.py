@@ -1,14 +1,273 @@
-"""The Chalice app: routes and event handlers only (parse, authorize, call a service, map errors)."""
+"""The Chalice app: routes and event handlers only.
+
+Each route parses the request, authenticates, calls one service and returns its
+dict; :func:`api` maps every :class:`ExtError` to the contract's error body in one
+place.  Authentication happens here rather than in an API Gateway authorizer so
+that every surface (API Gateway, ``chalice local``, ``chalice.test``) answers a
+bad token with the same ``{"error": {"code": "UNAUTHENTICATED", ...}}`` body.
+"""
 
 from __future__ import annotations
 
+import functools
+import json
+import os
+import uuid
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from chalice.app import Chalice
+from chalice.app import Chalice, Request, Response, SQSEvent
+
+from chalicelib.auth import Identity
+from chalicelib.config import load_settings
+from chalicelib.errors import BadRequest, ExtError, Internal
+from chalicelib.logs import LOGGER, configure_logging, log_event
+from chalicelib.openapi import openapi_document
+from chalicelib.services import Services
+from chalicelib.uploads.events import created_keys
 
 app = Chalice(app_name="ext-platform")
+configure_logging(os.environ.get("LOG_LEVEL", "INFO"))
+
+FINALIZE_QUEUE = os.environ.get("FINALIZE_QUEUE_NAME", "ext-finalize")
+_MAX_JSON_BODY = 256 * 1024
+
+
+@functools.cache
+def services() -> Services:
+    return Services(load_settings())
+
+
+def _current() -> Request:
+    request = app.current_request
+    if request is None:
+        raise Internal("no current request")
+    return request
+
+
+def _request_id() -> str:
+    context = app.current_request.context if app.current_request else {}
+    return str(context.get("requestId") or uuid.uuid4())
+
+
+def _error_response(error: ExtError, request_id: str) -> Response:
+    headers: dict[str, str | list[str]] = {"Content-Type": "application/json", "Cache-Control": "no-store"}
+    retry_after = error.details.get("retry_after")
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, int(retry_after)))
+    return Response(body=json.dumps(error.to_dict(request_id)), status_code=error.http_status, headers=headers)
+
+
+def api(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``view`` and turn its result or error into the contract's JSON."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        request_id = _request_id()
+        try:
+            result = view(*args, **kwargs)
+        except ExtError as exc:
+            log_event("api.error", request_id=request_id, outcome=exc.code, message=exc.message)
+            return _error_response(exc, request_id)
+        except Exception:
+            LOGGER.exception("api.crash", extra={"request_id": request_id})
+            return _error_response(Internal("an unexpected error occurred; quote the request id"), request_id)
+        if isinstance(result, Response):
+            return result
+        return Response(body=json.dumps(result), status_code=200, headers={"Content-Type": "application/json"})
+
+    return wrapper
+
+
+def caller() -> Identity:
+    identity = services().tokens.verify(_current().headers.get("authorization"))
+    identity.require_user()
+    return identity
+
+
+def admin() -> Identity:
+    identity = caller()
+    identity.require_admin()
+    return identity
+
+
+def json_body() -> Mapping[str, Any]:
+    raw = _current().raw_body or b""
+    if len(raw) > _MAX_JSON_BODY:
+        raise BadRequest(f"the request body is over {_MAX_JSON_BODY} bytes")
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError:
+        raise BadRequest("the request body is not valid JSON") from None
+    if not isinstance(body, Mapping):
+        raise BadRequest("the request body must be a JSON object")
+    return body
+
+
+def created(result: Mapping[str, Any]) -> Response:
+    return Response(body=json.dumps(result), status_code=201, headers={"Content-Type": "application/json"})
+
+
+# --- health and description ------------------------------------------------------------
 
 
 @app.route("/healthz", methods=["GET"])
 def healthz() -> dict[str, Any]:
     return {"status": "ok"}
+
+
+@app.route("/openapi.json", methods=["GET"])
+def openapi() -> dict[str, Any]:
+    return openapi_document()
+
+
+# --- uploads ---------------------------------------------------------------------------------
+
+
+@app.route("/ext-bundles/initiate-upload", methods=["POST"])
+@api
+def initiate_upload() -> Response:
+    return created(services().pipeline.initiate(admin(), json_body()))
+
+
+@app.route("/ext-bundles/finalize", methods=["POST"])
+@api
+def finalize_upload() -> dict[str, Any]:
+    return services().pipeline.finalize(admin(), json_body())
+
+
+@app.route("/ext-bundles/abort", methods=["POST"])
+@api
+def abort_upload() -> dict[str, Any]:
+    return services().pipeline.abort(admin(), json_body())
+
+
+@app.route("/ext-bundles/uploads/{upload_id}", methods=["GET"])
+@api
+def describe_upload(upload_id: str) -> dict[str, Any]:
+    return services().pipeline.describe(admin(), upload_id)
+
+
+@app.on_sqs_message(queue=FINALIZE_QUEUE, batch_size=1)
+def finalize_worker(event: SQSEvent) -> None:
+    """S3 ObjectCreated (staging/) → SQS → finalize; the same code as the route.
+
+    An error propagates so SQS delivers the message again (and, after the
+    redrive limit, parks it in the dead-letter queue).
+    """
+    for record in event:
+        for key in created_keys(record.body):
+            services().pipeline.finalize_staging_object(key)
+
+
+# --- registry reads ---------------------------------------------------------------------------
+
+
+@app.route("/extensions", methods=["GET"])
+@api
+def list_extensions() -> dict[str, Any]:
+    identity = caller()
+    extensions = services().registry.list_extensions()
+    return {"extensions": [{**e.to_json(), "owned": e.owner_tenant == identity.tenant} for e in extensions]}
+
+
+@app.route("/extensions/{name}", methods=["GET"])
+@api
+def get_extension(name: str) -> dict[str, Any]:
+    identity = caller()
+    extension = services().registry.get_extension(name)
+    versions = services().registry.list_versions(name)
+    return {
+        **extension.to_json(),
+        "owned": extension.owner_tenant == identity.tenant,
+        "versions": [v.to_json() for v in versions],
+    }
+
+
+@app.route("/extensions/{name}/versions", methods=["GET"])
+@api
+def list_versions(name: str) -> dict[str, Any]:
+    caller()
+    return {"versions": [v.to_json() for v in services().registry.list_versions(name)]}
+
+
+@app.route("/extensions/{name}/versions/{version}", methods=["GET"])
+@api
+def get_version(name: str, version: str) -> dict[str, Any]:
+    caller()
+    return services().registry.get_version(name, version).to_json()
+
+
+# --- installs (the caller's tenant only) -----------------------------------------------------
+
+
+def _string_field(body: Mapping[str, Any], field: str, *, required: bool = True) -> str | None:
+    value = body.get(field)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"`{field}` must be a non-empty string")
+    return value
+
+
+@app.route("/installs", methods=["POST"])
+@api
+def install() -> Response:
+    identity, body = admin(), json_body()
+    name, version = _string_field(body, "extension"), _string_field(body, "version")
+    assert name is not None and version is not None
+    record = services().installs.install(identity.tenant, name, version, by=identity.sub)
+    return created(record.to_json())
+
+
+@app.route("/installs", methods=["GET"])
+@api
+def list_installs() -> dict[str, Any]:
+    identity = caller()
+    return {"installs": [i.to_json() for i in services().installs.list(identity.tenant)]}
+
+
+@app.route("/installs/{name}", methods=["GET"])
+@api
+def get_install(name: str) -> dict[str, Any]:
+    return services().installs.get(caller().tenant, name).to_json()
+
+
+@app.route("/installs/{name}", methods=["PATCH"])
+@api
+def update_install(name: str) -> dict[str, Any]:
+    identity, body = admin(), json_body()
+    unknown = set(body) - {"enabled", "version", "config"}
+    if unknown or not body:
+        raise BadRequest(
+            "send one or more of `enabled`, `version`, `config`" + (f" (not {sorted(unknown)})" if unknown else "")
+        )
+    installs, tenant = services().installs, identity.tenant
+    record = installs.get(tenant, name)
+    if "version" in body:
+        version = _string_field(body, "version")
+        assert version is not None
+        in_history = any(entry.version == version for entry in record.history)
+        record = (installs.rollback if in_history else installs.upgrade)(tenant, name, version, by=identity.sub)
+    if "config" in body:
+        record = installs.set_config(tenant, name, body["config"])
+    if "enabled" in body:
+        if not isinstance(body["enabled"], bool):
+            raise BadRequest("`enabled` must be true or false")
+        record = installs.set_enabled(tenant, name, body["enabled"])
+    return record.to_json()
+
+
+@app.route("/installs/{name}/rollback", methods=["POST"])
+@api
+def rollback_install(name: str) -> dict[str, Any]:
+    identity, body = admin(), json_body()
+    version = _string_field(body, "version", required=False)
+    return services().installs.rollback(identity.tenant, name, version, by=identity.sub).to_json()
+
+
+@app.route("/installs/{name}", methods=["DELETE"])
+@api
+def uninstall(name: str) -> dict[str, Any]:
+    services().installs.uninstall(admin().tenant, name)
+    return {"extension": name, "status": "uninstalled"}

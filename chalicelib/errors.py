@@ -380,6 +380,14 @@ ALL_ERRORS: tuple[type[ExtError], ...] = (ExtError, *_all_subclasses(ExtError))
 """Every error class; a test proves the DESIGN §4 codes are all among them."""
 
 
+def error_for_code(code: str, message: str) -> ExtError:
+    """Rebuild a recorded error (for example a failed upload's) from its code."""
+    for cls in ALL_ERRORS:
+        if cls.code == code and cls not in (BundleError, SignatureError):
+            return cls(message)
+    return Internal(message)
+
+
 def error_table_markdown() -> str:
     """The README's error code table, one row per code."""
     rows: dict[str, tuple[int, str]] = {}

@@ -48,8 +48,13 @@ def configure_logging(level: str = "INFO") -> None:
     LOGGER.propagate = False
 
 
+def _extra(fields: dict[str, Any]) -> dict[str, Any]:
+    # LogRecord refuses extras that shadow its own attributes (``message``, ``name``…).
+    return {(f"{k}_" if k in _RESERVED else k): v for k, v in fields.items() if v is not None}
+
+
 def log_event(event: str, *, level: int = logging.INFO, **fields: Any) -> None:
-    LOGGER.log(level, event, extra={k: v for k, v in fields.items() if v is not None})
+    LOGGER.log(level, event, extra=_extra(fields))
 
 
 @contextmanager
@@ -68,7 +73,7 @@ def stage(event: str, **fields: Any) -> Iterator[dict[str, Any]]:
         log_event(event, outcome=exc.code, message=exc.message, duration_ms=_ms(started), **fields, **learned)
         raise
     except Exception:
-        LOGGER.exception(event, extra={"outcome": "error", "duration_ms": _ms(started), **fields, **learned})
+        LOGGER.exception(event, extra=_extra({"outcome": "error", "duration_ms": _ms(started), **fields, **learned}))
         raise
     log_event(event, outcome="ok", duration_ms=_ms(started), **fields, **learned)
 

@@ -34,6 +34,7 @@ from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 from pynamodb.transactions import TransactWrite
 
+from chalicelib.bundles.signing import SignatureStatus
 from chalicelib.errors import (
     BadRequest,
     NameOwned,
@@ -103,14 +104,6 @@ def utc_now() -> datetime:
 def new_upload_id() -> str:
     """A fresh, unguessable upload session id."""
     return uuid.uuid4().hex
-
-
-class SignatureStatus(StrEnum):
-    """How a version's signature was judged at publish time."""
-
-    VERIFIED = "verified"
-    UNSIGNED = "unsigned"
-    UNVERIFIED = "unverified"
 
 
 class UploadState(StrEnum):

@@ -1,0 +1,1 @@
+"""The gateway: from ``/api/ext/{extension}/{path}`` to the runner and back."""

@@ -1,0 +1,261 @@
+"""The OpenAPI 3.1 document of the HTTP API (DESIGN §5), served at ``/openapi.json``.
+
+A test checks that it documents exactly the routes the Chalice app has.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from chalicelib.errors import ALL_ERRORS
+
+__all__ = ["openapi_document"]
+
+_JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {_JSON: {"schema": schema}}}
+
+
+def _ok(description: str, schema: dict[str, Any], status: str = "200") -> dict[str, Any]:
+    return {status: {"description": description, "content": {_JSON: {"schema": schema}}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {
+        str(s): {"description": "error", "content": {_JSON: {"schema": _ref("Error")}}}
+        for s in sorted({401, 403, 429, 500, *statuses})
+    }
+
+
+def _op(summary: str, responses: dict[str, Any], *, body: dict[str, Any] | None = None, tag: str) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": responses}
+    if body is not None:
+        op["requestBody"] = _body(body)
+    return op
+
+
+def _obj(required: list[str], **props: Any) -> dict[str, Any]:
+    return {"type": "object", "required": required, "properties": props}
+
+
+_STR = {"type": "string"}
+_INT = {"type": "integer"}
+_BOOL = {"type": "boolean"}
+_HASH = {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"}
+_NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": _STR}
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": _obj(
+        ["error"],
+        error=_obj(
+            ["code", "message"],
+            code={"type": "string", "enum": sorted({cls.code for cls in ALL_ERRORS})},
+            message=_STR,
+            request_id=_STR,
+        ),
+    ),
+    "SignatureEnvelope": _obj(
+        ["format", "content_hash", "algorithm", "key_id", "signature"],
+        format={"const": "ext-bundle-signature/v1"},
+        content_hash=_HASH,
+        algorithm={"enum": ["ed25519", "ecdsa-p256-sha256"]},
+        key_id=_HASH,
+        signature=_STR,
+    ),
+    "InitiateUpload": _obj(
+        ["size"], size={"type": "integer", "minimum": 1}, sha256=_STR, signature=_ref("SignatureEnvelope")
+    ),
+    "UploadTarget": _obj(
+        ["upload_id", "method", "headers", "expires_at"],
+        upload_id=_STR,
+        method={"enum": ["PUT", "MULTIPART"]},
+        url=_STR,
+        parts={"type": "array", "items": _obj(["part_number", "url"], part_number=_INT, url=_STR)},
+        part_size=_INT,
+        headers={"type": "object", "additionalProperties": _STR},
+        expires_at={"type": "string", "format": "date-time"},
+        size=_INT,
+    ),
+    "Finalize": _obj(
+        ["upload_id"],
+        upload_id=_STR,
+        parts={"type": "array", "items": _obj(["part_number", "etag"], part_number=_INT, etag=_STR)},
+        signature=_ref("SignatureEnvelope"),
+    ),
+    "FinalizeResult": _obj(
+        ["content_hash", "extension", "version", "status", "signature_status"],
+        upload_id=_STR,
+        content_hash=_HASH,
+        extension=_STR,
+        version=_STR,
+        status={"enum": ["finalized", "already_finalized"]},
+        signature_status={"enum": ["verified", "unsigned", "unverified"]},
+        key_id={"type": ["string", "null"]},
+        size=_INT,
+    ),
+    "UploadId": _obj(["upload_id"], upload_id=_STR),
+    "Upload": _obj(["upload_id", "state"], upload_id=_STR, state=_STR, size=_INT, parts={"type": "array"}),
+    "Extension": _obj(["name", "publisher"], name=_STR, publisher=_STR, latest_version=_STR, owned=_BOOL),
+    "Version": _obj(
+        ["name", "version", "content_hash"],
+        name=_STR,
+        version=_STR,
+        publisher=_STR,
+        content_hash=_HASH,
+        capabilities={"type": "array", "items": _STR},
+        egress={"type": "array", "items": _STR},
+        size=_INT,
+        signature_status=_STR,
+        key_id={"type": ["string", "null"]},
+        created_at=_STR,
+    ),
+    "Install": _obj(
+        ["extension", "version", "content_hash", "enabled"],
+        extension=_STR,
+        install_id=_STR,
+        version=_STR,
+        content_hash=_HASH,
+        enabled=_BOOL,
+        config={"type": "object"},
+        granted_capabilities={"type": "array", "items": _STR},
+        history={"type": "array"},
+    ),
+    "InstallRequest": _obj(["extension", "version"], extension=_STR, version=_STR),
+    "InstallUpdate": {
+        "type": "object",
+        "minProperties": 1,
+        "additionalProperties": False,
+        "properties": {"enabled": _BOOL, "version": _STR, "config": {"type": "object"}},
+    },
+}
+
+
+def _paths() -> dict[str, Any]:
+    ext = "extensions"
+    inst = "installs"
+    up = "uploads"
+    return {
+        "/healthz": {"get": _op("Liveness", _ok("ok", {"type": "object"}), tag="meta")},
+        "/openapi.json": {"get": _op("This document", _ok("OpenAPI", {"type": "object"}), tag="meta")},
+        "/ext-bundles/initiate-upload": {
+            "post": _op(
+                "Start an upload: presigned PUT or multipart parts",
+                {**_ok("where to upload", _ref("UploadTarget"), "201"), **_errors(400, 413)},
+                body=_ref("InitiateUpload"),
+                tag=up,
+            )
+        },
+        "/ext-bundles/finalize": {
+            "post": _op(
+                "Verify, store and register the uploaded bundle (idempotent)",
+                {**_ok("registered", _ref("FinalizeResult")), **_errors(400, 404, 409, 410, 413, 503)},
+                body=_ref("Finalize"),
+                tag=up,
+            )
+        },
+        "/ext-bundles/abort": {
+            "post": _op(
+                "Abort an upload and clean its staging state",
+                {**_ok("aborted", {"type": "object"}), **_errors(404, 409)},
+                body=_ref("UploadId"),
+                tag=up,
+            )
+        },
+        "/ext-bundles/uploads/{upload_id}": {
+            "get": {
+                **_op(
+                    "An upload session; for multipart, held parts and fresh URLs to resume",
+                    {**_ok("session", _ref("Upload")), **_errors(404)},
+                    tag=up,
+                ),
+                "parameters": [{"name": "upload_id", "in": "path", "required": True, "schema": _STR}],
+            }
+        },
+        "/extensions": {
+            "get": _op("Every extension", _ok("list", _obj(["extensions"], extensions={"type": "array"})), tag=ext)
+        },
+        "/extensions/{name}": {
+            "get": {
+                **_op(
+                    "One extension with its versions", {**_ok("extension", _ref("Extension")), **_errors(404)}, tag=ext
+                ),
+                "parameters": [_NAME_PARAM],
+            }
+        },
+        "/extensions/{name}/versions": {
+            "get": {
+                **_op(
+                    "Versions, highest first",
+                    {
+                        **_ok("versions", _obj(["versions"], versions={"type": "array", "items": _ref("Version")})),
+                        **_errors(404),
+                    },
+                    tag=ext,
+                ),
+                "parameters": [_NAME_PARAM],
+            }
+        },
+        "/extensions/{name}/versions/{version}": {
+            "get": {
+                **_op("One version", {**_ok("version", _ref("Version")), **_errors(404)}, tag=ext),
+                "parameters": [_NAME_PARAM, {"name": "version", "in": "path", "required": True, "schema": _STR}],
+            }
+        },
+        "/installs": {
+            "get": _op(
+                "The tenant's installs", _ok("installs", _obj(["installs"], installs={"type": "array"})), tag=inst
+            ),
+            "post": _op(
+                "Install a version for the tenant",
+                {**_ok("installed", _ref("Install"), "201"), **_errors(400, 404)},
+                body=_ref("InstallRequest"),
+                tag=inst,
+            ),
+        },
+        "/installs/{name}": {
+            "parameters": [_NAME_PARAM],
+            "get": _op("One install", {**_ok("install", _ref("Install")), **_errors(404)}, tag=inst),
+            "patch": _op(
+                "Enable, disable, upgrade, roll back (a version from history) or configure",
+                {**_ok("install", _ref("Install")), **_errors(400, 404)},
+                body=_ref("InstallUpdate"),
+                tag=inst,
+            ),
+            "delete": _op("Uninstall", {**_ok("uninstalled", {"type": "object"}), **_errors(404)}, tag=inst),
+        },
+        "/installs/{name}/rollback": {
+            "parameters": [_NAME_PARAM],
+            "post": _op(
+                "Roll back to the given or the previous version",
+                {**_ok("install", _ref("Install")), **_errors(400, 404)},
+                body={"type": "object", "properties": {"version": _STR}},
+                tag=inst,
+            ),
+        },
+    }
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Extension platform API",
+            "version": "1.0.0",
+            "description": "Publish, register, install and call WebAssembly extensions. "
+            "Errors are {error: {code, message, request_id}} with the codes listed in Error.",
+        },
+        "components": {
+            "schemas": _SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+        },
+        "security": [{"bearer": []}],
+        "paths": _paths(),
+    }

@@ -1,0 +1,99 @@
+"""Wiring: build every service from the settings, once per process.
+
+Routes, the finalize worker and tests all get their collaborators here, so the
+code under test is the code that runs; tests point it at moto with
+``AWS_ENDPOINT_URL`` or in-process ``mock_aws``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from chalicelib.auth import TokenVerifier
+from chalicelib.bundles.signing import TrustBundle
+from chalicelib.config import Settings
+from chalicelib.gateway.runner_client import RunnerClient, make_runner_client
+from chalicelib.registry import (
+    InstallService,
+    Models,
+    RateLimiter,
+    RegistryService,
+    UploadService,
+    make_models,
+    utc_now,
+)
+from chalicelib.storage.s3 import make_s3_client, make_s3_presign_client
+from chalicelib.storage.store import S3BundleStore
+from chalicelib.uploads.pipeline import UploadPipeline
+
+__all__ = ["Services"]
+
+
+@dataclass
+class Services:
+    """Every collaborator, built lazily from one :class:`Settings`."""
+
+    settings: Settings
+    runner_override: RunnerClient | None = None
+
+    @cached_property
+    def s3(self) -> Any:
+        return make_s3_client(self.settings)
+
+    @cached_property
+    def store(self) -> S3BundleStore:
+        return S3BundleStore.from_settings(self.settings, self.s3)
+
+    @cached_property
+    def models(self) -> Models:
+        return make_models(self.settings)
+
+    @cached_property
+    def registry(self) -> RegistryService:
+        return RegistryService(self.models, utc_now)
+
+    @cached_property
+    def installs(self) -> InstallService:
+        return InstallService(self.models, self.registry, utc_now)
+
+    @cached_property
+    def uploads(self) -> UploadService:
+        return UploadService(self.models, utc_now)
+
+    @cached_property
+    def limiter(self) -> RateLimiter:
+        return RateLimiter(self.models)
+
+    @cached_property
+    def tokens(self) -> TokenVerifier:
+        return TokenVerifier(self.settings)
+
+    @cached_property
+    def trust(self) -> TrustBundle | None:
+        return TrustBundle.from_setting(self.settings.signing_trust_bundle)
+
+    @cached_property
+    def runner(self) -> RunnerClient:
+        return self.runner_override or make_runner_client(self.settings)
+
+    def _precompile(self, content_hash: str) -> None:
+        if self.runner_override is None and not (self.settings.runner_function_name or self.settings.runner_base_url):
+            return
+        self.runner.precompile(content_hash)
+
+    @cached_property
+    def pipeline(self) -> UploadPipeline:
+        return UploadPipeline(
+            self.settings,
+            store=self.store,
+            s3=self.s3,
+            presign_client=make_s3_presign_client(self.settings),
+            registry=self.registry,
+            uploads=self.uploads,
+            limiter=self.limiter,
+            trust=self.trust,
+            clock=utc_now,
+            on_published=self._precompile,
+        )

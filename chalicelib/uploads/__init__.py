@@ -1,0 +1,1 @@
+"""The upload pipeline (initiate → finalize → abort) and its S3 event parsing."""

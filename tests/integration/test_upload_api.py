@@ -1,0 +1,374 @@
+"""The upload pipeline and registry through the HTTP API, against a moto server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from typing import Any
+
+import pytest
+import requests
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from chalicelib.bundles.signing import sign_content_hash
+from chalicelib.openapi import openapi_document
+from tests.bundle_factory import bundle, good_files, manifest_bytes
+from tests.integration.stack import BUCKET, AwsStack, auth, token
+
+MiB = 1024 * 1024
+
+
+def content_hash(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def upload(
+    stack: AwsStack, data: bytes, *, tenant: str = "acme", extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """initiate + upload through the presigned URL(s); returns the initiate answer plus `parts` etags."""
+    answer = stack.call("POST", "/ext-bundles/initiate-upload", {"size": len(data), **(extra or {})}, auth(tenant))
+    assert answer.status_code == 201, answer.json
+    target: dict[str, Any] = answer.json
+    if target["method"] == "PUT":
+        put = requests.put(target["url"], data=data, headers=target["headers"], timeout=30)
+        assert put.status_code == 200, put.text
+        return target
+    etags = []
+    for part in target["parts"]:
+        offset = (part["part_number"] - 1) * target["part_size"]
+        put = requests.put(part["url"], data=data[offset : offset + target["part_size"]], timeout=30)
+        assert put.status_code == 200, put.text
+        etags.append({"part_number": part["part_number"], "etag": put.headers["ETag"]})
+    target["uploaded"] = etags
+    return target
+
+
+def publish(stack: AwsStack, data: bytes, *, tenant: str = "acme", extra: dict[str, Any] | None = None) -> Any:
+    target = upload(stack, data, tenant=tenant, extra=extra)
+    body: dict[str, Any] = {"upload_id": target["upload_id"]}
+    if "uploaded" in target:
+        body["parts"] = target["uploaded"]
+    return stack.call("POST", "/ext-bundles/finalize", body, auth(tenant))
+
+
+def test_publish_through_a_presigned_put_registers_the_version(stack: AwsStack) -> None:
+    data = bundle()
+    result = publish(stack, data)
+    assert result.status_code == 200, result.json
+    assert result.json["status"] == "finalized"
+    assert result.json["content_hash"] == content_hash(data)
+    assert (result.json["extension"], result.json["version"]) == ("com.acme.tools", "1.0.0")
+    assert result.json["signature_status"] == "unsigned"
+    hex_digest = content_hash(data).split(":")[1]
+    assert stack.keys("sha256/") == [
+        f"sha256/{hex_digest}/{n}" for n in ("bundle.tar.zst", "entry.wasm", "manifest.json")
+    ]
+    assert stack.keys("staging/") == []
+    stored = stack.s3.get_object(Bucket=BUCKET, Key=f"sha256/{hex_digest}/bundle.tar.zst")["Body"].read()
+    assert stored == data
+    versions = stack.call("GET", "/extensions/com.acme.tools/versions").json["versions"]
+    assert [(v["version"], v["content_hash"]) for v in versions] == [("1.0.0", content_hash(data))]
+
+
+def test_publish_through_multipart_parts(stack: AwsStack) -> None:
+    data = bundle({**good_files(), "ui/big.bin": os.urandom(17 * MiB)})
+    target = upload(stack, data)
+    assert target["method"] == "MULTIPART" and len(target["parts"]) == 3
+    result = stack.call(
+        "POST", "/ext-bundles/finalize", {"upload_id": target["upload_id"], "parts": target["uploaded"]}
+    )
+    assert result.status_code == 200, result.json
+    assert result.json["content_hash"] == content_hash(data)
+    hex_digest = content_hash(data).split(":")[1]
+    stored = stack.s3.get_object(Bucket=BUCKET, Key=f"sha256/{hex_digest}/bundle.tar.zst")["Body"].read()
+    assert hashlib.sha256(stored).hexdigest() == hex_digest
+
+
+def test_multipart_finalize_without_parts_lists_them_server_side(stack: AwsStack) -> None:
+    data = bundle({**good_files(), "ui/big.bin": os.urandom(17 * MiB)})
+    target = upload(stack, data)
+    result = stack.call("POST", "/ext-bundles/finalize", {"upload_id": target["upload_id"]})
+    assert result.status_code == 200, result.json
+
+
+def test_resume_lists_held_parts_and_presigns_the_rest(stack: AwsStack) -> None:
+    data = bundle({**good_files(), "ui/big.bin": os.urandom(17 * MiB)})
+    answer = stack.call("POST", "/ext-bundles/initiate-upload", {"size": len(data)}).json
+    first = answer["parts"][0]
+    requests.put(first["url"], data=data[: answer["part_size"]], timeout=30).raise_for_status()
+    state = stack.call("GET", f"/ext-bundles/uploads/{answer['upload_id']}").json
+    assert state["state"] == "pending"
+    assert [p["part_number"] for p in state["uploaded_parts"]] == [1]
+    assert [p["part_number"] for p in state["parts"]] == [2, 3]
+
+
+def test_the_s3_event_path_finalizes_and_the_explicit_call_gets_the_same_answer(stack: AwsStack) -> None:
+    data = bundle()
+    target = upload(stack, data)
+    stack.pump()
+    state = stack.call("GET", f"/ext-bundles/uploads/{target['upload_id']}").json
+    assert state["state"] == "finalized"
+    explicit = stack.call("POST", "/ext-bundles/finalize", {"upload_id": target["upload_id"]})
+    assert explicit.status_code == 200
+    assert explicit.json == state["result"]
+    assert explicit.json["status"] == "finalized"
+    assert len(stack.call("GET", "/extensions/com.acme.tools/versions").json["versions"]) == 1
+
+
+def test_two_concurrent_finalizes_give_one_version_and_the_same_answer(stack: AwsStack) -> None:
+    target = upload(stack, bundle())
+    answers: list[Any] = []
+
+    def finalize() -> None:
+        answers.append(stack.call("POST", "/ext-bundles/finalize", {"upload_id": target["upload_id"]}))
+
+    threads = [threading.Thread(target=finalize) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [a.status_code for a in answers] == [200, 200], [a.json for a in answers]
+    assert answers[0].json == answers[1].json
+    assert len(stack.call("GET", "/extensions/com.acme.tools/versions").json["versions"]) == 1
+
+
+def test_same_version_same_bytes_is_already_finalized_other_bytes_conflict(stack: AwsStack) -> None:
+    data = bundle()
+    assert publish(stack, data).json["status"] == "finalized"
+    again = publish(stack, data)
+    assert again.status_code == 200
+    assert again.json["status"] == "already_finalized"
+    other = publish(stack, bundle({**good_files(), "ui/extra.txt": b"different"}))
+    assert other.status_code == 409
+    assert other.json["error"]["code"] == "VERSION_EXISTS"
+    assert other.json["error"]["request_id"]
+
+
+@pytest.mark.parametrize(
+    ("files", "code"),
+    [
+        ({**good_files(), "../evil": b"x"}, "BUNDLE_UNSAFE_PATH"),
+        ({**good_files(), "manifest.json": manifest_bytes(version="one")}, "MANIFEST_INVALID"),
+        ({k: v for k, v in good_files().items() if k != "manifest.json"}, "MANIFEST_MISSING"),
+    ],
+)
+def test_a_hostile_bundle_is_rejected_and_leaves_nothing(stack: AwsStack, files: dict[str, bytes], code: str) -> None:
+    target = upload(stack, bundle(files))
+    result = stack.call("POST", "/ext-bundles/finalize", {"upload_id": target["upload_id"]})
+    assert result.status_code == 400
+    assert result.json["error"]["code"] == code
+    assert stack.keys("sha256/") == []
+    assert stack.keys("staging/") == []
+    assert stack.call("GET", "/extensions").json["extensions"] == []
+    replay = stack.call("POST", "/ext-bundles/finalize", {"upload_id": target["upload_id"]})
+    assert replay.json["error"]["code"] == code
+
+
+def test_more_bytes_than_declared_are_rejected(stack: AwsStack) -> None:
+    data = bundle()
+    answer = stack.call("POST", "/ext-bundles/initiate-upload", {"size": len(data) - 10}).json
+    requests.put(answer["url"], data=data, timeout=30).raise_for_status()  # moto does not enforce the signed length
+    result = stack.call("POST", "/ext-bundles/finalize", {"upload_id": answer["upload_id"]})
+    assert result.status_code == 413
+    assert result.json["error"]["code"] == "BUNDLE_TOO_LARGE"
+    assert stack.keys() == []
+
+
+def test_a_declared_sha256_must_match(stack: AwsStack) -> None:
+    result = publish(stack, bundle(), extra={"sha256": "0" * 64})
+    assert result.json["error"]["code"] == "HASH_MISMATCH"
+
+
+def test_oversize_uploads_are_refused_before_any_byte_moves(stack: AwsStack) -> None:
+    result = stack.call("POST", "/ext-bundles/initiate-upload", {"size": 200 * MiB + 1})
+    assert result.status_code == 413
+    assert result.json["error"]["code"] == "BUNDLE_TOO_LARGE"
+
+
+def test_finalize_before_uploading_keeps_the_session_usable(stack: AwsStack) -> None:
+    data = bundle()
+    answer = stack.call("POST", "/ext-bundles/initiate-upload", {"size": len(data)}).json
+    early = stack.call("POST", "/ext-bundles/finalize", {"upload_id": answer["upload_id"]})
+    assert early.status_code == 409 and early.json["error"]["code"] == "UPLOAD_CONFLICT"
+    requests.put(answer["url"], data=data, headers=answer["headers"], timeout=30).raise_for_status()
+    assert stack.call("POST", "/ext-bundles/finalize", {"upload_id": answer["upload_id"]}).status_code == 200
+
+
+def test_abort_cleans_staging_and_blocks_finalize(stack: AwsStack) -> None:
+    target = upload(stack, bundle())
+    aborted = stack.call("POST", "/ext-bundles/abort", {"upload_id": target["upload_id"]})
+    assert aborted.json == {"upload_id": target["upload_id"], "status": "aborted"}
+    assert stack.keys() == []
+    late = stack.call("POST", "/ext-bundles/finalize", {"upload_id": target["upload_id"]})
+    assert late.status_code == 409
+
+
+def test_tenants_cannot_touch_each_others_uploads(stack: AwsStack) -> None:
+    target = upload(stack, bundle())
+    for method, path, body in [
+        ("POST", "/ext-bundles/finalize", {"upload_id": target["upload_id"]}),
+        ("POST", "/ext-bundles/abort", {"upload_id": target["upload_id"]}),
+        ("GET", f"/ext-bundles/uploads/{target['upload_id']}", None),
+    ]:
+        answer = stack.call(method, path, body, auth("globex"))
+        assert answer.status_code == 404, (path, answer.json)
+        assert answer.json["error"]["code"] == "UPLOAD_NOT_FOUND"
+    assert stack.call("POST", "/ext-bundles/finalize", {"upload_id": target["upload_id"]}).status_code == 200
+
+
+def test_another_tenant_cannot_publish_an_owned_name(stack: AwsStack) -> None:
+    assert publish(stack, bundle()).status_code == 200
+    other = publish(stack, bundle(good_files(version="2.0.0")), tenant="globex")
+    assert other.status_code == 409
+    assert other.json["error"]["code"] == "NAME_OWNED"
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "code"),
+    [
+        ({}, 401, "UNAUTHENTICATED"),
+        ({"Authorization": "Bearer nonsense"}, 401, "UNAUTHENTICATED"),
+        ({"Authorization": f"Bearer {token(ttl=-300)}"}, 401, "UNAUTHENTICATED"),
+        (auth("acme", ("user",)), 403, "FORBIDDEN"),
+    ],
+)
+def test_uploads_need_an_admin_token(stack: AwsStack, headers: dict[str, str], status: int, code: str) -> None:
+    answer = stack.call("POST", "/ext-bundles/initiate-upload", {"size": 100}, headers)
+    assert answer.status_code == status
+    assert answer.json["error"]["code"] == code
+
+
+def test_bad_request_bodies_are_400(stack: AwsStack) -> None:
+    for body in ("{not json", "[]", json.dumps({"size": "big"}), json.dumps({"size": True})):
+        answer = stack.call("POST", "/ext-bundles/initiate-upload", body)
+        assert answer.status_code == 400, body
+        assert answer.json["error"]["code"] == "BAD_REQUEST"
+
+
+def test_upload_routes_are_rate_limited_per_tenant(
+    stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    monkeypatch.setenv("UPLOAD_RATE_LIMIT_PER_MINUTE", "2")
+    stack: AwsStack = request.getfixturevalue("stack")
+    codes = [stack.call("POST", "/ext-bundles/initiate-upload", {"size": 100}).status_code for _ in range(3)]
+    assert codes == [201, 201, 429]
+    limited = stack.call("POST", "/ext-bundles/initiate-upload", {"size": 100})
+    assert limited.json["error"]["code"] == "RATE_LIMITED"
+    assert 1 <= int(limited.headers["Retry-After"]) <= 60
+    assert stack.call("POST", "/ext-bundles/initiate-upload", {"size": 100}, auth("globex")).status_code == 201
+
+
+# --- signatures through the pipeline -------------------------------------------------------------
+
+
+@pytest.fixture
+def signing_key(stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Ed25519PrivateKey:
+    key = Ed25519PrivateKey.generate()
+    pem = key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
+    monkeypatch.setenv("SIGNING_TRUST_BUNDLE", "# scope: com.acme.*\n" + pem)
+    return key
+
+
+def test_a_trust_bundle_fails_closed(signing_key: Ed25519PrivateKey, request: pytest.FixtureRequest) -> None:
+    stack: AwsStack = request.getfixturevalue("stack")
+    data = bundle()
+    signed = publish(stack, data, extra={"signature": sign_content_hash(content_hash(data), signing_key).to_dict()})
+    assert signed.status_code == 200, signed.json
+    assert signed.json["signature_status"] == "verified"
+    unsigned = publish(stack, bundle(good_files(version="1.0.1")))
+    assert unsigned.json["error"]["code"] == "SIGNATURE_MISSING"
+    other_key = Ed25519PrivateKey.generate()
+    data2 = bundle(good_files(version="1.0.2"))
+    untrusted = publish(stack, data2, extra={"signature": sign_content_hash(content_hash(data2), other_key).to_dict()})
+    assert untrusted.json["error"]["code"] == "SIGNATURE_UNTRUSTED"
+    data3 = bundle(good_files(name="org.other.tools"))
+    scoped = publish(stack, data3, extra={"signature": sign_content_hash(content_hash(data3), signing_key).to_dict()})
+    assert scoped.json["error"]["code"] == "SIGNATURE_SCOPE"
+    assert [v["version"] for v in stack.call("GET", "/extensions/com.acme.tools/versions").json["versions"]] == [
+        "1.0.0"
+    ]
+
+
+def test_the_event_path_waits_for_a_signature_when_trust_is_configured(
+    signing_key: Ed25519PrivateKey, request: pytest.FixtureRequest
+) -> None:
+    stack: AwsStack = request.getfixturevalue("stack")
+    data = bundle()
+    target = upload(stack, data)
+    stack.pump()
+    assert stack.call("GET", f"/ext-bundles/uploads/{target['upload_id']}").json["state"] == "pending"
+    envelope = sign_content_hash(content_hash(data), signing_key).to_dict()
+    result = stack.call("POST", "/ext-bundles/finalize", {"upload_id": target["upload_id"], "signature": envelope})
+    assert result.json["signature_status"] == "verified"
+
+
+def test_malformed_signatures_are_refused_at_initiate(stack: AwsStack) -> None:
+    answer = stack.call("POST", "/ext-bundles/initiate-upload", {"size": 100, "signature": {"format": "x"}})
+    assert answer.status_code == 400
+    assert answer.json["error"]["code"] == "SIGNATURE_INVALID"
+
+
+# --- installs ----------------------------------------------------------------------------------------
+
+
+def test_install_enable_disable_upgrade_rollback_config_uninstall(stack: AwsStack) -> None:
+    v1, v2 = bundle(), bundle(good_files(version="1.1.0"))
+    publish(stack, v1)
+    publish(stack, v2)
+    installed = stack.call("POST", "/installs", {"extension": "com.acme.tools", "version": "1.0.0"})
+    assert installed.status_code == 201
+    assert installed.json["content_hash"] == content_hash(v1) and installed.json["enabled"] is True
+    disabled = stack.call("PATCH", "/installs/com.acme.tools", {"enabled": False})
+    assert disabled.json["enabled"] is False
+    upgraded = stack.call("PATCH", "/installs/com.acme.tools", {"version": "1.1.0", "enabled": True})
+    assert (upgraded.json["version"], upgraded.json["content_hash"]) == ("1.1.0", content_hash(v2))
+    rolled = stack.call("POST", "/installs/com.acme.tools/rollback", {})
+    assert (rolled.json["version"], rolled.json["content_hash"]) == ("1.0.0", content_hash(v1))
+    configured = stack.call("PATCH", "/installs/com.acme.tools", {"config": {"greeting": "hi"}})
+    assert configured.json["config"] == {"greeting": "hi"}
+    bad_config = stack.call("PATCH", "/installs/com.acme.tools", {"config": [1]})
+    assert bad_config.status_code == 400
+    listed = stack.call("GET", "/installs").json["installs"]
+    assert [i["extension"] for i in listed] == ["com.acme.tools"]
+    assert stack.call("DELETE", "/installs/com.acme.tools").json["status"] == "uninstalled"
+    assert stack.call("GET", "/installs/com.acme.tools").status_code == 404
+
+
+def test_installs_are_confined_to_the_callers_tenant(stack: AwsStack) -> None:
+    publish(stack, bundle())
+    stack.call("POST", "/installs", {"extension": "com.acme.tools", "version": "1.0.0"})
+    globex = auth("globex")
+    assert stack.call("GET", "/installs", headers=globex).json["installs"] == []
+    for method, body in (("GET", None), ("PATCH", {"enabled": False}), ("DELETE", None)):
+        answer = stack.call(method, "/installs/com.acme.tools", body, globex)
+        assert answer.status_code == 404 and answer.json["error"]["code"] == "NOT_INSTALLED"
+    assert stack.call("GET", "/installs/com.acme.tools").json["enabled"] is True
+    user = auth("acme", ("user",))
+    assert stack.call("GET", "/installs", headers=user).status_code == 200
+    assert stack.call("PATCH", "/installs/com.acme.tools", {"enabled": False}, user).status_code == 403
+
+
+def test_installing_an_unknown_version_is_404(stack: AwsStack) -> None:
+    answer = stack.call("POST", "/installs", {"extension": "com.acme.nothing", "version": "1.0.0"})
+    assert answer.status_code == 404
+
+
+def test_the_openapi_document_lists_exactly_the_routes() -> None:
+    import app as app_module
+
+    documented = {
+        (path, method.upper())
+        for path, item in openapi_document()["paths"].items()
+        for method in item
+        if method != "parameters"
+    }
+    routed = {
+        (path, method)
+        for path, methods in app_module.app.routes.items()
+        for method in methods
+        if not path.startswith(("/api/ext", "/admin"))
+    }
+    assert documented == routed
