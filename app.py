@@ -18,15 +18,31 @@ from typing import Any
 
 from chalice.app import Chalice, Request, Response, SQSEvent
 
+from chalicelib.admin_ui import admin_asset
 from chalicelib.auth import Identity
+from chalicelib.bundles.manifest import MAX_ENDPOINT_SEGMENTS
 from chalicelib.config import load_settings
 from chalicelib.errors import BadRequest, ExtError, Internal
+from chalicelib.gateway.service import GatewayRequest
 from chalicelib.logs import LOGGER, configure_logging, log_event
 from chalicelib.openapi import openapi_document
 from chalicelib.services import Services
 from chalicelib.uploads.events import created_keys
 
 app = Chalice(app_name="ext-platform")
+# Extensions may answer with any media type; these reach clients as bytes.
+app.api.binary_types.extend(
+    [
+        "application/octet-stream",
+        "application/pdf",
+        "application/zip",
+        "application/wasm",
+        "image/*",
+        "audio/*",
+        "video/*",
+        "font/*",
+    ]
+)
 configure_logging(os.environ.get("LOG_LEVEL", "INFO"))
 
 FINALIZE_QUEUE = os.environ.get("FINALIZE_QUEUE_NAME", "ext-finalize")
@@ -91,8 +107,13 @@ def admin() -> Identity:
     return identity
 
 
+def _raw_body(request: Request) -> bytes:
+    raw = request.raw_body or b""
+    return raw.encode() if isinstance(raw, str) else raw
+
+
 def json_body() -> Mapping[str, Any]:
-    raw = _current().raw_body or b""
+    raw = _raw_body(_current())
     if len(raw) > _MAX_JSON_BODY:
         raise BadRequest(f"the request body is over {_MAX_JSON_BODY} bytes")
     try:
@@ -271,3 +292,97 @@ def rollback_install(name: str) -> dict[str, Any]:
 def uninstall(name: str) -> dict[str, Any]:
     services().installs.uninstall(admin().tenant, name)
     return {"extension": name, "status": "uninstalled"}
+
+
+# --- the admin UI (static files shipped inside chalicelib/admin_ui) ----------------------------
+
+_ADMIN_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css"}
+
+
+def _admin_csp() -> str:
+    settings = services().settings
+    s3 = settings.storage_s3_endpoint or os.environ.get("AWS_ENDPOINT_URL") or "https://*.amazonaws.com"
+    runner = settings.runner_public_base or "'none'"
+    return (
+        f"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        f"connect-src 'self' {s3}; frame-src {runner}; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    )
+
+
+def _admin_file(name: str) -> Response:
+    try:
+        asset = admin_asset(name)
+    except KeyError:
+        return Response(body="not found", status_code=404, headers={"Content-Type": "text/plain"})
+    headers: dict[str, str | list[str]] = {
+        "Content-Type": _ADMIN_TYPES[os.path.splitext(name)[1]],
+        "Cache-Control": "no-cache",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+    }
+    if name.endswith(".html"):
+        headers["Content-Security-Policy"] = _admin_csp()
+        headers["X-Frame-Options"] = "DENY"
+    return Response(body=asset, status_code=200, headers=headers)
+
+
+@app.route("/admin", methods=["GET"])
+def admin_page() -> Response:
+    return _admin_file("index.html")
+
+
+@app.route("/admin/{asset}", methods=["GET"])
+def admin_static(asset: str) -> Response:
+    if asset == "config.json":
+        settings = services().settings
+        config = {
+            "runner_public_base": settings.runner_public_base,
+            "max_bundle_bytes": settings.bundle_max_compressed_bytes,
+            "multipart_threshold_bytes": settings.upload_multipart_threshold_bytes,
+        }
+        return Response(body=json.dumps(config), status_code=200, headers={"Content-Type": "application/json"})
+    return _admin_file(asset)
+
+
+# --- the gateway ---------------------------------------------------------------------------------
+
+_TEXT_TYPES = ("text/", "application/json", "application/javascript", "application/xml", "+json", "+xml")
+
+
+def _gateway_response(status: int, headers: dict[str, str], body: bytes) -> Response:
+    content_type = headers.get("content-type", "application/octet-stream")
+    headers["content-type"] = content_type
+    textual = any(marker in content_type for marker in _TEXT_TYPES)
+    payload: str | bytes = body.decode("utf-8", errors="replace") if textual else body
+    return Response(body=payload, status_code=status, headers=dict(headers))
+
+
+@api
+def gateway(extension: str, **segments: str) -> Response:
+    """``ANY /api/ext/{extension}/{path…}``; Chalice has no greedy path parameter,
+    so one route per depth (up to MAX_ENDPOINT_SEGMENTS) shares this view."""
+    request = _current()
+    identity = caller()
+    path = "/" + "/".join(segments[f"p{i}"] for i in range(len(segments)))
+    query = request.query_params
+    result = services().gateway.handle(
+        identity,
+        GatewayRequest(
+            extension=extension,
+            method=request.method,
+            path=path,
+            query={k: query.getlist(k) for k in query} if query else {},
+            headers=dict(request.headers),
+            body=_raw_body(request),
+            request_id=_request_id(),
+        ),
+    )
+    return _gateway_response(result.status, result.headers, result.body)
+
+
+for _depth in range(MAX_ENDPOINT_SEGMENTS + 1):
+    app.route(
+        "/api/ext/{extension}" + "".join(f"/{{p{i}}}" for i in range(_depth)),
+        methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        name=f"gateway_{_depth}",
+    )(gateway)

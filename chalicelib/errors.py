@@ -46,6 +46,7 @@ __all__ = [
     "SignatureScope",
     "SignatureUntrusted",
     "StorageError",
+    "ApiUnreachable",
     "ToolchainMissing",
     "Unauthenticated",
     "UploadConflict",
@@ -330,6 +331,13 @@ class StorageError(ExtError):
     """The object store refused or failed an operation."""
 
     code = "STORAGE_ERROR"
+    http_status = 503
+
+
+class ApiUnreachable(ExtError):
+    """The CLI could not reach the API or S3 (network, DNS, TLS); retrying may help."""
+
+    code = "API_UNREACHABLE"
     http_status = 503
 
 

@@ -15,6 +15,7 @@ from chalicelib.auth import TokenVerifier
 from chalicelib.bundles.signing import TrustBundle
 from chalicelib.config import Settings
 from chalicelib.gateway.runner_client import RunnerClient, make_runner_client
+from chalicelib.gateway.service import GatewayService
 from chalicelib.registry import (
     InstallService,
     Models,
@@ -96,4 +97,15 @@ class Services:
             trust=self.trust,
             clock=utc_now,
             on_published=self._precompile,
+        )
+
+    @cached_property
+    def gateway(self) -> GatewayService:
+        return GatewayService(
+            self.settings,
+            installs=self.installs,
+            registry=self.registry,
+            limiter=self.limiter,
+            runner=lambda: self.runner,
+            clock=utc_now,
         )

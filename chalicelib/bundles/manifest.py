@@ -29,6 +29,7 @@ from chalicelib.errors import BundleError, ManifestInvalid
 __all__ = [
     "DEFAULT_ENTRY",
     "KNOWN_CAPABILITIES",
+    "MAX_ENDPOINT_SEGMENTS",
     "RUNTIMES",
     "Endpoint",
     "Manifest",
@@ -47,6 +48,8 @@ KNOWN_CAPABILITIES = (
     "cap:user.read",
 )
 _MAX_DEPTH = 32
+MAX_ENDPOINT_SEGMENTS = 12
+"""The gateway routes ``/api/ext/{extension}`` plus at most this many path segments."""
 _FIELD_ORDER = ("name", "publisher", "version", "runtime", "entry", "ui", "api", "capabilities", "egress", "limits")
 
 
@@ -335,6 +338,8 @@ def _check_semantics(doc: Mapping[str, Any]) -> None:
                 f"(same as api.endpoints[{seen[key]}])"
             )
         seen[key] = index
+        if len([s for s in endpoint["path"].split("/") if s]) > MAX_ENDPOINT_SEGMENTS:
+            raise ManifestInvalid(f"`api.endpoints[{index}].path` has more than {MAX_ENDPOINT_SEGMENTS} segments")
         params = [s[1:] for s in endpoint["path"].split("/") if s.startswith(":")]
         if len(set(params)) != len(params):
             raise ManifestInvalid(f"`api.endpoints[{index}].path` repeats a :param name")

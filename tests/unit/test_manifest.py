@@ -128,3 +128,10 @@ def test_any_plain_semver_is_accepted(version: str) -> None:
 def test_arbitrary_json_values_never_crash(value: Any) -> None:
     with contextlib.suppress(ManifestInvalid):
         Manifest.parse(json.dumps({"name": value}).encode())
+
+
+def test_endpoints_deeper_than_the_gateway_routes_are_refused() -> None:
+    deep = "/" + "/".join(f"s{i}" for i in range(13))
+    invalid(manifest(api={"endpoints": [{"method": "GET", "path": deep, "handler": "h"}]}), "more than 12 segments")
+    ok = "/" + "/".join(f"s{i}" for i in range(12))
+    Manifest.parse(json.dumps(manifest(api={"endpoints": [{"method": "GET", "path": ok, "handler": "h"}]})))

@@ -1,0 +1,244 @@
+"""The gateway: ``/api/ext/{extension}/{path}`` → the tenant's install → the runner.
+
+Stages of one call:
+
+1. the caller's identity (the route authenticates; any role may call);
+2. the tenant's install of the extension, which must be enabled (``NOT_INSTALLED``);
+3. a per-(tenant, extension) rate limit (``RATE_LIMITED``);
+4. the body cap (``PAYLOAD_TOO_LARGE``), sized so the base64 request fits
+   Lambda's 6 MB invoke payload;
+5. the endpoint, matched against the version's manifest (``ENDPOINT_NOT_FOUND``);
+6. the normalized request: allowlisted headers only (never ``Authorization`` or
+   ``Cookie``), the query, the body in base64, and the context;
+7. the runner call with ``EXT_GATEWAY_TIMEOUT_MS`` (``EXTENSION_TIMEOUT`` /
+   ``EXTENSION_FAILED``);
+8. the response: status and allowlisted headers (never ``Set-Cookie``), plus
+   headers that keep an extension's answer from acting on the host's origin.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote, unquote
+
+from chalicelib.auth import Identity
+from chalicelib.bundles.manifest import Endpoint
+from chalicelib.config import Settings
+from chalicelib.errors import EndpointNotFound, ExtensionFailed, NotInstalled, PayloadTooLarge
+from chalicelib.gateway.runner_client import RunnerClient
+from chalicelib.registry import InstallRecord, InstallService, RateLimiter, RegistryService, VersionRecord
+
+__all__ = ["GatewayRequest", "GatewayResponse", "GatewayService", "REQUEST_HEADERS", "RESPONSE_HEADERS"]
+
+REQUEST_HEADERS = frozenset(
+    {
+        "accept",
+        "accept-language",
+        "content-language",
+        "content-type",
+        "if-match",
+        "if-modified-since",
+        "if-none-match",
+        "user-agent",
+        "x-request-id",
+    }
+)
+"""Request headers an extension sees; anything else (cookies, credentials, proxies' headers) stays out."""
+
+RESPONSE_HEADERS = frozenset(
+    {
+        "cache-control",
+        "content-disposition",
+        "content-language",
+        "content-type",
+        "etag",
+        "expires",
+        "last-modified",
+        "vary",
+    }
+)
+"""Response headers passed back, besides ``x-ext-*``; never ``set-cookie`` or CORS headers."""
+
+_EXTENSION_PREFIX = "x-ext-"
+_SAFETY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    # An extension's answer is served on the platform's origin: if a browser ever
+    # renders it, the sandbox gives it a unique origin and no script.
+    "Content-Security-Policy": "sandbox; default-src 'none'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+}
+_HEADER_VALUE = re.compile(r"[^\r\n\x00]*")
+_VERSION_CACHE_ENTRIES = 512
+
+
+@dataclass(frozen=True)
+class GatewayRequest:
+    extension: str
+    method: str
+    path: str
+    query: Mapping[str, Sequence[str]]
+    headers: Mapping[str, str]
+    body: bytes
+    request_id: str
+
+
+@dataclass(frozen=True)
+class GatewayResponse:
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+
+def _query_string(query: Mapping[str, Sequence[str]]) -> str:
+    return "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, values in query.items() for v in values)
+
+
+def _forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k.lower(): v for k, v in headers.items() if k.lower() in REQUEST_HEADERS}
+
+
+def _returned_headers(headers: Any) -> dict[str, str]:
+    if not isinstance(headers, Mapping):
+        raise ExtensionFailed("the extension's response headers are not an object")
+    kept: dict[str, str] = {}
+    for name, value in headers.items():
+        lowered = str(name).lower()
+        allowed = lowered in RESPONSE_HEADERS or lowered.startswith(_EXTENSION_PREFIX)
+        if allowed and isinstance(value, str) and _HEADER_VALUE.fullmatch(value):
+            kept[lowered] = value
+    return kept
+
+
+class _VersionCache:
+    """Published versions never change, so their records are cached per process."""
+
+    def __init__(self, registry: RegistryService) -> None:
+        self._registry = registry
+        self._items: OrderedDict[tuple[str, str], VersionRecord] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, name: str, version: str) -> VersionRecord:
+        key = (name, version)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        record = self._registry.get_version(name, version)
+        with self._lock:
+            self._items[key] = record
+            while len(self._items) > _VERSION_CACHE_ENTRIES:
+                self._items.popitem(last=False)
+        return record
+
+
+class GatewayService:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        installs: InstallService,
+        registry: RegistryService,
+        limiter: RateLimiter,
+        runner: Callable[[], RunnerClient],
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._settings = settings
+        self._installs = installs
+        self._versions = _VersionCache(registry)
+        self._limiter = limiter
+        self._runner = runner
+        self._clock = clock
+
+    def handle(self, identity: Identity, request: GatewayRequest) -> GatewayResponse:
+        install = self._enabled_install(identity.tenant, request.extension)
+        self._limiter.hit(
+            f"gateway#{identity.tenant}#{request.extension}",
+            self._settings.ext_gateway_rate_limit_per_minute,
+            self._clock(),
+        )
+        if len(request.body) > self._settings.ext_gateway_max_body_bytes:
+            raise PayloadTooLarge(
+                f"the request body is {len(request.body)} bytes; the limit is "
+                f"{self._settings.ext_gateway_max_body_bytes}"
+            )
+        version = self._versions.get(install.name, install.version)
+        endpoint, params = self._endpoint(version, request)
+        payload = {
+            "content_hash": install.content_hash,
+            "extension": install.name,
+            "granted_capabilities": list(install.granted_capabilities),
+            "request": self._guest_request(identity, install, request, endpoint, params),
+        }
+        answer = self._runner().execute(payload, self._settings.ext_gateway_timeout_ms / 1000)
+        return self._response(answer)
+
+    def _enabled_install(self, tenant: str, name: str) -> InstallRecord:
+        install = self._installs.get(tenant, name)
+        if not install.enabled:
+            raise NotInstalled(f"extension {name!r} is disabled for this tenant")
+        return install
+
+    @staticmethod
+    def _endpoint(version: VersionRecord, request: GatewayRequest) -> tuple[Endpoint, dict[str, str]]:
+        endpoints = [Endpoint(e["method"], e["path"], e["handler"]) for e in version.endpoints]
+        ranked = sorted(endpoints, key=lambda e: [s.startswith(":") for s in e.segments])
+        for endpoint in ranked:
+            params = endpoint.match(request.method, request.path)
+            if params is not None:
+                return endpoint, {k: unquote(v) for k, v in params.items()}
+        allowed = sorted({e.method for e in endpoints if e.match(e.method, request.path) is not None})
+        hint = f" (it accepts {', '.join(allowed)} there)" if allowed else ""
+        raise EndpointNotFound(f"{request.extension} has no endpoint for {request.method} {request.path}{hint}")
+
+    @staticmethod
+    def _guest_request(
+        identity: Identity,
+        install: InstallRecord,
+        request: GatewayRequest,
+        endpoint: Endpoint,
+        params: Mapping[str, str],
+    ) -> dict[str, Any]:
+        context: dict[str, Any] = {
+            "request_id": request.request_id,
+            "tenant_id": identity.tenant,
+            "extension_id": install.name,
+            "install_id": install.install_id,
+            "version": install.version,
+            "content_hash": install.content_hash,
+            "config": dict(install.config),
+        }
+        if "cap:user.read" in install.granted_capabilities:
+            context["user"] = {"sub": identity.sub, "roles": sorted(identity.roles)}
+        return {
+            "context": context,
+            "endpoint": {**endpoint.to_dict(), "params": dict(params)},
+            "http": {
+                "method": request.method,
+                "path": request.path,
+                "query": {k: v[0] for k, v in request.query.items() if v},
+                "query_string": _query_string(request.query),
+                "headers": _forwarded_headers(request.headers),
+                "body_b64": base64.b64encode(request.body).decode() if request.body else None,
+            },
+        }
+
+    @staticmethod
+    def _response(answer: Mapping[str, Any]) -> GatewayResponse:
+        status = answer.get("status")
+        if not isinstance(status, int) or not 100 <= status <= 599:
+            raise ExtensionFailed("the extension answered without a valid status")
+        body_b64 = answer.get("body_b64")
+        try:
+            body = base64.b64decode(body_b64, validate=True) if body_b64 else b""
+        except (binascii.Error, TypeError):
+            raise ExtensionFailed("the extension's body is not valid base64") from None
+        headers = {**_returned_headers(answer.get("headers", {})), **_SAFETY_HEADERS}
+        return GatewayResponse(status=status, headers=headers, body=body)

@@ -1,0 +1,72 @@
+"""``extctl dev``: the local stack in the foreground, with the example already installed."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, TextIO
+
+from chalicelib.bundles.pack import pack_project
+from chalicelib.bundles.signing import load_private_key, sign_content_hash
+from chalicelib.errors import UsageError
+from extctl.api import ApiClient
+from extctl.localstack import LocalStack, StackUrls
+from extctl.publish import publish_bundle
+from extctl.scaffold import TEMPLATE
+
+__all__ = ["add_command", "publish_example"]
+
+
+def add_command(sub: Any) -> None:
+    p = sub.add_parser("dev", help="run the whole platform locally (moto, API, runner) in the foreground")
+    p.add_argument("--port", type=int, default=8700, help="API port; the runner uses PORT+1, moto PORT+2 (0: any)")
+    p.add_argument("--trust-bundle", help="trust bundle (path or PEM): signatures fail closed")
+    p.add_argument("--key", type=Path, help="key that signs the example extension (needed with --trust-bundle)")
+    p.add_argument("--no-example", action="store_true", help="do not publish and install the example")
+    p.set_defaults(handler=run_dev)
+
+
+def publish_example(urls: StackUrls, key: Path | None) -> dict[str, Any]:
+    """Pack, optionally sign, publish and install ``examples/hello`` through the API."""
+    with tempfile.TemporaryDirectory(prefix="ext-example-") as tmp:
+        bundle = Path(tmp) / "bundle.tar.zst"
+        packed = pack_project(TEMPLATE, bundle)
+        if key is not None:
+            envelope = sign_content_hash(packed.content_hash, load_private_key(key.read_bytes()))
+            (Path(tmp) / "bundle.tar.zst.sig").write_text(envelope.to_json(), "utf-8")
+        api = ApiClient(urls.api, urls.token)
+        result = publish_bundle(api, bundle).result
+        api.post("/installs", {"extension": result["extension"], "version": result["version"]})
+        return result
+
+
+def run_dev(args: argparse.Namespace, out: TextIO) -> None:
+    if args.trust_bundle and not args.key and not args.no_example:
+        raise UsageError("with --trust-bundle, pass --key to sign the example (or --no-example)")
+    stack = LocalStack(port=args.port, trust_bundle=args.trust_bundle)
+    stopped = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopped.set())
+    try:
+        urls = stack.start()
+        if not args.no_example:
+            example = publish_example(urls, args.key)
+            print(
+                f"installed {example['extension']}@{example['version']} ({example['signature_status']}): "
+                f"{urls.api}/api/ext/{example['extension']}/hello?name=you",
+                file=sys.stderr,
+            )
+        print(f"EXT_API_URL={urls.api}", file=out)
+        print(f"EXT_RUNNER_URL={urls.runner}", file=out)
+        print(f"EXT_TOKEN={urls.token}", file=out)
+        print(f"EXT_ADMIN_URL={urls.admin}", file=out)
+        out.flush()
+        print("ready; press Ctrl-C to stop", file=sys.stderr)
+        stopped.wait()
+    finally:
+        print("stopping…", file=sys.stderr)
+        stack.stop()

@@ -1,0 +1,125 @@
+"""The commands that talk to the platform: publish, install and friends."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+from extctl.api import ApiClient, dumps, with_retries
+from extctl.publish import publish_bundle
+
+__all__ = ["add_commands"]
+
+
+def _client(args: argparse.Namespace) -> ApiClient:
+    return ApiClient(args.api, args.token)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--api", default=os.environ.get("EXT_API_URL"), help="API base URL (default: $EXT_API_URL)")
+    parser.add_argument("--token", default=os.environ.get("EXT_TOKEN"), help="bearer token (default: $EXT_TOKEN)")
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser("publish", help="upload, verify and register a bundle (resumable)")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--signature", type=Path, help="signature file (default: BUNDLE.sig when it exists)")
+    p.add_argument("--install", action="store_true", help="also install the published version in your tenant")
+    _common(p)
+    p.set_defaults(handler=_publish)
+
+    p = sub.add_parser("install", help="install a version in your tenant (or switch to it)")
+    p.add_argument("name")
+    p.add_argument("--version", required=True)
+    _common(p)
+    p.set_defaults(handler=_install)
+
+    for command, text in (("uninstall", "remove the install"), ("enable", "enable"), ("disable", "disable")):
+        p = sub.add_parser(command, help=f"{text} an extension in your tenant")
+        p.add_argument("name")
+        _common(p)
+        p.set_defaults(handler=_change, change=command)
+
+    p = sub.add_parser("rollback", help="go back to the previous (or a given) installed version")
+    p.add_argument("name")
+    p.add_argument("--version", help="a version from the install's history (default: the previous one)")
+    _common(p)
+    p.set_defaults(handler=_rollback)
+
+    p = sub.add_parser("extensions", help="list the registry's extensions")
+    p.add_argument("--json", action="store_true")
+    _common(p)
+    p.set_defaults(handler=_extensions)
+
+    p = sub.add_parser("installs", help="list your tenant's installs")
+    p.add_argument("--json", action="store_true")
+    _common(p)
+    p.set_defaults(handler=_installs)
+
+
+def _publish(args: argparse.Namespace, out: TextIO) -> None:
+    api = _client(args)
+    columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    with Progress("[progress.description]{task.description}", *columns, transient=True, console=None) as bar:
+        task = bar.add_task(f"uploading {args.bundle.name}", total=None)
+
+        def on_total(total: int, done: int) -> None:
+            bar.update(task, total=total, completed=done)
+
+        published = publish_bundle(
+            api,
+            args.bundle,
+            signature=args.signature,
+            progress=lambda n: bar.advance(task, n),
+            on_total=on_total,
+        )
+    if published.resumed:
+        print("resumed an interrupted upload", file=sys.stderr)
+    result: dict[str, Any] = dict(published.result)
+    if args.install:
+        body = {"extension": result["extension"], "version": result["version"]}
+        result["install"] = with_retries(lambda: api.post("/installs", body))
+    print(dumps(result), file=out)
+
+
+def _install(args: argparse.Namespace, out: TextIO) -> None:
+    print(dumps(_client(args).post("/installs", {"extension": args.name, "version": args.version})), file=out)
+
+
+def _change(args: argparse.Namespace, out: TextIO) -> None:
+    api = _client(args)
+    path = f"/installs/{args.name}"
+    if args.change == "uninstall":
+        print(dumps(api.delete(path)), file=out)
+    else:
+        print(dumps(api.patch(path, {"enabled": args.change == "enable"})), file=out)
+
+
+def _rollback(args: argparse.Namespace, out: TextIO) -> None:
+    body = {"version": args.version} if args.version else {}
+    print(dumps(_client(args).post(f"/installs/{args.name}/rollback", body)), file=out)
+
+
+def _extensions(args: argparse.Namespace, out: TextIO) -> None:
+    extensions = _client(args).get("/extensions")["extensions"]
+    if args.json:
+        print(dumps(extensions), file=out)
+        return
+    for ext in extensions:
+        mine = " (yours)" if ext.get("owned") else ""
+        print(f"{ext['name']}\t{ext.get('latest_version') or '-'}\t{ext['publisher']}{mine}", file=out)
+
+
+def _installs(args: argparse.Namespace, out: TextIO) -> None:
+    installs = _client(args).get("/installs")["installs"]
+    if args.json:
+        print(dumps(installs), file=out)
+        return
+    for item in installs:
+        state = "enabled" if item["enabled"] else "disabled"
+        print(f"{item['extension']}\t{item['version']}\t{state}\t{item['content_hash']}", file=out)
