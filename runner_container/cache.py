@@ -1,0 +1,666 @@
+"""The runner's bundle cache: verified bundles on local disk, compiled modules in memory.
+
+A request for a content hash goes through these stages; the slow ones run under a lock of that hash
+only, so concurrent cold requests for one hash fetch and compile it once while other hashes proceed:
+
+1. known: the hash is in the disk index (built from ``<cache>/*/`` at start, kept in memory) → use it;
+2. fetch: stream ``<hex>/bundle.tar.zst`` from the store through :func:`verify_bundle` with the expected
+   hash, unpacking into a temp dir inside the cache dir in the same pass; check ``signature.json``
+   against the trust bundle (fail closed when one is configured); write ``index.json`` (the verified
+   files and their sha256); only then ``os.replace`` the temp dir to ``<cache>/<hex>/``.  Any failure
+   deletes the temp dir, so nothing unverified is ever used or left behind;
+3. module (bundles with an ``api``): the in-memory LRU, else ``<cache>/<hex>/<fingerprint>.cwasm``, else
+   the platform's ``precompiled/<fingerprint>.cwasm`` from the store, else compile the entry, keep the
+   serialized code locally and publish it to the store.  A ``.cwasm`` is never taken from a bundle:
+   deserializing one is running native code;
+4. evict: past ``RUNNER_CACHE_MAX_BYTES`` the least recently used hashes are removed, never one in use.
+
+Layout::
+
+    <cache>/<hex>/index.json            verified file list, signature status, trust fingerprint
+    <cache>/<hex>/bundle/…              the unpacked bundle
+    <cache>/<hex>/<fingerprint>.cwasm   compiled code (this runner's, or downloaded from the store)
+    <cache>/.incoming/                  loads in progress (cleared on start)
+    <cache>/.trash/                     evicted entries being deleted (cleared on start)
+
+Removing files under a loaded module is safe: wasmtime mmaps a ``.cwasm``, so one is never rewritten in
+place (a new file is written aside and ``os.replace``'d, giving it a new inode) and eviction only
+renames and unlinks.  On Linux an unlinked file stays valid for every mapping of it, so a module still
+running keeps working after its files are gone; overwriting or truncating it instead would SIGBUS.
+
+One runner process owns a cache dir (Lambda: one per container; HTTP mode: one server process).  Entries
+found at start are trusted as verified only if they were verified under the same trust bundle.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter, OrderedDict
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, BinaryIO, Protocol, cast
+
+import wasmtime
+
+from chalicelib.bundles.manifest import Manifest
+from chalicelib.bundles.signing import (
+    MAX_ENVELOPE_BYTES,
+    SignatureCheck,
+    SignatureEnvelope,
+    SignatureStatus,
+    TrustBundle,
+    verify_signature,
+)
+from chalicelib.bundles.verify import BundleFile, VerifiedBundle, verify_bundle
+from chalicelib.config import Settings
+from chalicelib.errors import ExtError, NotFound, StorageError
+from chalicelib.logs import log_event
+from chalicelib.storage.store import (
+    BUNDLE_OBJECT,
+    SIGNATURE_OBJECT,
+    ObjectInfo,
+    PutOutcome,
+    ReadableStream,
+    content_hash_hex,
+)
+from runner_container.engine import WasmEngine
+
+__all__ = [
+    "CWASM_CONTENT_TYPE",
+    "BundleCache",
+    "CacheStats",
+    "CachedBundle",
+    "LoadedBundle",
+    "ModuleSource",
+    "PrecompileResult",
+    "RunnerStore",
+    "trust_fingerprint",
+]
+
+CWASM_CONTENT_TYPE = "application/octet-stream"
+INDEX_FILE = "index.json"
+BUNDLE_DIR = "bundle"
+_INDEX_FORMAT = "ext-runner-cache/v1"
+_MAX_INDEX_BYTES = 16 * 1024 * 1024
+_CHUNK = 1024 * 1024
+_HEX = re.compile(r"[0-9a-f]{64}")
+_INCOMING = ".incoming"
+_TRASH = ".trash"
+
+
+class RunnerStore(Protocol):
+    """The part of :class:`~chalicelib.storage.store.BundleStore` the runner uses (it never writes bundles)."""
+
+    def object_key(self, content_hash: str, name: str) -> str: ...
+
+    def precompiled_key(self, content_hash: str, fingerprint: str) -> str: ...
+
+    def open_stream(self, key: str) -> ReadableStream: ...
+
+    def head(self, key: str) -> ObjectInfo | None: ...
+
+    def put_immutable(self, key: str, body: bytes | BinaryIO, content_type: str) -> PutOutcome: ...
+
+
+class ModuleSource(StrEnum):
+    """Where a compiled module came from."""
+
+    MEMORY = "memory"
+    LOCAL = "local"
+    STORED = "stored"
+    COMPILED = "compiled"
+
+
+@dataclass(frozen=True)
+class CachedBundle:
+    """A verified bundle unpacked on local disk; ``files`` maps each bundle path to its size and sha256."""
+
+    content_hash: str
+    root: Path
+    manifest: Manifest
+    files: Mapping[str, BundleFile]
+    signature_status: SignatureStatus
+
+
+@dataclass(frozen=True)
+class LoadedBundle:
+    """A bundle ready to run: ``module`` is None when the manifest declares no ``api``.
+
+    ``size`` is the bytes the hash takes in the disk cache when it was handed out.
+    """
+
+    content_hash: str
+    root: Path
+    manifest: Manifest
+    module: wasmtime.Module | None
+    size: int
+    files: Mapping[str, BundleFile]
+    module_source: ModuleSource | None
+
+
+@dataclass(frozen=True)
+class PrecompileResult:
+    """What :meth:`BundleCache.precompile` did; ``key`` and ``source`` are None for a bundle without ``api``."""
+
+    content_hash: str
+    fingerprint: str
+    key: str | None
+    source: ModuleSource | None
+
+    @property
+    def compiled(self) -> bool:
+        """Whether this call compiled the module (rather than finding compiled code)."""
+        return self.source is ModuleSource.COMPILED
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "content_hash": self.content_hash,
+            "fingerprint": self.fingerprint,
+            "key": self.key,
+            "source": None if self.source is None else self.source.value,
+            "compiled": self.compiled,
+        }
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    entries: int
+    bytes: int
+    max_bytes: int
+    modules: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"entries": self.entries, "bytes": self.bytes, "max_bytes": self.max_bytes, "modules": self.modules}
+
+
+def trust_fingerprint(trust: TrustBundle | None) -> str:
+    """Names a trust configuration: entries verified under another one are verified again."""
+    if trust is None:
+        return "none"
+    described = sorted((key.key_id, key.scope, str(key.valid_from), str(key.valid_until)) for key in trust.keys)
+    return "sha256:" + hashlib.sha256(json.dumps(described).encode()).hexdigest()
+
+
+class _KeyedLocks:
+    """One lock per key, created on demand and dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._locks.get(key, (threading.Lock(), 0))
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._locks[key]
+                if users == 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
+
+
+def _tree_size(path: Path) -> int:
+    total = 0
+    for folder, _dirs, names in os.walk(path):
+        for name in names:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except FileNotFoundError:
+                continue
+    return total
+
+
+def _read_capped(stream: ReadableStream, cap: int) -> bytes:
+    """At most ``cap + 1`` bytes of ``stream``: one byte past the cap tells "too large" apart."""
+    data = bytearray()
+    while len(data) <= cap:
+        chunk = stream.read(min(_CHUNK, cap + 1 - len(data)))
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
+def _write_atomic(path: Path, chunks: Iterable[bytes], max_bytes: int) -> int:
+    """Write ``chunks`` to a new file beside ``path`` and ``os.replace`` it into place; returns the size.
+
+    ``path`` is never opened for writing, so a module mapping the previous file keeps its bytes.
+    """
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    size = 0
+    try:
+        with open(temp, "xb") as out:
+            for chunk in chunks:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise StorageError(f"{path.name} is larger than the {max_bytes}-byte cache")
+                out.write(chunk)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    return size
+
+
+def _stream_chunks(stream: ReadableStream) -> Iterator[bytes]:
+    while chunk := stream.read(_CHUNK):
+        yield chunk
+
+
+class BundleCache:
+    """Verified bundles by content hash on local disk, and their compiled modules in memory.
+
+    ``trust`` is the trust bundle signatures are checked against (None: unsigned bundles are accepted,
+    local development only).  Safe to share between threads.
+    """
+
+    def __init__(self, store: RunnerStore, engine: WasmEngine, settings: Settings, trust: TrustBundle | None) -> None:
+        self._store = store
+        self._engine = engine
+        self._trust = trust
+        self._trust_id = trust_fingerprint(trust)
+        self._limits = settings.bundle_limits
+        self._root = Path(settings.runner_cache_dir)
+        self._max_bytes = int(settings.runner_cache_max_bytes)
+        self._module_capacity = int(settings.runner_module_cache_entries)
+        self._locks = _KeyedLocks()
+        self._state = threading.Lock()
+        self._bundles: dict[str, CachedBundle] = {}
+        self._sizes: OrderedDict[str, int] = OrderedDict()
+        self._total = 0
+        self._pins: Counter[str] = Counter()
+        self._modules: OrderedDict[str, wasmtime.Module] = OrderedDict()
+        self._incoming = self._root / _INCOMING
+        self._trash = self._root / _TRASH
+        self._start()
+
+    # --- public ---------------------------------------------------------------------------
+
+    def get(self, content_hash: str) -> LoadedBundle:
+        """The verified bundle ``content_hash`` with its compiled module, fetching and compiling on a miss.
+
+        Raises ``BadRequest`` for a malformed hash, ``NotFound`` when the store does not hold it, and the
+        verification error (``HASH_MISMATCH``, ``SIGNATURE_*``, ``BUNDLE_*``…) when it fails a check.
+        """
+        hex_digest = content_hash_hex(content_hash)
+        with self._pinned(hex_digest):
+            bundle = self._bundle(content_hash, hex_digest)
+            module: wasmtime.Module | None = None
+            source: ModuleSource | None = None
+            if bundle.manifest.has_api:
+                module, source = self._module(bundle, hex_digest)
+            with self._state:
+                size = self._sizes.get(hex_digest, 0)
+            return LoadedBundle(
+                content_hash=content_hash,
+                root=bundle.root,
+                manifest=bundle.manifest,
+                module=module,
+                size=size,
+                files=bundle.files,
+                module_source=source,
+            )
+
+    @contextmanager
+    def lease(self, content_hash: str) -> Iterator[CachedBundle]:
+        """The verified bundle, unpacked, kept on disk (not evicted) until the block ends; no compiling."""
+        hex_digest = content_hash_hex(content_hash)
+        with self._pinned(hex_digest):
+            yield self._bundle(content_hash, hex_digest)
+
+    def precompile(self, content_hash: str) -> PrecompileResult:
+        """Make sure the store holds this engine's compiled code for ``content_hash`` (used after publish).
+
+        Loads the module the way :meth:`get` does; unlike :meth:`get`, failing to store the artifact
+        raises ``StorageError`` instead of being logged.
+        """
+        hex_digest = content_hash_hex(content_hash)
+        fingerprint = self._engine.fingerprint
+        with self._pinned(hex_digest):
+            bundle = self._bundle(content_hash, hex_digest)
+            if not bundle.manifest.has_api:
+                return PrecompileResult(content_hash, fingerprint, None, None)
+            key = self._store.precompiled_key(content_hash, fingerprint)
+            with self._locks.hold(hex_digest):
+                module, source = self._module_locked(bundle, hex_digest, strict=True)
+                if source in (ModuleSource.MEMORY, ModuleSource.LOCAL) and self._store.head(key) is None:
+                    self._store.put_immutable(key, self._engine.serialize(module), CWASM_CONTENT_TYPE)
+            return PrecompileResult(content_hash, fingerprint, key, source)
+
+    def stats(self) -> CacheStats:
+        with self._state:
+            return CacheStats(
+                entries=len(self._sizes),
+                bytes=self._total,
+                max_bytes=self._max_bytes,
+                modules=len(self._modules),
+            )
+
+    # --- start: rebuild the index from disk --------------------------------------------------
+
+    def _start(self) -> None:
+        self._root.mkdir(parents=True, exist_ok=True)
+        for scratch in (self._incoming, self._trash):
+            shutil.rmtree(scratch, ignore_errors=True)
+            scratch.mkdir()
+        found: list[tuple[float, str, CachedBundle]] = []
+        for child in self._root.iterdir():
+            # Only names this cache writes are touched: a cache dir set to a shared folder loses nothing else.
+            if not _HEX.fullmatch(child.name) or not child.is_dir() or child.is_symlink():
+                continue
+            bundle = self._read_entry(child)
+            if bundle is None:
+                shutil.rmtree(self._retire(child), ignore_errors=True)
+                continue
+            for stale in child.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
+            found.append((child.stat().st_mtime, child.name, bundle))
+        for _mtime, hex_digest, bundle in sorted(found, key=lambda item: item[0]):
+            self._bundles[hex_digest] = bundle
+            self._sizes[hex_digest] = _tree_size(bundle.root.parent)
+            self._total += self._sizes[hex_digest]
+        if found:
+            log_event("runner.cache_rebuilt", entries=len(found), bytes=self._total)
+        self._evict(keep=None)
+
+    def _read_entry(self, path: Path) -> CachedBundle | None:
+        """The bundle an entry left by an earlier process holds, or None when it cannot be trusted."""
+        try:
+            index_path = path / INDEX_FILE
+            if index_path.stat().st_size > _MAX_INDEX_BYTES:
+                return None
+            index = json.loads(index_path.read_bytes())
+            if (
+                index.get("format") != _INDEX_FORMAT
+                or index.get("content_hash") != f"sha256:{path.name}"
+                or index.get("trust") != self._trust_id
+            ):
+                return None
+            root = path / BUNDLE_DIR
+            manifest = Manifest.parse((root / "manifest.json").read_bytes())
+            files = {
+                name: BundleFile(path=name, size=int(entry["size"]), sha256=str(entry["sha256"]))
+                for name, entry in index["files"].items()
+            }
+            status = SignatureStatus(index["signature_status"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, ExtError):
+            return None
+        return CachedBundle(index["content_hash"], root, manifest, MappingProxyType(files), status)
+
+    # --- bundles ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _pinned(self, hex_digest: str) -> Iterator[None]:
+        """Keep ``hex_digest`` from eviction for the block; when the last user leaves, catch up on eviction."""
+        with self._state:
+            self._pins[hex_digest] += 1
+        try:
+            yield
+        finally:
+            with self._state:
+                self._pins[hex_digest] -= 1
+                released = self._pins[hex_digest] <= 0
+                if released:
+                    del self._pins[hex_digest]
+                over_budget = self._total > self._max_bytes
+            if released and over_budget:
+                self._evict(keep=None)
+
+    def _touch(self, hex_digest: str) -> CachedBundle | None:
+        with self._state:
+            bundle = self._bundles.get(hex_digest)
+            if bundle is not None:
+                self._sizes.move_to_end(hex_digest)
+            return bundle
+
+    def _bundle(self, content_hash: str, hex_digest: str) -> CachedBundle:
+        bundle = self._touch(hex_digest)
+        if bundle is not None:
+            return bundle
+        with self._locks.hold(hex_digest):
+            bundle = self._touch(hex_digest)
+            if bundle is not None:
+                return bundle
+            bundle = self._fetch(content_hash, hex_digest)
+            size = _tree_size(bundle.root.parent)
+            with self._state:
+                self._bundles[hex_digest] = bundle
+                self._sizes[hex_digest] = size
+                self._total += size
+        self._evict(keep=hex_digest)
+        return bundle
+
+    def _fetch(self, content_hash: str, hex_digest: str) -> CachedBundle:
+        """Download, verify and unpack in one pass, check the signature, then move into place."""
+        started = time.perf_counter()
+        incoming = Path(tempfile.mkdtemp(prefix=f"{hex_digest}.", dir=self._incoming))
+        try:
+            verified = self._download(content_hash, incoming / BUNDLE_DIR)
+            check = self._check_signature(content_hash, verified.manifest.name)
+            self._write_index(incoming / INDEX_FILE, verified, check)
+            final = self._root / hex_digest
+            self._install(incoming, final)
+        except BaseException:
+            shutil.rmtree(incoming, ignore_errors=True)
+            raise
+        log_event(
+            "runner.bundle_fetched",
+            content_hash=content_hash,
+            extension=verified.manifest.name,
+            signature=check.status.value,
+            compressed_bytes=verified.compressed_size,
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+        files = {f.path: f for f in verified.files}
+        return CachedBundle(content_hash, final / BUNDLE_DIR, verified.manifest, MappingProxyType(files), check.status)
+
+    def _download(self, content_hash: str, extract_to: Path) -> VerifiedBundle:
+        extract_to.mkdir()
+        stream = self._store.open_stream(self._store.object_key(content_hash, BUNDLE_OBJECT))
+        try:
+            # verify_bundle only calls read(size); the cast states that duck type.
+            source = cast(BinaryIO, stream)
+            return verify_bundle(source, self._limits, expected_hash=content_hash, extract_to=extract_to)
+        finally:
+            stream.close()
+
+    def _check_signature(self, content_hash: str, extension_name: str) -> SignatureCheck:
+        return verify_signature(content_hash, extension_name, self._read_envelope(content_hash), self._trust)
+
+    def _read_envelope(self, content_hash: str) -> SignatureEnvelope | None:
+        try:
+            stream = self._store.open_stream(self._store.object_key(content_hash, SIGNATURE_OBJECT))
+        except NotFound:
+            return None
+        try:
+            raw = _read_capped(stream, MAX_ENVELOPE_BYTES)
+        finally:
+            stream.close()
+        # An envelope past the cap fails parsing with SIGNATURE_INVALID, as any other malformed one.
+        return SignatureEnvelope.parse(raw)
+
+    def _write_index(self, path: Path, verified: VerifiedBundle, check: SignatureCheck) -> None:
+        index = {
+            "format": _INDEX_FORMAT,
+            "content_hash": verified.content_hash,
+            "trust": self._trust_id,
+            "signature_status": check.status.value,
+            "signature_key_id": check.key_id,
+            "files": {f.path: {"size": f.size, "sha256": f.sha256} for f in verified.files},
+        }
+        path.write_text(json.dumps(index, sort_keys=True), encoding="utf-8")
+
+    def _install(self, incoming: Path, final: Path) -> None:
+        try:
+            os.replace(incoming, final)
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            # A directory the index does not know (left by a crash): it is not trusted, so replace it.
+            shutil.rmtree(self._retire(final), ignore_errors=True)
+            os.replace(incoming, final)
+
+    # --- eviction -----------------------------------------------------------------------------
+
+    def _retire(self, path: Path) -> Path:
+        """Move ``path`` out of the cache's namespace at once; the caller deletes it at leisure.
+
+        A rename is one metadata operation, so it is done under the state lock: once a hash is gone from
+        the index its directory is gone too, and a new load of it can never meet a half-deleted one.
+        """
+        target = self._trash / f"{path.name}.{uuid.uuid4().hex}"
+        with suppress(FileNotFoundError):
+            os.replace(path, target)
+        return target
+
+    def _grow(self, hex_digest: str, size: int) -> None:
+        with self._state:
+            if hex_digest in self._sizes:
+                self._sizes[hex_digest] += size
+                self._total += size
+        self._evict(keep=hex_digest)
+
+    def _evict(self, keep: str | None) -> None:
+        """Drop least recently used hashes until the cache fits; pinned ones and ``keep`` stay."""
+        retired: list[tuple[str, Path]] = []
+        with self._state:
+            for hex_digest in list(self._sizes):
+                if self._total <= self._max_bytes:
+                    break
+                if hex_digest == keep or self._pins[hex_digest]:
+                    continue
+                self._total -= self._sizes.pop(hex_digest)
+                self._bundles.pop(hex_digest, None)
+                self._modules.pop(hex_digest, None)
+                retired.append((hex_digest, self._retire(self._root / hex_digest)))
+            total = self._total
+        for hex_digest, path in retired:
+            shutil.rmtree(path, ignore_errors=True)
+            log_event("runner.bundle_evicted", content_hash=f"sha256:{hex_digest}")
+        if total > self._max_bytes:
+            log_event("runner.cache_over_budget", level=logging.WARNING, bytes=total, max_bytes=self._max_bytes)
+
+    # --- modules ------------------------------------------------------------------------------
+
+    def _cached_module(self, hex_digest: str) -> wasmtime.Module | None:
+        with self._state:
+            module = self._modules.get(hex_digest)
+            if module is not None:
+                self._modules.move_to_end(hex_digest)
+            return module
+
+    def _remember_module(self, hex_digest: str, module: wasmtime.Module) -> None:
+        with self._state:
+            self._modules[hex_digest] = module
+            self._modules.move_to_end(hex_digest)
+            while len(self._modules) > self._module_capacity:
+                self._modules.popitem(last=False)
+
+    def _module(self, bundle: CachedBundle, hex_digest: str) -> tuple[wasmtime.Module, ModuleSource]:
+        module = self._cached_module(hex_digest)
+        if module is not None:
+            return module, ModuleSource.MEMORY
+        with self._locks.hold(hex_digest):
+            return self._module_locked(bundle, hex_digest, strict=False)
+
+    def _module_locked(
+        self, bundle: CachedBundle, hex_digest: str, *, strict: bool
+    ) -> tuple[wasmtime.Module, ModuleSource]:
+        module = self._cached_module(hex_digest)
+        if module is not None:
+            return module, ModuleSource.MEMORY
+        local = bundle.root.parent / f"{self._engine.fingerprint}.cwasm"
+        module = self._deserialize(local, hex_digest)
+        source = ModuleSource.LOCAL
+        if module is None and self._download_precompiled(bundle.content_hash, local, hex_digest):
+            module = self._deserialize(local, hex_digest)
+            source = ModuleSource.STORED
+        if module is None:
+            module = self._compile(bundle, local, hex_digest, strict=strict)
+            source = ModuleSource.COMPILED
+        self._remember_module(hex_digest, module)
+        return module, source
+
+    def _deserialize(self, path: Path, hex_digest: str) -> wasmtime.Module | None:
+        if not path.is_file():
+            return None
+        try:
+            return self._engine.deserialize_file(path)
+        except ExtError as exc:
+            # Another wasmtime, settings or CPU: a miss.  Unlinking is safe even if something maps it.
+            log_event("runner.precompiled_unusable", level=logging.WARNING, path=str(path), reason=exc.message)
+            size = path.stat().st_size
+            path.unlink()
+            self._grow(hex_digest, -size)
+            return None
+
+    def _download_precompiled(self, content_hash: str, local: Path, hex_digest: str) -> bool:
+        key = self._store.precompiled_key(content_hash, self._engine.fingerprint)
+        try:
+            stream = self._store.open_stream(key)
+        except NotFound:
+            return False
+        except ExtError as exc:
+            log_event("runner.precompiled_download_failed", level=logging.WARNING, key=key, reason=exc.message)
+            return False
+        try:
+            size = _write_atomic(local, _stream_chunks(stream), self._max_bytes)
+        except Exception as exc:
+            # A failed download costs only a compile; any error here (network, disk) is a miss, not a failure.
+            log_event(
+                "runner.precompiled_download_failed",
+                level=logging.WARNING,
+                key=key,
+                reason=f"{type(exc).__name__}: {exc}",
+            )
+            return False
+        finally:
+            stream.close()
+        self._grow(hex_digest, size)
+        return True
+
+    def _compile(self, bundle: CachedBundle, local: Path, hex_digest: str, *, strict: bool) -> wasmtime.Module:
+        started = time.perf_counter()
+        module = self._engine.compile((bundle.root / bundle.manifest.entry).read_bytes())
+        self._engine.validate_abi(module)
+        artifact = self._engine.serialize(module)
+        log_event(
+            "runner.module_compiled",
+            content_hash=bundle.content_hash,
+            cwasm_bytes=len(artifact),
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+        try:
+            self._grow(hex_digest, _write_atomic(local, [artifact], self._max_bytes))
+        except (OSError, ExtError) as exc:
+            log_event("runner.precompiled_local_write_failed", level=logging.WARNING, path=str(local), reason=str(exc))
+        self._publish(bundle.content_hash, artifact, strict=strict)
+        return module
+
+    def _publish(self, content_hash: str, artifact: bytes, *, strict: bool) -> None:
+        key = self._store.precompiled_key(content_hash, self._engine.fingerprint)
+        try:
+            self._store.put_immutable(key, artifact, CWASM_CONTENT_TYPE)
+        except ExtError as exc:
+            if strict:
+                raise
+            log_event("runner.precompiled_upload_failed", level=logging.WARNING, key=key, reason=exc.message)

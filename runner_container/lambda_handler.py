@@ -1,0 +1,164 @@
+"""The runner as a container-image Lambda: ``runner_container.lambda_handler.handler``.
+
+Two kinds of events reach it:
+
+- direct invokes from the gateway (IAM ``lambda:InvokeFunction``), whose JSON is the payload itself:
+  ``{"action": "execute", "content_hash", "extension", "granted_capabilities", "request"}`` or
+  ``{"action": "precompile", "content_hash"}``.  The answer is ``{"ok": true, "response": {...}}`` or
+  ``{"ok": false, "error": {"code", "message", "request_id"}, "status": <HTTP status>}``; errors are
+  answers, not Lambda function errors, so the gateway maps them the same way as in HTTP mode;
+- HTTP events from a Function URL or API Gateway (payload formats 1.0 and 2.0) for the public routes,
+  ``GET|HEAD /ext-ui/…`` and ``/healthz``, answered as ``{"statusCode", "headers", "body",
+  "isBase64Encoded"}``.
+
+The service (engine, S3 client, cache) is built on the first event and kept for the container's life.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from chalicelib.config import load_settings
+from chalicelib.errors import BadRequest, ExtError, Internal, NotFound
+from chalicelib.logs import LOGGER
+from runner_container.service import RunnerService, build_service, configure_process_logging
+from runner_container.ui import SAFE_METHODS, UI_PREFIX, HttpResponse, error_response, json_response, method_not_allowed
+
+__all__ = ["APP", "MAX_HTTP_BODY_BYTES", "RunnerLambda", "handler"]
+
+MAX_HTTP_BODY_BYTES = 4 * 1024 * 1024
+"""Largest asset served through Lambda: base64 makes it ~5.3 MB, under Lambda's 6 MB response limit."""
+_TEXT_TYPES = ("text/", "application/json", "image/svg+xml", "application/javascript")
+
+
+def _as_text(body: bytes, content_type: str) -> str | None:
+    """The body as text when its type is textual and it is valid UTF-8; None means send it base64."""
+    if not content_type.startswith(_TEXT_TYPES):
+        return None
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _http_event_parts(event: Mapping[str, Any]) -> tuple[str, str, dict[str, str]]:
+    """Method, raw path and lower-cased headers of a payload format 1.0 or 2.0 HTTP event."""
+    if "rawPath" in event:
+        method = str(event["requestContext"]["http"]["method"])
+        path = str(event["rawPath"])
+    else:
+        method = str(event["httpMethod"])
+        path = str(event["path"])
+    headers = {str(name).lower(): str(value) for name, value in (event.get("headers") or {}).items()}
+    return method.upper(), path, headers
+
+
+def _is_http_event(event: Mapping[str, Any]) -> bool:
+    return "rawPath" in event or "httpMethod" in event
+
+
+def _lambda_response(response: HttpResponse, request_id: str, *, head: bool) -> dict[str, Any]:
+    headers = {**response.headers, "X-Request-Id": request_id}
+    if head:
+        response.close()
+        return {"statusCode": response.status, "headers": headers, "body": "", "isBase64Encoded": False}
+    body = response.read_body()
+    if len(body) > MAX_HTTP_BODY_BYTES:
+        too_large = Internal(f"the asset is {len(body)} bytes; Lambda serves at most {MAX_HTTP_BODY_BYTES}")
+        return _lambda_response(error_response(too_large, request_id), request_id, head=False)
+    text = _as_text(body, headers.get("Content-Type", ""))
+    if text is not None:
+        return {"statusCode": response.status, "headers": headers, "body": text, "isBase64Encoded": False}
+    encoded = base64.b64encode(body).decode("ascii")
+    return {"statusCode": response.status, "headers": headers, "body": encoded, "isBase64Encoded": True}
+
+
+class RunnerLambda:
+    """The Lambda entry point around a service built once, lazily, by ``factory``."""
+
+    def __init__(self, factory: Callable[[], RunnerService]) -> None:
+        self._factory = factory
+        self._service: RunnerService | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def service(self) -> RunnerService:
+        with self._lock:
+            if self._service is None:
+                self._service = self._factory()
+            return self._service
+
+    def close(self) -> None:
+        """Release the service (tests; a container just ends); the next event builds a new one."""
+        with self._lock:
+            if self._service is not None:
+                self._service.close()
+                self._service = None
+
+    def __call__(self, event: Any, context: Any) -> dict[str, Any]:
+        request_id = str(getattr(context, "aws_request_id", "") or uuid.uuid4().hex)
+        if isinstance(event, Mapping) and _is_http_event(event):
+            return self._http(event, request_id)
+        try:
+            if not isinstance(event, Mapping) or "action" not in event:
+                raise BadRequest("expected an invoke event with an 'action', or an HTTP event")
+            return {"ok": True, "response": self._invoke(event)}
+        except ExtError as exc:
+            return {"ok": False, "error": exc.to_dict(request_id)["error"], "status": exc.http_status}
+        except Exception:
+            LOGGER.exception("runner.unhandled_error", extra={"request_id": request_id})
+            internal = Internal(f"unexpected runner error; report request id {request_id}")
+            return {"ok": False, "error": internal.to_dict(request_id)["error"], "status": internal.http_status}
+
+    def _invoke(self, event: Mapping[str, Any]) -> dict[str, Any]:
+        action = event["action"]
+        if action == "execute":
+            payload = {key: value for key, value in event.items() if key != "action"}
+            return self.service.execute(payload).to_dict()
+        if action == "precompile":
+            return self.service.precompile(event.get("content_hash")).to_dict()
+        raise BadRequest(f"unknown action {action!r}; expected 'execute' or 'precompile'")
+
+    def _http(self, event: Mapping[str, Any], request_id: str) -> dict[str, Any]:
+        try:
+            method, path, headers = _http_event_parts(event)
+        except (KeyError, TypeError):
+            return _lambda_response(
+                error_response(BadRequest("malformed HTTP event"), request_id), request_id, head=False
+            )
+        try:
+            response = self._route(method, path, headers, request_id)
+        except ExtError as exc:
+            response = error_response(exc, request_id)
+        except Exception:
+            LOGGER.exception("runner.unhandled_error", extra={"request_id": request_id})
+            response = error_response(Internal(f"unexpected runner error; report request id {request_id}"), request_id)
+        return _lambda_response(response, request_id, head=method == "HEAD")
+
+    def _route(self, method: str, path: str, headers: Mapping[str, str], request_id: str) -> HttpResponse:
+        if path.startswith(UI_PREFIX):
+            if_none_match = headers.get("if-none-match")
+            return self.service.ui.serve(method, path, if_none_match=if_none_match, request_id=request_id)
+        if path == "/healthz":
+            if method not in SAFE_METHODS:
+                return method_not_allowed(method, SAFE_METHODS, request_id)
+            return json_response(200, self.service.health(), {"Cache-Control": "no-store"})
+        raise NotFound(f"no route {path} (execute and precompile are direct invokes)")
+
+
+def _build() -> RunnerService:
+    settings = load_settings()
+    configure_process_logging(settings.log_level)
+    return build_service(settings)
+
+
+APP = RunnerLambda(_build)
+
+
+def handler(event: Any, context: Any) -> dict[str, Any]:
+    """The Lambda handler (``CMD ["runner_container.lambda_handler.handler"]``)."""
+    return APP(event, context)

@@ -1,0 +1,347 @@
+"""Serving extension UI assets at immutable, content-addressed URLs (DESIGN §7).
+
+``GET|HEAD /ext-ui/{extension}/{content_hash}/{path}`` where ``{path}`` is relative to the bundle's
+``ui/`` folder.  One request goes through these stages:
+
+1. parse the URL (:func:`parse_ui_path`): the extension segment must be a valid name and the hash a full
+   ``sha256:<64 lowercase hex>`` (either may be percent-encoded); anything else cannot name a published
+   bundle, so it is ``404``.  ``/ext-ui/{extension}/{hash}`` without the trailing slash redirects (308) to
+   ``…/{hash}/`` so the entry page's relative URLs resolve inside the bundle;
+2. check the asset path (:func:`normalize_asset_path`): decoded once; ``..`` or ``.`` segments, empty
+   segments, backslashes, NUL and other control characters, a leading ``/`` and double-encoded
+   sequences are all ``400`` (even in spellings the lookup below would never match);
+3. load the bundle through the cache (verified and unpacked; no compiling) and require its manifest name
+   to equal ``{extension}``, else ``404``.  That is how "some version of this extension has this hash" is
+   checked without a database: only finalize writes under ``sha256/``, and only after registering;
+4. resolve (:func:`resolve_asset`) against the bundle's verified file list, never the file system: an empty
+   path is ``ui.entry``; an existing file is itself; a missing extensionless path falls back to
+   ``ui.entry`` (single-page apps); a missing path with an extension is ``404``;
+5. answer: strong ETag ``"sha256-<file sha256>"``; ``If-None-Match`` (lists, ``*``, weak comparison per
+   RFC 9110 §13.1.2) gives ``304``; ``Cache-Control: public, max-age=31536000, immutable`` on 200/304 only.
+
+Every response carries ``X-Content-Type-Options: nosniff``, ``Referrer-Policy: no-referrer`` and
+``Cross-Origin-Resource-Policy: cross-origin`` (the host app on another origin embeds these).  Errors are
+JSON ``{"error": {...}}`` with ``Cache-Control: no-store``.
+
+HTML gets :data:`HTML_CSP`.  The host embeds the page in ``<iframe sandbox="allow-scripts">``, so it runs in
+an opaque origin; browsers still resolve ``'self'`` against the page's URL, so the bundle's own scripts,
+styles, images and fonts load and nothing else does.  ``connect-src 'none'``: the UI has no network access
+of its own and reaches its API only by ``postMessage`` to the host, which adds the user's identity.
+No inline script or style (XSS in an extension's page cannot run), ``object-src 'none'`` (no plugins),
+``base-uri 'none'`` and ``form-action 'none'`` (no redirecting relative URLs or posting data away).
+``frame-ancestors *``: the runner does not know the host app's origin; framing grants nothing because the
+page holds no credentials and acts only through the host's ``postMessage`` handler, which must check the
+message source.  Assets also send ``Access-Control-Allow-Origin: *``: they are public and immutable, and
+fonts and module scripts requested from an opaque-origin frame are CORS requests.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
+from urllib.parse import unquote_to_bytes
+
+from chalicelib.bundles.verify import BundleFile
+from chalicelib.errors import BadRequest, ExtError, NotFound
+from runner_container.cache import BundleCache, CachedBundle
+
+__all__ = [
+    "CONTENT_TYPES",
+    "HTML_CSP",
+    "IMMUTABLE",
+    "UI_PREFIX",
+    "HttpResponse",
+    "UiServer",
+    "UiTarget",
+    "content_type_for",
+    "error_response",
+    "etag_matches",
+    "json_error",
+    "json_response",
+    "method_not_allowed",
+    "normalize_asset_path",
+    "parse_ui_path",
+    "resolve_asset",
+]
+
+UI_PREFIX = "/ext-ui/"
+UI_FOLDER = "ui/"
+IMMUTABLE = "public, max-age=31536000, immutable"
+NO_STORE = "no-store"
+_REDIRECT_CACHE = "public, max-age=86400"
+HTML_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'none'; "
+    "object-src 'none'; frame-ancestors *; base-uri 'none'; form-action 'none'"
+)
+_HTML = "text/html; charset=utf-8"
+_JS = "text/javascript; charset=utf-8"
+CONTENT_TYPES: Mapping[str, str] = {
+    ".html": _HTML,
+    ".htm": _HTML,
+    ".js": _JS,
+    ".mjs": _JS,
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".map": "application/json",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+    ".ico": "image/x-icon",
+    ".woff": "font/woff",
+    ".woff2": "font/woff2",
+    ".wasm": "application/wasm",
+    ".txt": "text/plain; charset=utf-8",
+}
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+SAFE_METHODS = ("GET", "HEAD")
+_ALWAYS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Resource-Policy": "cross-origin",
+}
+_NAME = re.compile(r"[a-z][a-z0-9-]*(\.[a-z0-9][a-z0-9-]*)+")
+_HASH = re.compile(r"sha256:[0-9a-f]{64}")
+_ENCODED = re.compile(r"%[0-9A-Fa-f]{2}")
+_ENTITY_TAG = re.compile(r'(?:W/)?"([^"]*)"')
+_MAX_NAME = 128
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    """A response of the runner's HTTP surfaces: ``body``, or an open ``file`` to stream (then closed)."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes = b""
+    file: BinaryIO | None = field(default=None, compare=False)
+
+    def read_body(self) -> bytes:
+        """The whole body; closes ``file``."""
+        if self.file is None:
+            return self.body
+        with self.file:
+            return self.file.read()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+def json_response(status: int, document: Any, headers: Mapping[str, str] | None = None) -> HttpResponse:
+    body = json.dumps(document, separators=(",", ":")).encode()
+    return HttpResponse(
+        status,
+        {
+            **_ALWAYS,
+            "Content-Type": "application/json",
+            "Content-Length": str(len(body)),
+            **(headers or {}),
+        },
+        body,
+    )
+
+
+def json_error(
+    status: int, code: str, message: str, request_id: str | None = None, headers: Mapping[str, str] | None = None
+) -> HttpResponse:
+    """A JSON error of DESIGN §4 (``{"error": {"code", "message", "request_id"}}``); never cached."""
+    error: dict[str, str] = {"code": code, "message": message}
+    if request_id is not None:
+        error["request_id"] = request_id
+    return json_response(status, {"error": error}, {"Cache-Control": NO_STORE, **(headers or {})})
+
+
+def error_response(exc: ExtError, request_id: str | None = None) -> HttpResponse:
+    """``exc`` as its JSON error with its HTTP status."""
+    return json_error(exc.http_status, exc.code, exc.message, request_id)
+
+
+def method_not_allowed(method: str, allowed: tuple[str, ...], request_id: str | None = None) -> HttpResponse:
+    message = f"{method} is not allowed here; use {' or '.join(allowed)}"
+    return json_error(405, "METHOD_NOT_ALLOWED", message, request_id, {"Allow": ", ".join(allowed)})
+
+
+# --- pure parts: URL, path, resolution, headers ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class UiTarget:
+    """A parsed UI URL; ``asset`` is the normalized path below ``ui/`` ("" for the entry page).
+
+    ``redirect`` is set when the URL lacks the slash after the hash.
+    """
+
+    extension: str
+    content_hash: str
+    asset: str
+    redirect: str | None = None
+
+
+def _decode_segment(raw: str, what: str) -> str:
+    try:
+        return unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise NotFound(f"the {what} in the URL is not valid UTF-8") from None
+
+
+def parse_ui_path(raw_path: str) -> UiTarget:
+    """Split ``/ext-ui/{extension}/{content_hash}/{path}`` as sent (percent-encoded, no query).
+
+    Raises ``NotFound`` when the extension or hash cannot name a bundle and ``BadRequest`` for an unsafe
+    asset path.
+    """
+    if not raw_path.startswith(UI_PREFIX):
+        raise NotFound("UI assets live under /ext-ui/{extension}/{content_hash}/")
+    parts = raw_path[len(UI_PREFIX) :].split("/", 2)
+    if len(parts) < 2:
+        raise NotFound("UI URLs are /ext-ui/{extension}/{content_hash}/{path}")
+    extension = _decode_segment(parts[0], "extension name")
+    content_hash = _decode_segment(parts[1], "content hash")
+    if len(extension) > _MAX_NAME or not _NAME.fullmatch(extension):
+        raise NotFound(f"{extension[:_MAX_NAME]!r} is not an extension name")
+    if not _HASH.fullmatch(content_hash):
+        raise NotFound("the content hash must be 'sha256:' and 64 lowercase hex digits")
+    if len(parts) == 2:
+        # Relative, so it holds behind any path prefix; "./" keeps "sha256:" from reading as a URL scheme.
+        return UiTarget(extension, content_hash, "", redirect=f"./{content_hash}/")
+    return UiTarget(extension, content_hash, normalize_asset_path(parts[2]))
+
+
+def normalize_asset_path(raw: str) -> str:
+    """The asset path below ``ui/``, decoded once; raises ``BadRequest`` for every unsafe spelling.
+
+    A trailing ``/`` is dropped (``docs/`` is ``docs``); the empty path stays empty (the entry page).
+    """
+    if "\\" in raw:
+        raise BadRequest("the asset path contains a backslash")
+    try:
+        path = unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("the asset path is not valid UTF-8 once decoded") from None
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in path):
+        raise BadRequest("the asset path contains NUL or another control character")
+    if "\\" in path:
+        raise BadRequest("the asset path contains an encoded backslash")
+    if _ENCODED.search(path):
+        raise BadRequest("the asset path is percent-encoded twice")
+    if path.startswith("/"):
+        raise BadRequest("the asset path must be relative")
+    if path.endswith("/"):
+        path = path[:-1]
+    if path == "":
+        return ""
+    for segment in path.split("/"):
+        if segment in ("", ".", ".."):
+            raise BadRequest(f"the asset path has a {segment or 'empty'!r} segment")
+    return path
+
+
+def resolve_asset(files: Mapping[str, BundleFile], entry: str, asset: str) -> str:
+    """The bundle path that answers ``asset``: the file itself, or ``entry`` for "" and extensionless misses."""
+    if asset == "":
+        return entry
+    candidate = UI_FOLDER + asset
+    if candidate in files:
+        return candidate
+    if PurePosixPath(asset).suffix == "":
+        return entry
+    raise NotFound(f"{asset!r} is not in this bundle's UI")
+
+
+def content_type_for(path: str) -> str:
+    return CONTENT_TYPES.get(PurePosixPath(path).suffix.lower(), DEFAULT_CONTENT_TYPE)
+
+
+def etag_matches(if_none_match: str, etag: str) -> bool:
+    """Whether an ``If-None-Match`` value matches ``etag`` (``*``, or a list; weak comparison)."""
+    value = if_none_match.strip()
+    if value == "*":
+        return True
+    wanted = etag.removeprefix("W/").strip('"')
+    return any(match.group(1) == wanted for match in _ENTITY_TAG.finditer(value))
+
+
+def asset_headers(path: str, file: BundleFile) -> dict[str, str]:
+    """Headers of a 200 for ``path``."""
+    content_type = content_type_for(path)
+    headers = {
+        **_ALWAYS,
+        "Content-Type": content_type,
+        "Content-Length": str(file.size),
+        "ETag": f'"sha256-{file.sha256}"',
+        "Cache-Control": IMMUTABLE,
+        "Access-Control-Allow-Origin": "*",
+    }
+    if content_type == _HTML:
+        headers["Content-Security-Policy"] = HTML_CSP
+    return headers
+
+
+def not_modified_headers(file: BundleFile) -> dict[str, str]:
+    """Headers of a 304: the validators and caching of the 200 (RFC 9110 §15.4.5), no content metadata."""
+    return {
+        **_ALWAYS,
+        "ETag": f'"sha256-{file.sha256}"',
+        "Cache-Control": IMMUTABLE,
+        "Access-Control-Allow-Origin": "*",
+    }
+
+
+def redirect_headers(location: str) -> dict[str, str]:
+    """Headers of the 308 that adds the slash after the hash; it never changes, but is not an asset."""
+    return {**_ALWAYS, "Location": location, "Cache-Control": _REDIRECT_CACHE, "Content-Length": "0"}
+
+
+# --- the server -------------------------------------------------------------------------------
+
+
+class UiServer:
+    """Answers ``/ext-ui/…`` requests from the bundle cache."""
+
+    def __init__(self, cache: BundleCache) -> None:
+        self._cache = cache
+
+    def serve(
+        self, method: str, raw_path: str, *, if_none_match: str | None = None, request_id: str | None = None
+    ) -> HttpResponse:
+        """The response to one request; errors become their JSON response (never raised).
+
+        A ``200`` to ``GET`` carries an open ``file``: the caller streams and closes it (it stays readable
+        even if the cache evicts the bundle meanwhile).
+        """
+        if method not in SAFE_METHODS:
+            return method_not_allowed(method, SAFE_METHODS, request_id)
+        try:
+            target = parse_ui_path(raw_path)
+            if target.redirect is not None:
+                return HttpResponse(308, redirect_headers(target.redirect))
+            return self._serve(target, head=method == "HEAD", if_none_match=if_none_match)
+        except ExtError as exc:
+            return error_response(exc, request_id)
+
+    def _serve(self, target: UiTarget, *, head: bool, if_none_match: str | None) -> HttpResponse:
+        with self._cache.lease(target.content_hash) as bundle:
+            path = self._resolve(bundle, target)
+            file = bundle.files[path]
+            if if_none_match is not None and etag_matches(if_none_match, f'"sha256-{file.sha256}"'):
+                return HttpResponse(304, not_modified_headers(file))
+            headers = asset_headers(path, file)
+            if head:
+                return HttpResponse(200, headers)
+            # Opened under the lease: once open, eviction (an unlink) cannot take the bytes away.
+            return HttpResponse(200, headers, file=Path(bundle.root, path).open("rb"))
+
+    @staticmethod
+    def _resolve(bundle: CachedBundle, target: UiTarget) -> str:
+        if bundle.manifest.name != target.extension:
+            raise NotFound(f"{target.content_hash} is not a bundle of {target.extension}")
+        if bundle.manifest.ui is None:
+            raise NotFound(f"{target.extension} {bundle.manifest.version} has no UI")
+        return resolve_asset(bundle.files, bundle.manifest.ui.entry, target.asset)

@@ -1,0 +1,344 @@
+"""The runner's bundle cache against moto S3 and real wasmtime: verify before use, fetch once,
+compiled code shared through S3, and a disk budget kept by LRU eviction."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from chalicelib.bundles.signing import SignatureStatus
+from chalicelib.errors import BadRequest, HashMismatch, NotFound, SignatureInvalid, SignatureMissing
+from chalicelib.storage.store import BUNDLE_OBJECT, SIGNATURE_OBJECT
+from runner_container.cache import ModuleSource
+from runner_container.engine import WasmEngine
+from tests.integration.runner_fixtures import (
+    CountingEngine,
+    CountingStore,
+    RunnerEnv,
+    clear_aws_env,
+    content_hash_of,
+    example_bundle,
+    make_signer,
+    runner_env,
+    ui_bundle,
+)
+
+
+@pytest.fixture(autouse=True)
+def _aws(monkeypatch: pytest.MonkeyPatch) -> None:
+    clear_aws_env(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[WasmEngine]:
+    with WasmEngine() as shared:
+        yield shared
+
+
+@pytest.fixture
+def counting_engine() -> Iterator[CountingEngine]:
+    engine = CountingEngine()
+    yield engine
+    engine.close()
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[RunnerEnv]:
+    with runner_env(tmp_path) as created:
+        yield created
+
+
+def cache_entries(cache_dir: Path) -> list[str]:
+    """What the cache holds on disk, scratch folders included when they are not empty."""
+    names = [p.name for p in cache_dir.iterdir() if not p.name.startswith(".")]
+    names += [
+        f"{p.parent.name}/{p.name}" for scratch in (".incoming", ".trash") for p in (cache_dir / scratch).iterdir()
+    ]
+    return sorted(names)
+
+
+def random_ui(size: int) -> dict[str, bytes]:
+    """A UI file that does not compress, so the bundle's disk size is predictable."""
+    return {"ui/blob.bin": os.urandom(size)}
+
+
+# --- verified loading --------------------------------------------------------------------------
+
+
+def test_a_cold_get_verifies_unpacks_and_compiles_the_bundle(env: RunnerEnv, engine: WasmEngine) -> None:
+    content_hash = env.publish(example_bundle())
+    cache = env.cache(engine)
+
+    loaded = cache.get(content_hash)
+
+    assert loaded.manifest.name == "com.example.hello"
+    assert loaded.module is not None
+    assert loaded.module_source is ModuleSource.COMPILED
+    index_html = (loaded.root / "ui" / "index.html").read_bytes()
+    assert loaded.files["ui/index.html"].sha256 == hashlib.sha256(index_html).hexdigest()
+    entry = env.root / "cache" / content_hash.split(":")[1]
+    assert json.loads((entry / "index.json").read_text())["content_hash"] == content_hash
+    assert (entry / f"{engine.fingerprint}.cwasm").is_file()
+    assert loaded.size > 0
+    assert cache.stats().entries == 1
+
+
+def test_a_second_get_reuses_the_module_in_memory_without_touching_s3(env: RunnerEnv, engine: WasmEngine) -> None:
+    content_hash = env.publish(example_bundle())
+    store = CountingStore(env.store)
+    cache = env.cache(engine, store=store)
+    first = cache.get(content_hash)
+
+    second = cache.get(content_hash)
+
+    assert second.module is first.module
+    assert second.module_source is ModuleSource.MEMORY
+    assert store.opened[env.store.object_key(content_hash, BUNDLE_OBJECT)] == 1
+
+
+def test_concurrent_cold_requests_for_one_hash_fetch_and_compile_it_once(
+    env: RunnerEnv, counting_engine: CountingEngine
+) -> None:
+    content_hash = env.publish(example_bundle())
+    store = CountingStore(env.store, delay_s=0.2)
+    cache = env.cache(counting_engine, store=store)
+    start = threading.Barrier(6)
+    modules: list[object] = []
+
+    def cold_request() -> None:
+        start.wait()
+        modules.append(cache.get(content_hash).module)
+
+    threads = [threading.Thread(target=cold_request) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert len(modules) == 6
+    assert all(module is modules[0] for module in modules)
+    assert store.opened[env.store.object_key(content_hash, BUNDLE_OBJECT)] == 1
+    assert counting_engine.compiles == 1
+
+
+def test_a_slow_fetch_of_one_hash_does_not_hold_up_another(env: RunnerEnv, engine: WasmEngine) -> None:
+    slow = env.publish(ui_bundle("com.acme.slow"))
+    fast = env.publish(ui_bundle("com.acme.fast"))
+    store = CountingStore(env.store)
+    gate = threading.Event()
+    store.gates[env.store.object_key(slow, BUNDLE_OBJECT)] = gate
+    cache = env.cache(engine, store=store)
+    slow_loader = threading.Thread(target=cache.get, args=(slow,))
+    slow_loader.start()
+    deadline = time.monotonic() + 10
+    while store.opened[env.store.object_key(slow, BUNDLE_OBJECT)] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    names: list[str] = []
+    fast_loader = threading.Thread(target=lambda: names.append(cache.get(fast).manifest.name))
+
+    # With one global lock this would wait for the gated fetch, which only opens afterwards.
+    fast_loader.start()
+    fast_loader.join(5)
+    finished_while_slow_was_blocked = not fast_loader.is_alive()
+    gate.set()
+    slow_loader.join(10)
+
+    assert finished_while_slow_was_blocked
+    assert names == ["com.acme.fast"]
+    assert cache.stats().entries == 2
+
+
+def test_a_tampered_bundle_object_is_refused_before_load_and_leaves_nothing(env: RunnerEnv, engine: WasmEngine) -> None:
+    content_hash = env.publish(example_bundle())
+    env.overwrite(env.store.object_key(content_hash, BUNDLE_OBJECT), ui_bundle("com.example.hello"))
+    cache = env.cache(engine)
+
+    with pytest.raises(HashMismatch, match="not the declared"):
+        cache.get(content_hash)
+
+    assert cache_entries(env.root / "cache") == []
+    assert cache.stats().entries == 0
+
+
+def test_a_tampered_signature_is_refused_when_a_trust_bundle_is_configured(env: RunnerEnv, engine: WasmEngine) -> None:
+    signer = make_signer()
+    data = example_bundle()
+    content_hash = env.publish(data, signature=signer.sign(content_hash_of(data)))
+    envelope = json.loads(signer.sign(content_hash))
+    envelope["signature"] = json.loads(make_signer().sign(content_hash))["signature"]
+    env.overwrite(env.store.object_key(content_hash, SIGNATURE_OBJECT), json.dumps(envelope).encode())
+    cache = env.cache(engine, trust=signer.trust)
+
+    with pytest.raises(SignatureInvalid, match="does not verify"):
+        cache.get(content_hash)
+
+    assert cache_entries(env.root / "cache") == []
+
+
+def test_a_missing_signature_is_refused_when_a_trust_bundle_is_configured(env: RunnerEnv, engine: WasmEngine) -> None:
+    content_hash = env.publish(example_bundle())
+    cache = env.cache(engine, trust=make_signer().trust)
+
+    with pytest.raises(SignatureMissing):
+        cache.get(content_hash)
+
+    assert cache_entries(env.root / "cache") == []
+
+
+def test_a_good_signature_is_accepted_and_recorded(env: RunnerEnv, engine: WasmEngine) -> None:
+    signer = make_signer("com.example.*")
+    data = example_bundle()
+    content_hash = env.publish(data, signature=signer.sign(content_hash_of(data)))
+    cache = env.cache(engine, trust=signer.trust)
+
+    with cache.lease(content_hash) as cached:
+        assert cached.signature_status is SignatureStatus.VERIFIED
+
+
+def test_without_a_trust_bundle_an_unsigned_bundle_is_accepted_as_unsigned(env: RunnerEnv, engine: WasmEngine) -> None:
+    content_hash = env.publish(ui_bundle())
+
+    with env.cache(engine).lease(content_hash) as cached:
+        assert cached.signature_status is SignatureStatus.UNSIGNED
+
+
+def test_a_hash_the_store_does_not_hold_is_not_found(env: RunnerEnv, engine: WasmEngine) -> None:
+    with pytest.raises(NotFound):
+        env.cache(engine).get("sha256:" + "0" * 64)
+
+
+def test_a_malformed_hash_is_a_bad_request(env: RunnerEnv, engine: WasmEngine) -> None:
+    with pytest.raises(BadRequest):
+        env.cache(engine).get("sha256:ABC")
+
+
+def test_a_bundle_without_api_has_no_module_and_nothing_to_precompile(env: RunnerEnv, engine: WasmEngine) -> None:
+    content_hash = env.publish(ui_bundle())
+    cache = env.cache(engine)
+
+    assert cache.get(content_hash).module is None
+    result = cache.precompile(content_hash)
+    assert (result.key, result.source, result.compiled) == (None, None, False)
+
+
+# --- the disk cache across restarts and under a budget ------------------------------------------
+
+
+def test_a_restarted_cache_serves_its_entries_from_disk(env: RunnerEnv, engine: WasmEngine) -> None:
+    content_hash = env.publish(ui_bundle())
+    env.cache(engine).get(content_hash)
+    store = CountingStore(env.store)
+
+    restarted = env.cache(engine, store=store)
+
+    with restarted.lease(content_hash) as cached:
+        assert cached.manifest.name == "com.acme.tools"
+    assert sum(store.opened.values()) == 0
+    assert restarted.stats().entries == 1
+
+
+def test_a_restarted_cache_verifies_again_under_another_trust_bundle(env: RunnerEnv, engine: WasmEngine) -> None:
+    content_hash = env.publish(ui_bundle())
+    env.cache(engine).get(content_hash)
+
+    with pytest.raises(SignatureMissing):
+        env.cache(engine, trust=make_signer().trust).get(content_hash)
+    assert cache_entries(env.root / "cache") == []
+
+
+def test_eviction_keeps_the_cache_under_its_budget_dropping_the_least_recently_used(
+    env: RunnerEnv, engine: WasmEngine
+) -> None:
+    first, second, third = (env.publish(ui_bundle(f"com.acme.t{n}", random_ui(200_000))) for n in range(3))
+    store = CountingStore(env.store)
+    cache = env.cache(engine, store=store, runner_cache_max_bytes=500_000)
+
+    cache.get(first)
+    cache.get(second)
+    cache.get(first)
+    cache.get(third)
+
+    on_disk = cache_entries(env.root / "cache")
+    assert on_disk == sorted(h.split(":")[1] for h in (first, third))
+    assert cache.stats().bytes <= 500_000
+    cache.get(second)
+    assert store.opened[env.store.object_key(second, BUNDLE_OBJECT)] == 2
+
+
+def test_eviction_never_removes_a_bundle_in_use(env: RunnerEnv, engine: WasmEngine) -> None:
+    first, second = (env.publish(ui_bundle(f"com.acme.u{n}", random_ui(200_000))) for n in range(2))
+    cache = env.cache(engine, runner_cache_max_bytes=250_000)
+
+    with cache.lease(first) as leased:
+        cache.get(second)
+        assert (leased.root / "ui" / "blob.bin").is_file()
+    cache.get(second)
+
+    assert cache_entries(env.root / "cache") == [second.split(":")[1]]
+
+
+# --- compiled code shared through S3 -------------------------------------------------------------
+
+
+def test_precompile_compiles_and_writes_the_cwasm_to_s3(env: RunnerEnv, engine: WasmEngine) -> None:
+    content_hash = env.publish(example_bundle())
+    cache = env.cache(engine)
+
+    result = cache.precompile(content_hash)
+
+    assert result.compiled
+    assert result.key == env.store.precompiled_key(content_hash, engine.fingerprint)
+    local = env.root / "cache" / content_hash.split(":")[1] / f"{engine.fingerprint}.cwasm"
+    assert env.store.get_bytes(result.key, 64 * 1024 * 1024) == local.read_bytes()
+    assert cache.precompile(content_hash).source is ModuleSource.MEMORY
+
+
+def test_a_cold_runner_uses_the_stored_cwasm_instead_of_compiling(
+    env: RunnerEnv, engine: WasmEngine, counting_engine: CountingEngine
+) -> None:
+    content_hash = env.publish(example_bundle())
+    env.cache(engine).precompile(content_hash)
+
+    cold = env.cache(counting_engine, cache_dir=env.root / "cold")
+    loaded = cold.get(content_hash)
+
+    assert loaded.module_source is ModuleSource.STORED
+    assert counting_engine.compiles == 0
+    assert (env.root / "cold" / content_hash.split(":")[1] / f"{counting_engine.fingerprint}.cwasm").is_file()
+
+
+def test_precompile_on_a_cold_runner_reports_the_stored_artifact(env: RunnerEnv, engine: WasmEngine) -> None:
+    content_hash = env.publish(example_bundle())
+    env.cache(engine).precompile(content_hash)
+
+    result = env.cache(engine, cache_dir=env.root / "cold").precompile(content_hash)
+
+    assert result.source is ModuleSource.STORED
+    assert not result.compiled
+
+
+def test_an_unusable_stored_cwasm_is_a_miss_and_the_runner_compiles(env: RunnerEnv, engine: WasmEngine) -> None:
+    content_hash = env.publish(example_bundle())
+    env.overwrite(env.store.precompiled_key(content_hash, engine.fingerprint), b"\x7fELF not really")
+
+    loaded = env.cache(engine).get(content_hash)
+
+    assert loaded.module_source is ModuleSource.COMPILED
+    assert loaded.module is not None
+
+
+def test_a_restarted_runner_loads_its_local_cwasm(env: RunnerEnv, counting_engine: CountingEngine) -> None:
+    content_hash = env.publish(example_bundle())
+    env.cache(counting_engine).get(content_hash)
+
+    restarted = env.cache(counting_engine)
+
+    assert restarted.get(content_hash).module_source is ModuleSource.LOCAL
+    assert counting_engine.compiles == 1

@@ -1,0 +1,330 @@
+"""RunnerService.execute end to end (moto S3, real wasmtime, the example guest) and the Lambda entry point."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from chalicelib.errors import BadRequest, EndpointNotFound, ExtensionTimeout, HashMismatch
+from chalicelib.logs import LOGGER
+from chalicelib.storage.store import BUNDLE_OBJECT
+from runner_container import lambda_handler
+from runner_container.engine import WasmEngine
+from runner_container.lambda_handler import RunnerLambda
+from runner_container.service import RunnerService
+from tests.integration.runner_fixtures import (
+    BUCKET,
+    EXAMPLE_NAME,
+    RunnerEnv,
+    clear_aws_env,
+    example_bundle,
+    execute_payload,
+    runner_env,
+    ui_bundle,
+    wat_bundle,
+)
+
+
+@pytest.fixture(autouse=True)
+def _aws(monkeypatch: pytest.MonkeyPatch) -> None:
+    clear_aws_env(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[WasmEngine]:
+    with WasmEngine() as shared:
+        yield shared
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[RunnerEnv]:
+    with runner_env(tmp_path) as created:
+        yield created
+
+
+@pytest.fixture
+def service(env: RunnerEnv, engine: WasmEngine) -> RunnerService:
+    return env.service(engine)
+
+
+def body_json(response: dict[str, Any]) -> Any:
+    return json.loads(base64.b64decode(response["body_b64"]))
+
+
+# --- execute -----------------------------------------------------------------------------------
+
+
+def test_the_example_guest_greets_ada_through_execute(env: RunnerEnv, service: RunnerService) -> None:
+    content_hash = env.publish(example_bundle())
+
+    response = service.execute(execute_payload(content_hash, query={"name": "Ada"})).to_dict()
+
+    assert response["status"] == 200
+    assert response["headers"]["content-type"] == "application/json"
+    assert body_json(response) == {"message": "Hello, Ada!"}
+    assert response["duration_ms"] > 0
+    assert isinstance(response["logs"], list)
+
+
+def test_the_example_guest_echoes_a_posted_body(env: RunnerEnv, service: RunnerService) -> None:
+    content_hash = env.publish(example_bundle())
+
+    response = service.execute(execute_payload(content_hash, method="POST", path="/echo", body=b'{"n":1}'))
+
+    assert response.status == 200
+    assert b'{"n":1}' in base64.b64decode(response.body_b64)
+
+
+def test_a_manifest_timeout_stops_an_infinite_loop_and_the_runner_keeps_serving(
+    env: RunnerEnv, service: RunnerService
+) -> None:
+    loop = env.publish(wat_bundle("infinite_loop.wat", name="com.acme.loop", limits={"timeout_ms": 50}))
+    hello = env.publish(example_bundle())
+    service.execute(execute_payload(hello))
+
+    started = time.monotonic()
+    with pytest.raises(ExtensionTimeout, match="50 ms"):
+        service.execute(execute_payload(loop, extension="com.acme.loop"))
+    elapsed = time.monotonic() - started
+
+    assert elapsed < 2.0, "the manifest's 50 ms limit applied, not the 5 s default"
+    assert service.execute(execute_payload(hello, query={"name": "again"})).status == 200
+
+
+@pytest.mark.parametrize(
+    ("manifest_capabilities", "granted", "expected_status"),
+    [
+        (["cap:http.fetch"], ("cap:http.fetch",), 202),
+        (["cap:http.fetch"], (), 201),
+        (["cap:log.emit"], ("cap:http.fetch",), 201),
+    ],
+    ids=["granted-and-declared", "declared-not-granted", "granted-not-declared"],
+)
+def test_a_capability_needs_both_the_install_grant_and_the_manifest(
+    env: RunnerEnv,
+    service: RunnerService,
+    manifest_capabilities: list[str],
+    granted: tuple[str, ...],
+    expected_status: int,
+) -> None:
+    # The proxy guest answers 200 + http_fetch's code: 1 is "denied" (no capability), 2 "failed" (it was
+    # allowed to try; its request has no url).
+    proxy = env.publish(wat_bundle("http_fetch_proxy.wat", name="com.acme.proxy", capabilities=manifest_capabilities))
+
+    response = service.execute(execute_payload(proxy, extension="com.acme.proxy", granted=granted))
+
+    assert response.status == expected_status
+
+
+def test_the_bundle_must_be_the_extension_the_gateway_named(env: RunnerEnv, service: RunnerService) -> None:
+    content_hash = env.publish(example_bundle())
+
+    with pytest.raises(BadRequest, match=r"not 'com\.acme\.other'"):
+        service.execute(execute_payload(content_hash, extension="com.acme.other"))
+
+
+def test_a_bundle_without_api_cannot_be_executed(env: RunnerEnv, service: RunnerService) -> None:
+    content_hash = env.publish(ui_bundle())
+
+    with pytest.raises(EndpointNotFound):
+        service.execute(execute_payload(content_hash, extension="com.acme.tools"))
+
+
+def test_a_tampered_bundle_is_refused_by_execute(env: RunnerEnv, service: RunnerService) -> None:
+    content_hash = env.publish(example_bundle())
+    env.overwrite(env.store.object_key(content_hash, BUNDLE_OBJECT), ui_bundle(EXAMPLE_NAME))
+
+    with pytest.raises(HashMismatch):
+        service.execute(execute_payload(content_hash))
+
+
+def _without(payload: dict[str, Any], *path: str) -> dict[str, Any]:
+    target = payload
+    for key in path[:-1]:
+        target = target[key]
+    del target[path[-1]]
+    return payload
+
+
+def _with(payload: dict[str, Any], value: Any, *path: str) -> dict[str, Any]:
+    target = payload
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return payload
+
+
+GOOD_HASH = "sha256:" + "a" * 64
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (_with(execute_payload(GOOD_HASH), "sha256:ABC", "content_hash"), "content_hash"),
+        (_without(execute_payload(GOOD_HASH), "extension"), "extension"),
+        (_with(execute_payload(GOOD_HASH), "cap:http.fetch", "granted_capabilities"), "granted_capabilities"),
+        (_without(execute_payload(GOOD_HASH), "request", "context"), "request.context"),
+        (_with(execute_payload(GOOD_HASH), [], "request", "endpoint"), "request.endpoint"),
+        (_without(execute_payload(GOOD_HASH), "request", "http", "method"), "request.http.method"),
+        (_with(execute_payload(GOOD_HASH), "hello", "request", "http", "path"), "request.http.path"),
+        (_with(execute_payload(GOOD_HASH), {"x": 1}, "request", "http", "headers"), "request.http.headers"),
+        (_with(execute_payload(GOOD_HASH), 5, "request", "http", "body_b64"), "request.http.body_b64"),
+    ],
+)
+def test_a_malformed_payload_is_a_bad_request_naming_the_field(
+    service: RunnerService, payload: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(BadRequest, match=message):
+        service.execute(payload)
+
+
+def test_health_reports_the_engine_fingerprint(service: RunnerService, engine: WasmEngine) -> None:
+    health = service.health()
+
+    assert health["status"] == "ok"
+    assert health["fingerprint"] == engine.fingerprint
+
+
+# --- Lambda mode -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def app(service: RunnerService) -> RunnerLambda:
+    return RunnerLambda(lambda: service)
+
+
+CONTEXT = SimpleNamespace(aws_request_id="lambda-req-1")
+
+
+def test_an_execute_invoke_returns_the_guest_response(env: RunnerEnv, app: RunnerLambda) -> None:
+    content_hash = env.publish(example_bundle())
+
+    answer = app({"action": "execute", **execute_payload(content_hash, query={"name": "Ada"})}, CONTEXT)
+
+    assert answer["ok"] is True
+    assert body_json(answer["response"]) == {"message": "Hello, Ada!"}
+
+
+def test_a_failing_invoke_returns_the_error_code_and_status(env: RunnerEnv, app: RunnerLambda) -> None:
+    loop = env.publish(wat_bundle("infinite_loop.wat", name="com.acme.loop", limits={"timeout_ms": 50}))
+
+    answer = app({"action": "execute", **execute_payload(loop, extension="com.acme.loop")}, CONTEXT)
+
+    assert answer == {
+        "ok": False,
+        "error": {
+            "code": "EXTENSION_TIMEOUT",
+            "message": "extension exceeded its time limit of 50 ms",
+            "request_id": "lambda-req-1",
+        },
+        "status": 504,
+    }
+
+
+def test_a_precompile_invoke_stores_the_cwasm(env: RunnerEnv, app: RunnerLambda, engine: WasmEngine) -> None:
+    content_hash = env.publish(example_bundle())
+
+    answer = app({"action": "precompile", "content_hash": content_hash}, CONTEXT)
+
+    assert answer["ok"] is True
+    assert answer["response"]["compiled"] is True
+    assert env.object_exists(env.store.precompiled_key(content_hash, engine.fingerprint))
+
+
+@pytest.mark.parametrize("event", [{"action": "explode"}, {"nothing": 1}, ["not", "a", "mapping"]])
+def test_an_unknown_invoke_is_a_bad_request(app: RunnerLambda, event: Any) -> None:
+    answer = app(event, CONTEXT)
+
+    assert answer["ok"] is False
+    assert answer["error"]["code"] == "BAD_REQUEST"
+    assert answer["status"] == 400
+
+
+def function_url_event(path: str, method: str = "GET", headers: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "version": "2.0",
+        "rawPath": path,
+        "rawQueryString": "",
+        "headers": headers or {},
+        "requestContext": {"http": {"method": method, "path": path}},
+        "isBase64Encoded": False,
+    }
+
+
+def test_a_function_url_event_serves_a_ui_asset(env: RunnerEnv, app: RunnerLambda) -> None:
+    content_hash = env.publish(example_bundle())
+
+    answer = app(function_url_event(f"/ext-ui/{EXAMPLE_NAME}/{content_hash}/index.html"), CONTEXT)
+
+    assert answer["statusCode"] == 200
+    assert answer["isBase64Encoded"] is False
+    assert answer["body"].startswith("<!doctype html>")
+    assert answer["headers"]["Cache-Control"] == "public, max-age=31536000, immutable"
+    assert "Content-Security-Policy" in answer["headers"]
+
+
+def test_a_function_url_event_sends_binary_assets_base64(env: RunnerEnv, app: RunnerLambda) -> None:
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
+    content_hash = env.publish(ui_bundle(extra={"ui/logo.png": png}))
+
+    answer = app(function_url_event(f"/ext-ui/com.acme.tools/{content_hash}/logo.png"), CONTEXT)
+
+    assert answer["isBase64Encoded"] is True
+    assert base64.b64decode(answer["body"]) == png
+    assert answer["headers"]["Content-Type"] == "image/png"
+
+
+def test_a_function_url_event_answers_304_for_a_matching_etag(env: RunnerEnv, app: RunnerLambda) -> None:
+    content_hash = env.publish(example_bundle())
+    path = f"/ext-ui/{EXAMPLE_NAME}/{content_hash}/app.js"
+    etag = app(function_url_event(path), CONTEXT)["headers"]["ETag"]
+
+    answer = app(function_url_event(path, headers={"If-None-Match": etag}), CONTEXT)
+
+    assert answer["statusCode"] == 304
+    assert answer["body"] == ""
+
+
+def test_an_api_gateway_v1_event_for_another_route_is_a_json_404(app: RunnerLambda) -> None:
+    event = {"httpMethod": "GET", "path": "/v1/execute", "headers": {"Accept": "*/*"}, "requestContext": {}}
+
+    answer = app(event, CONTEXT)
+
+    assert answer["statusCode"] == 404
+    assert json.loads(answer["body"])["error"]["code"] == "NOT_FOUND"
+    assert answer["headers"]["Cache-Control"] == "no-store"
+
+
+@pytest.fixture
+def restore_ext_logger() -> Iterator[None]:
+    """The Lambda handler configures the platform's logger for the process; put it back for other tests."""
+    handlers, level, propagate = list(LOGGER.handlers), LOGGER.level, LOGGER.propagate
+    yield
+    LOGGER.handlers[:] = handlers
+    LOGGER.setLevel(level)
+    LOGGER.propagate = propagate
+
+
+@pytest.mark.usefixtures("restore_ext_logger")
+def test_the_module_handler_builds_its_service_once_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STORAGE_S3_BUCKET", BUCKET)
+    monkeypatch.setenv("RUNNER_CACHE_DIR", str(tmp_path / "lambda-cache"))
+    with runner_env(tmp_path) as env:
+        content_hash = env.publish(example_bundle())
+        try:
+            first = lambda_handler.handler({"action": "precompile", "content_hash": content_hash}, CONTEXT)
+            second = lambda_handler.handler({"action": "precompile", "content_hash": content_hash}, CONTEXT)
+        finally:
+            lambda_handler.APP.close()
+
+    assert first["response"]["source"] == "compiled"
+    assert second["response"]["source"] == "memory"

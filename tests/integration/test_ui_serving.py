@@ -1,0 +1,264 @@
+"""UI assets from verified bundles (DESIGN §7): headers, conditional requests, SPA fallback, and refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runner_container.engine import WasmEngine
+from runner_container.ui import HTML_CSP, IMMUTABLE, HttpResponse, UiServer
+from tests.integration.runner_fixtures import (
+    EXAMPLE,
+    EXAMPLE_NAME,
+    RunnerEnv,
+    clear_aws_env,
+    example_bundle,
+    runner_env,
+    ui_bundle,
+)
+
+INDEX_HTML = (EXAMPLE / "ui" / "index.html").read_bytes()
+APP_JS = (EXAMPLE / "ui" / "app.js").read_bytes()
+
+
+@pytest.fixture(autouse=True)
+def _aws(monkeypatch: pytest.MonkeyPatch) -> None:
+    clear_aws_env(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[WasmEngine]:
+    with WasmEngine() as shared:
+        yield shared
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[RunnerEnv]:
+    with runner_env(tmp_path) as created:
+        yield created
+
+
+@pytest.fixture
+def ui(env: RunnerEnv, engine: WasmEngine) -> UiServer:
+    return UiServer(env.cache(engine))
+
+
+@pytest.fixture
+def hello(env: RunnerEnv) -> str:
+    return env.publish(example_bundle())
+
+
+def get(
+    ui: UiServer, path: str, *, method: str = "GET", if_none_match: str | None = None
+) -> tuple[HttpResponse, bytes]:
+    response = ui.serve(method, path, if_none_match=if_none_match, request_id="req-ui")
+    return response, response.read_body()
+
+
+def etag_of(data: bytes) -> str:
+    return f'"sha256-{hashlib.sha256(data).hexdigest()}"'
+
+
+def assert_error(response: HttpResponse, body: bytes, status: int, code: str) -> None:
+    assert response.status == status
+    error = json.loads(body)["error"]
+    assert (error["code"], error["request_id"]) == (code, "req-ui")
+    assert error["message"]
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert "ETag" not in response.headers
+    assert "Content-Security-Policy" not in response.headers
+
+
+# --- 200 and 304 ---------------------------------------------------------------------------------
+
+
+def test_the_entry_page_is_served_with_every_header(ui: UiServer, hello: str) -> None:
+    response, body = get(ui, f"/ext-ui/{EXAMPLE_NAME}/{hello}/index.html")
+
+    assert response.status == 200
+    assert body == INDEX_HTML
+    assert response.headers == {
+        "Content-Type": "text/html; charset=utf-8",
+        "Content-Length": str(len(INDEX_HTML)),
+        "ETag": etag_of(INDEX_HTML),
+        "Cache-Control": IMMUTABLE,
+        "Content-Security-Policy": HTML_CSP,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cross-Origin-Resource-Policy": "cross-origin",
+        "Access-Control-Allow-Origin": "*",
+    }
+
+
+def test_the_csp_is_strict_and_on_html_only(ui: UiServer, hello: str) -> None:
+    response, body = get(ui, f"/ext-ui/{EXAMPLE_NAME}/{hello}/app.js")
+
+    assert body == APP_JS
+    assert response.headers["Content-Type"] == "text/javascript; charset=utf-8"
+    assert response.headers["Cache-Control"] == IMMUTABLE
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert "Content-Security-Policy" not in response.headers
+    assert "script-src 'self'" in HTML_CSP
+    assert "connect-src 'none'" in HTML_CSP
+    assert "'unsafe-inline'" not in HTML_CSP
+
+
+def test_the_empty_path_serves_the_entry_page(ui: UiServer, hello: str) -> None:
+    response, body = get(ui, f"/ext-ui/{EXAMPLE_NAME}/{hello}/")
+
+    assert body == INDEX_HTML
+    assert response.headers["ETag"] == etag_of(INDEX_HTML)
+
+
+def test_the_url_without_the_slash_after_the_hash_redirects_to_it(ui: UiServer, hello: str) -> None:
+    response, _ = get(ui, f"/ext-ui/{EXAMPLE_NAME}/{hello}")
+
+    assert response.status == 308
+    assert response.headers["Location"] == f"./{hello}/"
+    assert "immutable" not in response.headers["Cache-Control"]
+
+
+def test_an_extensionless_path_falls_back_to_the_entry_page(ui: UiServer, hello: str) -> None:
+    response, body = get(ui, f"/ext-ui/{EXAMPLE_NAME}/{hello}/settings/profile")
+
+    assert response.status == 200
+    assert body == INDEX_HTML
+    assert response.headers["Content-Security-Policy"] == HTML_CSP
+
+
+@pytest.mark.parametrize("header", ["{etag}", "W/{etag}", '"other", {etag}', '"a",W/{etag} , "b"', "*"])
+def test_a_matching_if_none_match_gives_304_with_caching_headers(ui: UiServer, hello: str, header: str) -> None:
+    etag = etag_of(APP_JS)
+
+    response, body = get(ui, f"/ext-ui/{EXAMPLE_NAME}/{hello}/app.js", if_none_match=header.format(etag=etag))
+
+    assert response.status == 304
+    assert body == b""
+    assert response.headers["ETag"] == etag
+    assert response.headers["Cache-Control"] == IMMUTABLE
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_a_different_etag_gets_the_full_asset(ui: UiServer, hello: str) -> None:
+    response, body = get(ui, f"/ext-ui/{EXAMPLE_NAME}/{hello}/app.js", if_none_match=etag_of(b"old"))
+
+    assert response.status == 200
+    assert body == APP_JS
+
+
+def test_head_sends_the_headers_without_a_body(ui: UiServer, hello: str) -> None:
+    response = ui.serve("HEAD", f"/ext-ui/{EXAMPLE_NAME}/{hello}/index.html")
+
+    assert response.status == 200
+    assert response.file is None
+    assert response.body == b""
+    assert response.headers["Content-Length"] == str(len(INDEX_HTML))
+
+
+def test_content_types_follow_the_file_extension(env: RunnerEnv, ui: UiServer) -> None:
+    extra = {"ui/logo.png": b"\x89PNG", "ui/fonts/a.woff2": b"wOF2", "ui/data.xyz": b"?", "ui/app.mjs": b"export {}"}
+    content_hash = env.publish(ui_bundle(extra=extra))
+    base = f"/ext-ui/com.acme.tools/{content_hash}"
+
+    types = {
+        path: get(ui, f"{base}/{path}")[0].headers["Content-Type"]
+        for path in ("logo.png", "fonts/a.woff2", "data.xyz", "app.mjs")
+    }
+
+    assert types == {
+        "logo.png": "image/png",
+        "fonts/a.woff2": "font/woff2",
+        "data.xyz": "application/octet-stream",
+        "app.mjs": "text/javascript; charset=utf-8",
+    }
+
+
+# --- refusals ------------------------------------------------------------------------------------
+
+
+def test_a_missing_asset_with_an_extension_is_a_404(ui: UiServer, hello: str) -> None:
+    response, body = get(ui, f"/ext-ui/{EXAMPLE_NAME}/{hello}/missing.js")
+
+    assert_error(response, body, 404, "NOT_FOUND")
+
+
+def test_files_outside_the_ui_folder_are_not_served(ui: UiServer, hello: str) -> None:
+    response, body = get(ui, f"/ext-ui/{EXAMPLE_NAME}/{hello}/dist/main.wasm")
+
+    assert_error(response, body, 404, "NOT_FOUND")
+
+
+@pytest.mark.parametrize(
+    "asset",
+    [
+        "../manifest.json",
+        "%2e%2e/manifest.json",
+        "%2E%2E%2Fmanifest.json",
+        "css/../../manifest.json",
+        "..%5cmanifest.json",
+        "a\\b.js",
+        "%00.js",
+        "index.html%00.png",
+        "/etc/passwd",
+        "%2fetc%2fpasswd",
+        "./index.html",
+        "a//b.js",
+        "%252e%252e/manifest.json",
+    ],
+)
+def test_every_spelling_of_path_traversal_is_a_400(ui: UiServer, hello: str, asset: str) -> None:
+    response, body = get(ui, f"/ext-ui/{EXAMPLE_NAME}/{hello}/{asset}")
+
+    assert_error(response, body, 400, "BAD_REQUEST")
+
+
+def test_a_hash_of_another_extension_is_a_404(env: RunnerEnv, ui: UiServer, hello: str) -> None:
+    other = env.publish(ui_bundle("com.acme.tools"))
+
+    response, body = get(ui, f"/ext-ui/{EXAMPLE_NAME}/{other}/index.html")
+    assert_error(response, body, 404, "NOT_FOUND")
+    response, body = get(ui, f"/ext-ui/com.acme.tools/{hello}/index.html")
+    assert_error(response, body, 404, "NOT_FOUND")
+
+
+@pytest.mark.parametrize(
+    "content_hash",
+    ["sha256:" + "A" * 64, "sha256:" + "a" * 63, "sha512:" + "a" * 64, "a" * 64, "sha256:" + "0" * 64],
+    ids=["uppercase", "short", "other-algorithm", "no-prefix", "not-published"],
+)
+def test_a_hash_that_names_no_published_bundle_is_a_404(ui: UiServer, content_hash: str) -> None:
+    response, body = get(ui, f"/ext-ui/{EXAMPLE_NAME}/{content_hash}/index.html")
+
+    assert_error(response, body, 404, "NOT_FOUND")
+
+
+def test_a_bundle_without_a_ui_has_no_assets(env: RunnerEnv, ui: UiServer) -> None:
+    content_hash = env.publish(ui_bundle(ui=None))
+
+    response, body = get(ui, f"/ext-ui/com.acme.tools/{content_hash}/index.html")
+
+    assert_error(response, body, 404, "NOT_FOUND")
+
+
+def test_methods_other_than_get_and_head_are_refused(ui: UiServer, hello: str) -> None:
+    response, body = get(ui, f"/ext-ui/{EXAMPLE_NAME}/{hello}/index.html", method="POST")
+
+    assert_error(response, body, 405, "METHOD_NOT_ALLOWED")
+    assert response.headers["Allow"] == "GET, HEAD"
+
+
+def test_an_asset_stays_readable_when_its_bundle_is_evicted_mid_response(env: RunnerEnv, engine: WasmEngine) -> None:
+    hello = env.publish(example_bundle())
+    # A budget nothing fits in: the bundle is evicted as soon as the request stops using it.
+    ui = UiServer(env.cache(engine, runner_cache_max_bytes=1))
+
+    response = ui.serve("GET", f"/ext-ui/{EXAMPLE_NAME}/{hello}/index.html")
+
+    assert not (env.root / "cache" / hello.split(":")[1]).exists()
+    assert response.read_body() == INDEX_HTML
