@@ -350,11 +350,14 @@ _TEXT_TYPES = ("text/", "application/json", "application/javascript", "applicati
 
 
 def _gateway_response(status: int, headers: dict[str, str], body: bytes) -> Response:
-    content_type = headers.get("content-type", "application/octet-stream")
-    headers["content-type"] = content_type
+    # One spelling per header name, or Chalice adds a second Content-Type.
+    canonical: dict[str, str | list[str]] = {
+        "-".join(p.capitalize() for p in k.split("-")): v for k, v in headers.items()
+    }
+    content_type = str(canonical.setdefault("Content-Type", "application/octet-stream"))
     textual = any(marker in content_type for marker in _TEXT_TYPES)
     payload: str | bytes = body.decode("utf-8", errors="replace") if textual else body
-    return Response(body=payload, status_code=status, headers=dict(headers))
+    return Response(body=payload, status_code=status, headers=canonical)
 
 
 @api
@@ -384,5 +387,6 @@ for _depth in range(MAX_ENDPOINT_SEGMENTS + 1):
     app.route(
         "/api/ext/{extension}" + "".join(f"/{{p{i}}}" for i in range(_depth)),
         methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        content_types=["*/*"],
         name=f"gateway_{_depth}",
     )(gateway)

@@ -16,42 +16,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from chalicelib.bundles.signing import sign_content_hash
 from chalicelib.openapi import openapi_document
 from tests.bundle_factory import bundle, good_files, manifest_bytes
-from tests.integration.stack import BUCKET, AwsStack, auth, token
+from tests.integration.stack import BUCKET, AwsStack, auth, content_hash, publish, token, upload
 
 MiB = 1024 * 1024
-
-
-def content_hash(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def upload(
-    stack: AwsStack, data: bytes, *, tenant: str = "acme", extra: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """initiate + upload through the presigned URL(s); returns the initiate answer plus `parts` etags."""
-    answer = stack.call("POST", "/ext-bundles/initiate-upload", {"size": len(data), **(extra or {})}, auth(tenant))
-    assert answer.status_code == 201, answer.json
-    target: dict[str, Any] = answer.json
-    if target["method"] == "PUT":
-        put = requests.put(target["url"], data=data, headers=target["headers"], timeout=30)
-        assert put.status_code == 200, put.text
-        return target
-    etags = []
-    for part in target["parts"]:
-        offset = (part["part_number"] - 1) * target["part_size"]
-        put = requests.put(part["url"], data=data[offset : offset + target["part_size"]], timeout=30)
-        assert put.status_code == 200, put.text
-        etags.append({"part_number": part["part_number"], "etag": put.headers["ETag"]})
-    target["uploaded"] = etags
-    return target
-
-
-def publish(stack: AwsStack, data: bytes, *, tenant: str = "acme", extra: dict[str, Any] | None = None) -> Any:
-    target = upload(stack, data, tenant=tenant, extra=extra)
-    body: dict[str, Any] = {"upload_id": target["upload_id"]}
-    if "uploaded" in target:
-        body["parts"] = target["uploaded"]
-    return stack.call("POST", "/ext-bundles/finalize", body, auth(tenant))
 
 
 def test_publish_through_a_presigned_put_registers_the_version(stack: AwsStack) -> None:
