@@ -72,12 +72,13 @@ def hello(gateway_stack: AwsStack, tmp_path: Path) -> AwsStack:
     return gateway_stack
 
 
-def call(stack: AwsStack, method: str, path: str, body: bytes | None = None, **headers: str) -> Any:
-    chosen = {**auth(), **headers}
+def call(
+    stack: AwsStack, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> Any:
+    chosen = {**auth(), **(headers or {})}
     if body is None:
         chosen.pop("Content-Type", None)
-    response = getattr(stack.client.http, method.lower())(path, headers=chosen, body=body)
-    return response
+    return getattr(stack.client.http, method.lower())(path, headers=chosen, body=body)
 
 
 def test_a_call_reaches_the_guest_and_its_answer_comes_back(hello: AwsStack) -> None:
@@ -90,7 +91,7 @@ def test_a_call_reaches_the_guest_and_its_answer_comes_back(hello: AwsStack) -> 
 
 
 def test_bodies_of_any_type_pass_through(hello: AwsStack) -> None:
-    answer = call(hello, "POST", "/api/ext/com.example.hello/echo", b"ping", **{"Content-Type": "text/plain"})
+    answer = call(hello, "POST", "/api/ext/com.example.hello/echo", b"ping", {"Content-Type": "text/plain"})
     assert answer.status_code == 200
     assert answer.body == b"ping"
     assert answer.headers["Content-Type"].startswith("text/plain")
@@ -102,7 +103,7 @@ def test_the_context_names_the_tenant_and_version(hello: AwsStack) -> None:
 
 
 def test_another_tenant_cannot_call_this_tenants_install(hello: AwsStack) -> None:
-    answer = call(hello, "GET", "/api/ext/com.example.hello/hello", **auth("globex"))
+    answer = call(hello, "GET", "/api/ext/com.example.hello/hello", headers=auth("globex"))
     assert answer.status_code == 404
     assert json.loads(answer.body)["error"]["code"] == "NOT_INSTALLED"
 
@@ -141,7 +142,7 @@ def test_an_oversize_body_is_413(
 ) -> None:
     monkeypatch.setenv("EXT_GATEWAY_MAX_BODY_BYTES", "16")
     stack: AwsStack = request.getfixturevalue("hello")
-    answer = call(stack, "POST", "/api/ext/com.example.hello/echo", b"x" * 17, **{"Content-Type": "text/plain"})
+    answer = call(stack, "POST", "/api/ext/com.example.hello/echo", b"x" * 17, {"Content-Type": "text/plain"})
     assert answer.status_code == 413
     assert json.loads(answer.body)["error"]["code"] == "PAYLOAD_TOO_LARGE"
 
@@ -182,9 +183,13 @@ def test_only_allowlisted_headers_reach_the_guest(gateway_stack: AwsStack) -> No
         gateway_stack,
         "GET",
         "/api/ext/com.acme.tools/hello?x=1&x=2&y=%20z",
-        Cookie="session=secret",
-        Accept="application/json",
-        **{"X-Forwarded-For": "10.0.0.1", "X-Custom": "1", "Accept-Language": "fr"},
+        headers={
+            "Cookie": "session=secret",
+            "Accept": "application/json",
+            "X-Forwarded-For": "10.0.0.1",
+            "X-Custom": "1",
+            "Accept-Language": "fr",
+        },
     )
     seen = json.loads(answer.body)
     assert seen["http"]["headers"] == {"accept": "application/json", "accept-language": "fr"}
