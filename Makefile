@@ -15,16 +15,9 @@ $(STAMP): requirements.txt runner_container/requirements.txt requirements-dev.tx
 
 venv: $(STAMP)
 
-# Until the local stack lands (issue 4), `make dev` shows the offline loop on the example.
-DEMO := .dev/demo
+# The whole platform on this machine, in the foreground (Ctrl-C stops it).
 dev: $(STAMP)
-	rm -rf $(DEMO) && mkdir -p $(DEMO)
-	$(BIN)/extctl init com.example.demo --dir $(DEMO)/demo
-	$(BIN)/extctl build $(DEMO)/demo
-	$(BIN)/extctl keygen --out $(DEMO)/keys --name demo
-	$(BIN)/extctl pack $(DEMO)/demo -o $(DEMO)/bundle.tar.zst
-	$(BIN)/extctl sign $(DEMO)/bundle.tar.zst --key $(DEMO)/keys/demo.key
-	$(BIN)/extctl verify $(DEMO)/bundle.tar.zst --trust-bundle $(DEMO)/keys/demo.pub
+	$(BIN)/extctl dev
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
