@@ -7,9 +7,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from bench import bundles
+from bench import bundles, runner, uploads
 
-SUITES: dict[str, Callable[[], dict[str, Any]]] = {"bundles": bundles.run}
+SUITES: dict[str, Callable[[], dict[str, Any]]] = {"bundles": bundles.run, "uploads": uploads.run, "runner": runner.run}
 
 
 def main(argv: list[str]) -> int:
