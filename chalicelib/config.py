@@ -126,6 +126,12 @@ SETTINGS: tuple[Setting, ...] = (
         600,
         "Gateway calls per tenant and extension per minute (0 = off).",
     ),
+    _row(
+        "EXT_GATEWAY_INSTALL_CACHE_MS",
+        _parse_int,
+        1000,
+        "How long a gateway instance reuses a tenant's install record (0 = read every call).",
+    ),
     # runner
     _row(
         "RUNNER_CACHE_DIR",

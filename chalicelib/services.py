@@ -57,7 +57,11 @@ class Services:
 
     @cached_property
     def installs(self) -> InstallService:
-        return InstallService(self.models, self.registry, utc_now)
+        return InstallService(self.models, self.registry, utc_now, on_change=self._install_changed)
+
+    def _install_changed(self, tenant: str, name: str) -> None:
+        if "gateway" in self.__dict__:  # only a gateway already built holds cached installs
+            self.gateway.forget_install(tenant, name)
 
     @cached_property
     def uploads(self) -> UploadService:

@@ -22,6 +22,7 @@ import base64
 import binascii
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -139,6 +140,40 @@ class _VersionCache:
         return record
 
 
+class _InstallCache:
+    """Install records for ``ttl`` seconds: most calls skip the DynamoDB read.
+
+    Writes made through this process's :class:`InstallService` drop the entry at
+    once (``forget``); other gateway instances see a change within ``ttl``.
+    """
+
+    def __init__(self, installs: InstallService, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._installs = installs
+        self._ttl = ttl
+        self._clock = clock
+        self._items: dict[tuple[str, str], tuple[float, InstallRecord]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, tenant: str, name: str) -> InstallRecord:
+        key = (tenant, name)
+        now = self._clock()
+        with self._lock:
+            cached = self._items.get(key)
+        if cached is not None and now - cached[0] < self._ttl:
+            return cached[1]
+        record = self._installs.get(tenant, name)
+        if self._ttl > 0:
+            with self._lock:
+                if len(self._items) > 10_000:
+                    self._items.clear()
+                self._items[key] = (now, record)
+        return record
+
+    def forget(self, tenant: str, name: str) -> None:
+        with self._lock:
+            self._items.pop((tenant, name), None)
+
+
 class GatewayService:
     def __init__(
         self,
@@ -151,7 +186,7 @@ class GatewayService:
         clock: Callable[[], datetime],
     ) -> None:
         self._settings = settings
-        self._installs = installs
+        self._installs = _InstallCache(installs, settings.ext_gateway_install_cache_ms / 1000)
         self._versions = _VersionCache(registry)
         self._limiter = limiter
         self._runner = runner
@@ -179,6 +214,10 @@ class GatewayService:
         }
         answer = self._runner().execute(payload, self._settings.ext_gateway_timeout_ms / 1000)
         return self._response(answer)
+
+    def forget_install(self, tenant: str, name: str) -> None:
+        """``tenant``'s install of ``name`` changed: read it afresh on the next call."""
+        self._installs.forget(tenant, name)
 
     def _enabled_install(self, tenant: str, name: str) -> InstallRecord:
         install = self._installs.get(tenant, name)

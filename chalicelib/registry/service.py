@@ -665,10 +665,22 @@ def _validated_config(config: Any) -> dict[str, Any]:
 class InstallService:
     """A tenant's installs.  Every method takes the tenant, and every key holds it."""
 
-    def __init__(self, models: Models, registry: RegistryService, clock: Clock = utc_now) -> None:
+    def __init__(
+        self,
+        models: Models,
+        registry: RegistryService,
+        clock: Clock = utc_now,
+        on_change: Callable[[str, str], None] | None = None,
+    ) -> None:
         self._models = models
         self._registry = registry
         self._clock = clock
+        self._on_change = on_change
+
+    def _changed(self, tenant: str, name: str) -> None:
+        """Tell the observer (the gateway's install cache) that ``tenant``'s ``name`` changed."""
+        if self._on_change is not None:
+            self._on_change(tenant, name)
 
     @_storage_errors
     def install(self, tenant: str, name: str, version: str, by: str | None = None) -> InstallRecord:
@@ -753,6 +765,7 @@ class InstallService:
             if not _condition_failed(exc):
                 raise
             raise NotInstalled(f"extension {name!r} is not installed") from None
+        self._changed(tenant, name)
 
     def _create(self, tenant: str, target: VersionRecord, by: str | None) -> InstallRecord | None:
         installs = self._models.installs
@@ -779,6 +792,7 @@ class InstallService:
             if _condition_failed(exc):
                 return None
             raise
+        self._changed(tenant, target.name)
         return _install_record(item)
 
     def _switch(self, current: InstallModel, target: VersionRecord, by: str | None) -> InstallRecord | None:
@@ -810,6 +824,7 @@ class InstallService:
             if _condition_failed(exc):
                 return None
             raise
+        self._changed(current.tenant, current.name)
         return _install_record(current)
 
     def _update_existing(self, tenant: str, name: str, actions: Sequence[Action]) -> InstallRecord:
@@ -824,6 +839,7 @@ class InstallService:
             if not _condition_failed(exc):
                 raise
             raise NotInstalled(f"extension {name!r} is not installed") from None
+        self._changed(tenant, name)
         return _install_record(item)
 
     def _read(self, tenant: str, name: str) -> InstallModel | None:
