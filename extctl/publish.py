@@ -92,10 +92,14 @@ def _upload_parts(
         return {"part_number": number, "etag": etag}
 
     done = [{"part_number": p["part_number"], "etag": p["etag"]} for p in held]
-    with ThreadPoolExecutor(max_workers=_PARALLEL_PARTS, thread_name_prefix="part") as pool:
+    pool = ThreadPoolExecutor(max_workers=_PARALLEL_PARTS, thread_name_prefix="part")
+    try:
         futures = [pool.submit(send, part) for part in target["parts"]]
         for future in as_completed(futures):
             done.append(future.result())
+    finally:
+        # On an error or Ctrl-C, parts not yet started stay for the resumed run.
+        pool.shutdown(wait=True, cancel_futures=True)
     return sorted(done, key=lambda p: int(p["part_number"]))
 
 

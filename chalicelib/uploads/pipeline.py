@@ -238,8 +238,11 @@ class UploadPipeline:
             held_numbers = {p.part_number for p in held}
             missing = [p for p in layout if p.part_number not in held_numbers]
             ttl = self._settings.upload_url_ttl_seconds
-            urls = presign_parts(
-                self._presign, self._store.bucket, session.staging_key, session.multipart_upload_id, missing, ttl
+            mpu = session.multipart_upload_id
+            urls = (
+                presign_parts(self._presign, self._store.bucket, session.staging_key, mpu, missing, ttl)
+                if missing
+                else []
             )
             answer.update(
                 method="MULTIPART",
