@@ -329,11 +329,13 @@ class UploadPipeline:
         except BaseException:
             self._release(staged)
             raise
-        self._uploads.complete(session.upload_id, result, claim_id=staged.claim_id)
+        # The stored result is the answer: if a lease ran out and two finalizes both
+        # got this far, the session keeps the first one's, and both callers return it.
+        stored = self._uploads.complete(session.upload_id, result, claim_id=staged.claim_id)
         self._discard_staging(staged.session)
         if result["status"] == "finalized" and self._on_published is not None:
             self._on_published(result["content_hash"])
-        return result
+        return dict(stored.result or result)
 
     def _run_stages(
         self,
