@@ -23,8 +23,8 @@ from moto.server import ThreadedMotoServer
 import app as app_module
 from chalicelib.auth import issue_token
 from chalicelib.config import Settings, load_settings
-from chalicelib.registry import create_tables, make_models
-from chalicelib.storage.s3 import ensure_bucket, make_s3_client
+from chalicelib.storage.s3 import make_s3_client
+from extctl.localstack import provision
 
 SECRET = "integration-secret-0123456789abcdef"
 BUCKET = "ext-it-bundles"
@@ -47,29 +47,6 @@ def token(tenant: str = "acme", roles: tuple[str, ...] = ("admin",), sub: str = 
 
 def auth(tenant: str = "acme", roles: tuple[str, ...] = ("admin",)) -> dict[str, str]:
     return {"Authorization": f"Bearer {token(tenant, roles)}", "Content-Type": "application/json"}
-
-
-def provision(settings: Settings, endpoint: str) -> str:
-    """Create the bucket (with CORS and the staging → SQS notification), the queue and the tables."""
-    s3 = make_s3_client(settings)
-    ensure_bucket(s3, settings.storage_s3_bucket, settings.storage_s3_region)
-    sqs = boto3.client("sqs", endpoint_url=endpoint, region_name=settings.storage_s3_region)
-    queue_url: str = sqs.create_queue(QueueName=QUEUE)["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    s3.put_bucket_notification_configuration(
-        Bucket=settings.storage_s3_bucket,
-        NotificationConfiguration={
-            "QueueConfigurations": [
-                {
-                    "QueueArn": arn,
-                    "Events": ["s3:ObjectCreated:*"],
-                    "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": settings.staging_prefix}]}},
-                }
-            ]
-        },
-    )
-    create_tables(make_models(settings), wait=True)
-    return queue_url
 
 
 @dataclass
@@ -152,7 +129,7 @@ def stack(stack_env: dict[str, str], moto_server: str, monkeypatch: pytest.Monke
     for key, value in stack_env.items():
         monkeypatch.setenv(key, value)
     settings = load_settings(dict(os.environ))
-    queue_url = provision(settings, moto_server)
+    queue_url = provision(settings, moto_server, queue_name=QUEUE)
     app_module.services.cache_clear()
     with Client(app_module.app) as client:
         yield AwsStack(endpoint=moto_server, settings=settings, queue_url=queue_url, client=client, env=stack_env)
