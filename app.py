@@ -24,7 +24,7 @@ from chalicelib.bundles.manifest import MAX_ENDPOINT_SEGMENTS
 from chalicelib.config import load_settings
 from chalicelib.errors import BadRequest, ExtError, Internal
 from chalicelib.gateway.service import GatewayRequest
-from chalicelib.logs import LOGGER, configure_logging, log_event
+from chalicelib.logs import LOGGER, bind, configure_logging, log_event
 from chalicelib.openapi import openapi_document
 from chalicelib.services import Services
 from chalicelib.uploads.events import created_keys
@@ -81,7 +81,8 @@ def api(view: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         request_id = _request_id()
         try:
-            result = view(*args, **kwargs)
+            with bind(request_id=request_id):
+                result = view(*args, **kwargs)
         except ExtError as exc:
             log_event("api.error", request_id=request_id, outcome=exc.code, message=exc.message)
             return _error_response(exc, request_id)

@@ -1,7 +1,8 @@
 """Runner and gateway benchmarks on the local stack (moto, the Chalice app, the runner).
 
 - ``execute_vs_bare``: warm ``RunnerService.execute`` p50 / a bare wasmtime-py call of
-  the same guest (new Store, instantiate, alloc + write + handler + read).
+  the same guest (encode the request, new Store, instantiate, alloc + write + handler,
+  read and decode the response).
 - ``cold_cwasm_vs_compile``: compiling a ≥ 5 MB module / fetching its stored
   ``.cwasm`` from S3 and deserializing it (what a cold runner does instead).
 - ``gateway_added_ms_p50``: p50 of a call through the API gateway minus p50 of the
@@ -76,23 +77,26 @@ def _p50(samples: int, func: Callable[[], object]) -> float:
     return statistics.median(times)
 
 
-def _bare_call(engine: wasmtime.Engine, module: wasmtime.Module, request: bytes) -> Callable[[], object]:
+def _bare_call(engine: wasmtime.Engine, module: wasmtime.Module, request: dict[str, Any]) -> Callable[[], object]:
+    """The least any host does for one call: encode the request, a new Store, instantiate,
+    alloc + write + handler, read and decode the response."""
     linker = wasmtime.Linker(engine)
     linker.define_func("ext", "log", wasmtime.FuncType([wasmtime.ValType.i32()] * 3, []), lambda *_: None)
 
-    def call() -> bytes:
+    def call() -> object:
+        encoded = json.dumps(request).encode()
         store = wasmtime.Store(engine)
         store.set_epoch_deadline(1_000_000)
         instance = linker.instantiate(store, module)
         exports = instance.exports(store)
         memory = cast(wasmtime.Memory, exports["memory"])
         alloc, handler = cast(wasmtime.Func, exports["alloc"]), cast(wasmtime.Func, exports["handler"])
-        pointer = alloc(store, len(request))
-        memory.write(store, request, pointer)
+        pointer = alloc(store, len(encoded))
+        memory.write(store, encoded, pointer)
         out = alloc(store, 8)
-        handler(store, pointer, len(request), out)
+        handler(store, pointer, len(encoded), out)
         response_pointer, length = struct.unpack("<ii", memory.read(store, out, out + 8))
-        return bytes(memory.read(store, response_pointer, response_pointer + length))
+        return json.loads(bytes(memory.read(store, response_pointer, response_pointer + length)))
 
     return call
 
@@ -186,7 +190,7 @@ def run() -> dict[str, Any]:
             warm = _p50(300, lambda: service.execute(payload))
             engine = wasm_engine.engine
             module = wasmtime.Module(engine, (TEMPLATE / "dist" / "main.wasm").read_bytes())
-            bare = _p50(300, _bare_call(engine, module, json.dumps(request).encode()))
+            bare = _p50(300, _bare_call(engine, module, request))
 
             session = requests.Session()
             runner_headers = {"Authorization": f"Bearer {settings.runner_auth_token}"}

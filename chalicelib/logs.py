@@ -8,19 +8,24 @@ from initiate to the runner's precompile.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from types import MappingProxyType
 from typing import Any
 
 from chalicelib.errors import ExtError
 
-__all__ = ["JsonFormatter", "configure_logging", "log_event", "stage"]
+__all__ = ["JsonFormatter", "bind", "configure_logging", "log_event", "stage"]
 
 LOGGER = logging.getLogger("ext")
+_BOUND: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "ext_log_fields", default=MappingProxyType({})
+)
 _RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
@@ -31,6 +36,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "event": record.getMessage(),
         }
+        data.update(_BOUND.get())
         data.update({k: v for k, v in record.__dict__.items() if k not in _RESERVED})
         if record.exc_info and record.levelno >= logging.ERROR:
             data["exception"] = self.formatException(record.exc_info)
@@ -51,6 +57,16 @@ def configure_logging(level: str = "INFO") -> None:
 def _extra(fields: dict[str, Any]) -> dict[str, Any]:
     # LogRecord refuses extras that shadow its own attributes (``message``, ``name``…).
     return {(f"{k}_" if k in _RESERVED else k): v for k, v in fields.items() if v is not None}
+
+
+@contextmanager
+def bind(**fields: Any) -> Iterator[None]:
+    """Add ``fields`` (a request id, the tenant) to every line logged inside the block."""
+    token = _BOUND.set({**_BOUND.get(), **{k: v for k, v in fields.items() if v is not None}})
+    try:
+        yield
+    finally:
+        _BOUND.reset(token)
 
 
 def log_event(event: str, *, level: int = logging.INFO, **fields: Any) -> None:

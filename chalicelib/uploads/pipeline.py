@@ -345,24 +345,33 @@ class UploadPipeline:
         learned: dict[str, Any],
     ) -> dict[str, Any]:
         session = staged.session
-        self._complete_multipart(session, parts)
-        etag = self._check_size(session)
+        ids = {"tenant": session.tenant, "upload_id": session.upload_id}
+        with stage("finalize.receive", **ids):
+            self._complete_multipart(session, parts)
+            etag = self._check_size(session)
         with tempfile.TemporaryDirectory(prefix="finalize-") as scratch:
-            verified = self._verify(session, etag, Path(scratch))
-            learned["content_hash"] = verified.content_hash
-            chosen = envelope or (SignatureEnvelope.parse(session.signature) if session.signature else None)
-            check = verify_signature(verified.content_hash, verified.manifest.name, chosen, self._trust)
+            with stage("finalize.verify", **ids) as found:
+                verified = self._verify(session, etag, Path(scratch))
+                found["content_hash"] = learned["content_hash"] = verified.content_hash
+            ids["content_hash"] = verified.content_hash
             manifest = verified.manifest
-            self._registry.check_name_owner(manifest.name, session.tenant, manifest.publisher)
-            state = self._registry.existing_state(manifest.name, manifest.version, verified.content_hash)
-            if state == "conflict":
-                raise VersionExists(
-                    f"{manifest.name}@{manifest.version} is already published with different content; "
-                    "publish a new version"
-                )
+            with stage("finalize.signature", **ids) as found:
+                chosen = envelope or (SignatureEnvelope.parse(session.signature) if session.signature else None)
+                check = verify_signature(verified.content_hash, manifest.name, chosen, self._trust)
+                found["signature_status"] = str(check.status)
+            with stage("finalize.ownership", **ids):
+                self._registry.check_name_owner(manifest.name, session.tenant, manifest.publisher)
+                state = self._registry.existing_state(manifest.name, manifest.version, verified.content_hash)
+                if state == "conflict":
+                    raise VersionExists(
+                        f"{manifest.name}@{manifest.version} is already published with different content; "
+                        "publish a new version"
+                    )
             if state == "new":
-                self._store_canonical(session, etag, verified, chosen if check.key_id else None, Path(scratch))
-            outcome = self._register(session, verified, chosen, check)
+                with stage("finalize.store", **ids):
+                    self._store_canonical(session, etag, verified, chosen if check.key_id else None, Path(scratch))
+            with stage("finalize.register", **ids):
+                outcome = self._register(session, verified, chosen, check)
         status = "already_finalized" if state == "same" or outcome == "already" else "finalized"
         return {
             "upload_id": session.upload_id,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -128,3 +129,39 @@ def test_the_readme_settings_table_is_generated_from_the_code() -> None:
 
 def test_the_readme_error_table_is_generated_from_the_code() -> None:
     assert _block("errors") == error_table_markdown(), "regenerate with: python -m chalicelib.errors"
+
+
+def _failing_stage(stage: Any) -> None:
+    from chalicelib.errors import HashMismatch
+
+    with stage("thing.verify", upload_id="u1") as learned:
+        learned["content_hash"] = "sha256:" + "a" * 64
+        raise HashMismatch("bytes differ")
+
+
+def test_log_lines_carry_bound_fields_and_stage_outcomes() -> None:
+    import io
+    import json as json_module
+    import logging
+
+    from chalicelib.errors import HashMismatch
+    from chalicelib.logs import LOGGER, JsonFormatter, bind, log_event, stage
+
+    sink = io.StringIO()
+    handler = logging.StreamHandler(sink)
+    handler.setFormatter(JsonFormatter())
+    LOGGER.addHandler(handler)
+    LOGGER.setLevel(logging.INFO)
+    try:
+        with bind(request_id="req-7", tenant="acme"):
+            log_event("thing.done", upload_id="u1")
+            with pytest.raises(HashMismatch):
+                _failing_stage(stage)
+        log_event("after")
+    finally:
+        LOGGER.removeHandler(handler)
+    lines = [json_module.loads(line) for line in sink.getvalue().splitlines()]
+    assert lines[0]["request_id"] == "req-7" and lines[0]["tenant"] == "acme" and lines[0]["upload_id"] == "u1"
+    assert lines[1]["event"] == "thing.verify" and lines[1]["outcome"] == "HASH_MISMATCH"
+    assert lines[1]["content_hash"].startswith("sha256:") and lines[1]["duration_ms"] >= 0
+    assert "request_id" not in lines[2]
