@@ -30,19 +30,19 @@ from chalicelib.services import Services
 from chalicelib.uploads.events import created_keys
 
 app = Chalice(app_name="ext-platform")
-# Extensions may answer with any media type; these reach clients as bytes.
-app.api.binary_types.extend(
-    [
-        "application/octet-stream",
-        "application/pdf",
-        "application/zip",
-        "application/wasm",
-        "image/*",
-        "audio/*",
-        "video/*",
-        "font/*",
-    ]
+# Extension answers of these media types reach clients as bytes (API Gateway binary media types).
+BINARY_TYPES = (
+    "application/octet-stream",
+    "application/pdf",
+    "application/zip",
+    "application/wasm",
+    "application/gzip",
+    "image/*",
+    "audio/*",
+    "video/*",
+    "font/*",
 )
+app.api.binary_types.extend(BINARY_TYPES)
 configure_logging(os.environ.get("LOG_LEVEL", "INFO"))
 
 FINALIZE_QUEUE = os.environ.get("FINALIZE_QUEUE_NAME", "ext-finalize")
@@ -350,15 +350,25 @@ def admin_static(asset: str) -> Response:
 _TEXT_TYPES = ("text/", "application/json", "application/javascript", "application/xml", "+json", "+xml")
 
 
+def _is_binary_type(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return any(media == t or (t.endswith("/*") and media.startswith(t[:-1])) for t in BINARY_TYPES)
+
+
 def _gateway_response(status: int, headers: dict[str, str], body: bytes) -> Response:
     # One spelling per header name, or Chalice adds a second Content-Type.
     canonical: dict[str, str | list[str]] = {
         "-".join(p.capitalize() for p in k.split("-")): v for k, v in headers.items()
     }
     content_type = str(canonical.setdefault("Content-Type", "application/octet-stream"))
-    textual = any(marker in content_type for marker in _TEXT_TYPES)
-    payload: str | bytes = body.decode("utf-8", errors="replace") if textual else body
-    return Response(body=payload, status_code=status, headers=canonical)
+    if any(marker in content_type for marker in _TEXT_TYPES):
+        return Response(body=body.decode("utf-8", errors="replace"), status_code=status, headers=canonical)
+    if not _is_binary_type(content_type):
+        # API Gateway passes bytes only for its binary media types: other types go out
+        # as octet-stream, with the extension's own type alongside.
+        canonical["X-Ext-Content-Type"] = content_type
+        canonical["Content-Type"] = "application/octet-stream"
+    return Response(body=body, status_code=status, headers=canonical)
 
 
 @api

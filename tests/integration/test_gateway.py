@@ -266,3 +266,17 @@ def test_upgrade_and_rollback_change_what_answers(gateway_stack: AwsStack) -> No
     assert call(gateway_stack, "GET", "/api/ext/com.acme.tools/hello").body == b"v2"
     gateway_stack.call("POST", "/installs/com.acme.tools/rollback", {})
     assert call(gateway_stack, "GET", "/api/ext/com.acme.tools/hello").body == b"v1"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "delivered"),
+    [("image/png", "image/png"), ("application/x-custom", "application/octet-stream")],
+)
+def test_binary_answers_arrive_as_bytes(gateway_stack: AwsStack, content_type: str, delivered: str) -> None:
+    raw = bytes(range(256))
+    response = {"status": 200, "headers": {"content-type": content_type}, "body_b64": base64.b64encode(raw).decode()}
+    install(gateway_stack, _guest_bundle(fixed_response_guest(response)))
+    answer = call(gateway_stack, "GET", "/api/ext/com.acme.tools/hello", headers={"Accept": "*/*"})
+    assert answer.status_code == 200
+    assert answer.body == raw
+    assert answer.headers["Content-Type"] == delivered
