@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint typecheck pytest bench example venv clean
+.PHONY: dev test lint typecheck pytest bench example venv clean infra-check deploy
 
 $(STAMP): requirements.txt runner_container/requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,17 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest -n 2 --dist loadgroup
 
-test: lint typecheck pytest
+test: lint typecheck infra-check pytest
+
+# Package the AWS stack offline (chalice package --merge-template infra/template.yaml), cfn-lint it and
+# check its policies and settings against the code. No AWS credentials; PyPI once, for the Lambda wheels.
+infra-check: $(STAMP)
+	$(BIN)/pytest -q tests/infra
+
+# Deploy to AWS: make deploy STAGE=dev (needs AWS credentials, Docker and infra/parameters/$(STAGE).json;
+# infra/README.md). Add DRY_RUN=1 to print the commands instead.
+deploy: $(STAMP)
+	$(BIN)/python -m infra.deploy --stage "$(STAGE)" $(if $(DRY_RUN),--dry-run)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -1,0 +1,1 @@
+"""The AWS deployment: templates (``*.yaml``), offline packaging and checks, and ``make deploy``."""

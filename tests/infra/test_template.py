@@ -1,0 +1,428 @@
+"""The packaged AWS stack: what each resource is and what each role may do.
+
+Policies are checked by evaluating them (tests/infra/cfn.py) for the requests the code makes,
+with the template resolved to concrete ARNs, so a test fails when a permission the code needs is
+missing as well as when one it must not have is granted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pynamodb.attributes import TTLAttribute
+
+from chalicelib.config import load_settings
+from chalicelib.registry.models import make_models
+from infra.check import BOOTSTRAP_TEMPLATE, Packaged, lint
+from tests.infra.cfn import ACCOUNT, REGION, Request, Stack, allows, denies
+
+pytestmark = pytest.mark.xdist_group("infra")
+
+ROOT = Path(__file__).resolve().parents[2]
+BUCKET = f"ext-bundles-dev-{ACCOUNT}-{REGION}"
+BUCKET_ARN = f"arn:aws:s3:::{BUCKET}"
+HEX = "ab" * 32
+CANONICAL_OBJECTS = ("bundle.tar.zst", "manifest.json", "signature.json", "entry.wasm")
+PRECOMPILED = f"{BUCKET_ARN}/sha256/{HEX}/precompiled/wasmtime-50.0.1-x86_64-linux-0123abcd.cwasm"
+STAGED = f"{BUCKET_ARN}/staging/tenant-1/upload-1/bundle.tar.zst"
+TABLES = ("extensions", "versions", "installs", "uploads", "ratelimits")
+FUNCTIONS = ("APIHandler", "FinalizeWorker", "Runner")
+
+
+def canonical(name: str) -> str:
+    return f"{BUCKET_ARN}/sha256/{HEX}/{name}"
+
+
+def role_statements(stack: Stack, function: str) -> list[dict[str, Any]]:
+    """Every statement of the role ``function`` runs as, resolved."""
+    role_ref = stack.template["Resources"][function]["Properties"]["Role"]["Fn::GetAtt"][0]
+    policies = stack.resolve(stack.resources[role_ref]["Properties"]["Policies"])
+    return [statement for policy in policies for statement in policy["PolicyDocument"]["Statement"]]
+
+
+def can(stack: Stack, function: str, action: str, resource: str, **context: str) -> bool:
+    return allows(role_statements(stack, function), Request(action, resource, context=context))
+
+
+def bucket_policy(stack: Stack) -> list[dict[str, Any]]:
+    statements: list[dict[str, Any]] = stack.resolve(
+        stack.resources["BundleBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    )
+    return statements
+
+
+def bucket_denies(stack: Stack, action: str, resource: str, principal: str = "", **context: str) -> bool:
+    full = {"aws:SecureTransport": "true", **context}
+    return denies(bucket_policy(stack), Request(action, resource, principal, full))
+
+
+def table_arn(name: str) -> str:
+    return f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/ext-{name}"
+
+
+def runner_arn(stack: Stack) -> str:
+    arn: str = stack.resolve({"Fn::GetAtt": ["Runner", "Arn"]})
+    return arn
+
+
+# --- the template as a whole --------------------------------------------------------------------
+
+
+def test_the_packaged_stack_and_the_bootstrap_stack_pass_cfn_lint(packaged: Packaged) -> None:
+    assert lint(packaged.template) == []
+    assert lint(BOOTSTRAP_TEMPLATE) == []
+
+
+def test_chalice_packages_the_api_and_the_finalize_worker_with_a_role_each(stack: Stack) -> None:
+    api, worker = stack.resources["APIHandler"]["Properties"], stack.resources["FinalizeWorker"]["Properties"]
+    assert (api["Handler"], worker["Handler"]) == ("app.app", "app.finalize_worker")
+    assert api["Role"] != worker["Role"]
+    for function, policy_file in (("APIHandler", "policy-api.json"), ("FinalizeWorker", "policy-finalize-worker.json")):
+        role = stack.resources[function]["Properties"]["Role"]["Fn::GetAtt"][0]
+        document = stack.resources[role]["Properties"]["Policies"][0]["PolicyDocument"]
+        assert document == json.loads((ROOT / ".chalice" / policy_file).read_text("utf-8"))
+
+
+def test_no_function_is_left_on_a_shared_or_generated_default_role(stack: Stack) -> None:
+    functions = stack.of_type("AWS::Serverless::Function")
+    assert set(functions) == set(FUNCTIONS)
+    roles = [stack.resolve(f["Properties"]["Role"]) for f in functions.values()]
+    assert len(set(roles)) == len(roles)
+    assert "DefaultRole" not in stack.resources
+
+
+# --- the bucket -----------------------------------------------------------------------------------
+
+
+def test_the_bucket_blocks_public_access_and_encrypts_at_rest(stack: Stack) -> None:
+    bucket = stack.resolve(stack.resources["BundleBucket"])
+    properties = bucket["Properties"]
+    assert properties["BucketName"] == BUCKET
+    assert set(properties["PublicAccessBlockConfiguration"].values()) == {True}
+    assert len(properties["PublicAccessBlockConfiguration"]) == 4
+    rule = properties["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
+    assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    assert properties["OwnershipControls"]["Rules"] == [{"ObjectOwnership": "BucketOwnerEnforced"}]
+    assert "VersioningConfiguration" not in properties
+    assert bucket["DeletionPolicy"] == "Retain"
+
+
+def test_the_bucket_refuses_every_request_without_tls(stack: Stack) -> None:
+    for action, resource in (("s3:GetObject", canonical("bundle.tar.zst")), ("s3:ListBucket", BUCKET_ARN)):
+        assert bucket_denies(stack, action, resource, **{"aws:SecureTransport": "false"})
+        assert not bucket_denies(stack, action, resource)
+
+
+def test_the_bucket_refuses_store_writes_that_could_replace_an_object(stack: Stack) -> None:
+    creation = {"s3:ObjectCreationOperation": "true"}
+    for name in (*CANONICAL_OBJECTS, "precompiled/x.cwasm"):
+        key = canonical(name)
+        assert bucket_denies(stack, "s3:PutObject", key, **creation)
+        assert bucket_denies(stack, "s3:PutObject", key, **creation, **{"s3:if-match": '"etag"'})
+        assert not bucket_denies(stack, "s3:PutObject", key, **creation, **{"s3:if-none-match": "*"})
+
+
+def test_the_bucket_lets_multipart_steps_without_a_condition_header_through(stack: Stack) -> None:
+    # CreateMultipartUpload and UploadPartCopy cannot carry If-None-Match; CompleteMultipartUpload does.
+    key = canonical("bundle.tar.zst")
+    assert not bucket_denies(stack, "s3:PutObject", key, **{"s3:ObjectCreationOperation": "false"})
+
+
+def test_staging_uploads_are_not_held_to_the_store_rules(stack: Stack) -> None:
+    assert not bucket_denies(stack, "s3:PutObject", STAGED, **{"s3:ObjectCreationOperation": "true"})
+    assert not bucket_denies(stack, "s3:DeleteObject", STAGED)
+
+
+def test_nobody_can_delete_a_published_object_without_a_break_glass_role(stack: Stack) -> None:
+    for action in ("s3:DeleteObject", "s3:DeleteObjectVersion"):
+        key = canonical("bundle.tar.zst")
+        assert bucket_denies(stack, action, key, **{"aws:PrincipalArn": f"arn:aws:iam::{ACCOUNT}:role/admin"})
+
+
+def test_only_the_break_glass_role_can_delete_published_objects(template: dict[str, Any]) -> None:
+    break_glass = f"arn:aws:iam::{ACCOUNT}:role/break-glass"
+    stack = Stack(template, {"BreakGlassRoleArn": break_glass})
+    key = canonical("bundle.tar.zst")
+    assert not bucket_denies(stack, "s3:DeleteObject", key, **{"aws:PrincipalArn": break_glass})
+    worker = f"arn:aws:iam::{ACCOUNT}:role/ext-platform-test-FinalizeWorkerRole"
+    assert bucket_denies(stack, "s3:DeleteObject", key, **{"aws:PrincipalArn": worker})
+
+
+def test_staging_expires_after_a_day_and_so_do_incomplete_multipart_uploads(stack: Stack) -> None:
+    rules = stack.resolve(stack.resources["BundleBucket"]["Properties"]["LifecycleConfiguration"]["Rules"])
+    assert {"Id": "ExpireStagingUploads", "Status": "Enabled", "Prefix": "staging/", "ExpirationInDays": 1} in rules
+    aborts = [rule for rule in rules if "AbortIncompleteMultipartUpload" in rule]
+    assert aborts == [
+        {
+            "Id": "AbortIncompleteMultipartUploads",
+            "Status": "Enabled",
+            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+        }
+    ]
+
+
+def test_browser_uploads_are_allowed_from_the_admin_ui_origins_only(template: dict[str, Any]) -> None:
+    cors = template["Resources"]["BundleBucket"]["Properties"]["CorsConfiguration"]
+
+    def rule(parameters: dict[str, str]) -> dict[str, Any]:
+        [only] = Stack(template, parameters).resolve(cors)["CorsRules"]
+        return dict(only)
+
+    api_origin = f"https://ext-platform-test-RestAPI.execute-api.{REGION}.amazonaws.com"
+    default = rule({})
+    assert default["AllowedOrigins"] == [api_origin]
+    assert default["AllowedMethods"] == ["PUT"]
+    assert default["ExposedHeaders"] == ["ETag"]
+    assert set(default["AllowedHeaders"]) == {"content-type", "x-amz-checksum-sha256"}
+    configured = rule({"ApiDomainName": "ext.example.com", "AdminOrigins": "https://admin.example.com"})
+    assert configured["AllowedOrigins"] == [api_origin, "https://ext.example.com", "https://admin.example.com"]
+
+
+def test_objects_created_under_staging_notify_the_finalize_queue(stack: Stack) -> None:
+    notification = stack.resolve(stack.resources["BundleBucket"]["Properties"]["NotificationConfiguration"])
+    [queue] = notification["QueueConfigurations"]
+    assert queue["Event"] == "s3:ObjectCreated:*"
+    assert queue["Queue"] == stack.resolve({"Fn::GetAtt": ["FinalizeQueue", "Arn"]})
+    assert queue["Filter"]["S3Key"]["Rules"] == [{"Name": "prefix", "Value": "staging/"}]
+
+
+# --- the queue ------------------------------------------------------------------------------------
+
+
+def test_only_this_bucket_can_send_to_the_finalize_queue(stack: Stack) -> None:
+    policy = stack.resolve(stack.resources["FinalizeQueuePolicy"]["Properties"]["PolicyDocument"])
+    queue_arn = stack.resolve({"Fn::GetAtt": ["FinalizeQueue", "Arn"]})
+    ours = {"aws:SourceArn": BUCKET_ARN, "aws:SourceAccount": ACCOUNT}
+    theirs = {"aws:SourceArn": "arn:aws:s3:::someone-else", "aws:SourceAccount": "999999999999"}
+    assert allows(policy["Statement"], Request("sqs:SendMessage", queue_arn, "s3.amazonaws.com", ours))
+    assert not allows(policy["Statement"], Request("sqs:SendMessage", queue_arn, "s3.amazonaws.com", theirs))
+
+
+def test_the_worker_reads_this_stacks_queue_one_message_at_a_time(stack: Stack) -> None:
+    [event] = stack.resolve(stack.resources["FinalizeWorker"]["Properties"]["Events"]).values()
+    assert event["Type"] == "SQS"
+    assert event["Properties"]["Queue"] == stack.resolve({"Fn::GetAtt": ["FinalizeQueue", "Arn"]})
+    assert event["Properties"]["BatchSize"] == 1
+
+
+def test_failed_finalize_events_park_in_a_dead_letter_queue_that_raises_an_alarm(stack: Stack) -> None:
+    queue = stack.resolve(stack.resources["FinalizeQueue"]["Properties"])
+    assert queue["RedrivePolicy"] == {
+        "deadLetterTargetArn": stack.resolve({"Fn::GetAtt": ["FinalizeDeadLetterQueue", "Arn"]}),
+        "maxReceiveCount": 5,
+    }
+    worker_timeout = stack.resources["FinalizeWorker"]["Properties"]["Timeout"]
+    assert queue["VisibilityTimeout"] >= 6 * worker_timeout
+    alarm = stack.resolve(stack.resources["FinalizeDeadLetterAlarm"]["Properties"])
+    assert (alarm["Namespace"], alarm["MetricName"]) == ("AWS/SQS", "ApproximateNumberOfMessagesVisible")
+    assert alarm["Dimensions"] == [{"Name": "QueueName", "Value": "ext-platform-test-FinalizeDeadLetterQueue"}]
+    assert (alarm["ComparisonOperator"], alarm["Threshold"]) == ("GreaterThanThreshold", 0)
+
+
+def test_the_dead_letter_alarm_notifies_the_configured_topic(template: dict[str, Any]) -> None:
+    topic = f"arn:aws:sns:{REGION}:{ACCOUNT}:oncall"
+    alarm = Stack(template, {"AlarmTopicArn": topic}).resolve(template["Resources"]["FinalizeDeadLetterAlarm"])
+    assert alarm["Properties"]["AlarmActions"] == [topic]
+
+
+# --- the registry tables --------------------------------------------------------------------------
+
+
+def key_pairs(items: Iterable[Mapping[str, Any]]) -> set[tuple[str, str]]:
+    return {(item["AttributeName"], item.get("KeyType") or item["AttributeType"]) for item in items}
+
+
+def test_the_tables_have_the_names_keys_indexes_and_ttl_of_the_pynamodb_models(template: dict[str, Any]) -> None:
+    stack = Stack(template, {"RegistryTablePrefix": "acme-prod-"})
+    tables = {
+        stack.resolve(t["Properties"]["TableName"]): stack.resolve(t["Properties"])
+        for t in stack.of_type("AWS::DynamoDB::Table").values()
+    }
+    models = make_models(load_settings({"REGISTRY_TABLE_PREFIX": "acme-prod-"}))
+    assert set(tables) == {model.Meta.table_name for model in models.all()}
+    for model in models.all():
+        table, schema = tables[model.Meta.table_name], model._get_schema()
+        assert key_pairs(table["KeySchema"]) == key_pairs(schema["key_schema"])
+        assert key_pairs(table["AttributeDefinitions"]) == key_pairs(schema["attribute_definitions"])
+        indexes = {index["IndexName"]: index for index in table.get("GlobalSecondaryIndexes", [])}
+        assert set(indexes) == {index["index_name"] for index in schema["global_secondary_indexes"]}
+        for index in schema["global_secondary_indexes"]:
+            assert key_pairs(indexes[index["index_name"]]["KeySchema"]) == key_pairs(index["key_schema"])
+            assert indexes[index["index_name"]]["Projection"] == index["projection"]
+        ttl = [a.attr_name for a in model.get_attributes().values() if isinstance(a, TTLAttribute)]
+        expected_ttl = {"AttributeName": ttl[0], "Enabled": True} if ttl else None
+        assert table.get("TimeToLiveSpecification") == expected_ttl
+
+
+def test_the_tables_are_on_demand_recoverable_and_kept(stack: Stack) -> None:
+    for table in stack.of_type("AWS::DynamoDB::Table").values():
+        properties = table["Properties"]
+        assert properties["BillingMode"] == "PAY_PER_REQUEST"
+        assert properties["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+        assert table["DeletionPolicy"] == "Retain"
+
+
+def test_upload_sessions_expire_by_ttl(stack: Stack) -> None:
+    uploads = stack.resources["UploadsTable"]["Properties"]
+    assert uploads["TimeToLiveSpecification"] == {"AttributeName": "ttl", "Enabled": True}
+
+
+# --- the runner -----------------------------------------------------------------------------------
+
+
+def test_the_runner_is_a_container_image_function_with_room_for_its_cache(stack: Stack) -> None:
+    runner = stack.resolve(stack.resources["Runner"]["Properties"])
+    settings = load_settings(runner["Environment"]["Variables"])
+    assert runner["PackageType"] == "Image"
+    assert runner["ImageUri"] == "123456789012.dkr.ecr.us-east-1.amazonaws.com/runner:abc"
+    assert int(runner["MemorySize"]) >= 1024
+    assert int(runner["Timeout"]) * 1000 > settings.runner_max_timeout_ms
+    tmp_bytes = int(runner["EphemeralStorage"]["Size"]) * 1024 * 1024
+    assert tmp_bytes > settings.runner_cache_max_bytes + settings.bundle_max_unpacked_bytes
+    assert settings.runner_cache_dir.startswith("/tmp/")
+    assert int(runner["ReservedConcurrentExecutions"]) > 0
+
+
+def test_a_zero_reserved_concurrency_leaves_the_runner_unreserved(template: dict[str, Any]) -> None:
+    runner = Stack(template, {"RunnerReservedConcurrency": "0"}).resolve(template["Resources"]["Runner"])
+    assert "ReservedConcurrentExecutions" not in runner["Properties"]
+
+
+def test_the_runner_image_repository_keeps_tags_immutable_and_lets_only_lambda_pull(
+    bootstrap_template: dict[str, Any],
+) -> None:
+    stack = Stack(bootstrap_template)
+    repository = stack.resolve(stack.resources["RunnerRepository"]["Properties"])
+    assert repository["ImageTagMutability"] == "IMMUTABLE"
+    assert repository["ImageScanningConfiguration"] == {"ScanOnPush": True}
+    [statement] = repository["RepositoryPolicyText"]["Statement"]
+    assert statement["Principal"] == {"Service": "lambda.amazonaws.com"}
+    assert sorted(statement["Action"]) == ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"]
+
+
+def test_every_function_logs_to_its_own_group_with_a_retention(stack: Stack) -> None:
+    groups = set()
+    for function in FUNCTIONS:
+        group_ref = stack.resources[function]["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]
+        group = stack.resources[group_ref]
+        assert group["Type"] == "AWS::Logs::LogGroup"
+        assert int(stack.resolve(group["Properties"]["RetentionInDays"])) > 0
+        group_arn = stack.resolve({"Fn::GetAtt": [group_ref, "Arn"]})
+        assert can(stack, function, "logs:PutLogEvents", group_arn)
+        groups.add(group_arn)
+    for function in FUNCTIONS:
+        assert sum(can(stack, function, "logs:PutLogEvents", arn) for arn in groups) == 1
+
+
+# --- least privilege: S3 --------------------------------------------------------------------------
+
+
+def test_the_api_stages_uploads_but_cannot_write_the_store(stack: Stack) -> None:
+    for action in (
+        "s3:PutObject",
+        "s3:GetObject",
+        "s3:DeleteObject",
+        "s3:AbortMultipartUpload",
+        "s3:ListMultipartUploadParts",
+    ):
+        assert can(stack, "APIHandler", action, STAGED), action
+    for name in CANONICAL_OBJECTS:
+        assert not can(stack, "APIHandler", "s3:PutObject", canonical(name))
+    assert not can(stack, "APIHandler", "s3:PutObject", PRECOMPILED)
+    assert not can(stack, "APIHandler", "s3:DeleteObject", canonical("bundle.tar.zst"))
+
+
+def test_the_finalize_worker_writes_the_canonical_objects_but_never_compiled_code(stack: Stack) -> None:
+    for name in CANONICAL_OBJECTS:
+        assert can(stack, "FinalizeWorker", "s3:PutObject", canonical(name)), name
+        assert can(stack, "FinalizeWorker", "s3:GetObject", canonical(name)), name
+    assert can(stack, "FinalizeWorker", "s3:AbortMultipartUpload", canonical("bundle.tar.zst"))
+    assert not can(stack, "FinalizeWorker", "s3:PutObject", PRECOMPILED)
+    assert not can(stack, "FinalizeWorker", "s3:PutObject", f"{BUCKET_ARN}/sha256/{HEX}/precompiled/bundle.tar.zst")
+    for action in ("s3:GetObject", "s3:DeleteObject", "s3:AbortMultipartUpload"):
+        assert can(stack, "FinalizeWorker", action, STAGED), action
+    assert not can(stack, "FinalizeWorker", "s3:PutObject", STAGED)
+
+
+def test_the_runner_reads_the_store_and_writes_only_precompiled_code(stack: Stack) -> None:
+    for name in CANONICAL_OBJECTS:
+        assert can(stack, "Runner", "s3:GetObject", canonical(name))
+        assert not can(stack, "Runner", "s3:PutObject", canonical(name))
+    assert can(stack, "Runner", "s3:PutObject", PRECOMPILED)
+    assert not can(stack, "Runner", "s3:GetObject", STAGED)
+    assert not can(stack, "Runner", "s3:DeleteObject", PRECOMPILED)
+
+
+def test_missing_objects_read_as_404_for_every_function_but_listings_stay_in_its_prefixes(stack: Stack) -> None:
+    # S3 answers a missing key with 404 only to callers that hold s3:ListBucket; that check has no s3:prefix.
+    for function in FUNCTIONS:
+        assert can(stack, function, "s3:ListBucket", BUCKET_ARN), function
+    assert can(stack, "Runner", "s3:ListBucket", BUCKET_ARN, **{"s3:prefix": "sha256/ab"})
+    assert not can(stack, "Runner", "s3:ListBucket", BUCKET_ARN, **{"s3:prefix": "staging/"})
+    assert not can(stack, "APIHandler", "s3:ListBucket", BUCKET_ARN, **{"s3:prefix": "sha256/"})
+    assert not can(stack, "Runner", "s3:ListBucket", BUCKET_ARN, **{"s3:prefix": ""})
+
+
+# --- least privilege: DynamoDB, SQS, Lambda -------------------------------------------------------
+
+
+def test_each_function_reaches_only_its_own_tables(stack: Stack) -> None:
+    expected = {
+        "APIHandler": set(TABLES),
+        "FinalizeWorker": {"extensions", "versions", "uploads"},
+        "Runner": set(),
+    }
+    for function, tables in expected.items():
+        reachable = {t for t in TABLES if can(stack, function, "dynamodb:GetItem", table_arn(t))}
+        assert reachable == tables, function
+    assert can(stack, "APIHandler", "dynamodb:Query", table_arn("versions") + "/index/by_hash")
+    assert can(stack, "FinalizeWorker", "dynamodb:Query", table_arn("versions") + "/index/by_hash")
+    assert not can(stack, "FinalizeWorker", "dynamodb:DeleteItem", table_arn("uploads"))
+    for function in FUNCTIONS:
+        assert not can(stack, function, "dynamodb:DeleteTable", table_arn("versions"))
+
+
+def test_only_the_worker_consumes_the_finalize_queue(stack: Stack) -> None:
+    queue_arn = stack.resolve({"Fn::GetAtt": ["FinalizeQueue", "Arn"]})
+    for action in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"):
+        assert can(stack, "FinalizeWorker", action, queue_arn)
+        assert not can(stack, "APIHandler", action, queue_arn)
+        assert not can(stack, "Runner", action, queue_arn)
+
+
+def test_only_the_platforms_own_functions_can_invoke_the_runner(stack: Stack) -> None:
+    runner = runner_arn(stack)
+    assert can(stack, "APIHandler", "lambda:InvokeFunction", runner)
+    assert can(stack, "FinalizeWorker", "lambda:InvokeFunction", runner)  # precompile after publish
+    assert not can(stack, "Runner", "lambda:InvokeFunction", runner)
+    worker = stack.resolve({"Fn::GetAtt": ["FinalizeWorker", "Arn"]})
+    assert not can(stack, "APIHandler", "lambda:InvokeFunction", worker)
+    granting_roles = [
+        name
+        for name, role in stack.of_type("AWS::IAM::Role").items()
+        if any(
+            allows(policy["PolicyDocument"]["Statement"], Request("lambda:InvokeFunction", runner))
+            for policy in stack.resolve(role["Properties"].get("Policies", []))
+        )
+    ]
+    assert sorted(granting_roles) == ["ApiHandlerRole", "FinalizeWorkerRole"]
+
+
+def test_the_public_may_reach_the_runner_only_through_its_function_url(stack: Stack) -> None:
+    permissions = [
+        stack.resolve(p["Properties"])
+        for p in stack.of_type("AWS::Lambda::Permission").values()
+        if p["Properties"]["FunctionName"] == {"Ref": "Runner"}
+    ]
+    assert sorted(p["Action"] for p in permissions) == ["lambda:InvokeFunction", "lambda:InvokeFunctionUrl"]
+    for permission in permissions:
+        if permission["Action"] == "lambda:InvokeFunction":
+            assert permission["InvokedViaFunctionUrl"] is True
+        else:
+            assert permission["FunctionUrlAuthType"] == "NONE"
+    url = stack.resolve(stack.resources["RunnerUrl"]["Properties"])
+    assert (url["TargetFunctionArn"], url["AuthType"]) == (runner_arn(stack), "NONE")
