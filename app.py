@@ -27,7 +27,7 @@ from chalicelib.gateway.service import GatewayRequest
 from chalicelib.logs import LOGGER, bind, configure_logging, log_event
 from chalicelib.openapi import openapi_document
 from chalicelib.services import Services
-from chalicelib.uploads.events import created_keys
+from chalicelib.uploads.events import created_objects
 
 app = Chalice(app_name="ext-platform")
 # Extension answers of these media types reach clients as bytes (API Gateway binary media types).
@@ -178,8 +178,8 @@ def finalize_worker(event: SQSEvent) -> None:
     redrive limit, parks it in the dead-letter queue).
     """
     for record in event:
-        for key in created_keys(record.body):
-            services().pipeline.finalize_staging_object(key)
+        for created in created_objects(record.body):
+            services().pipeline.finalize_staging_object(created.key, requested=created.requested)
 
 
 # --- registry reads ---------------------------------------------------------------------------

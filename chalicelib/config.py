@@ -46,6 +46,16 @@ def _parse_list(raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in re.split(r"[,\s]+", raw) if item.strip())
 
 
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
 def _parse_prefix(raw: str) -> str:
     value = raw.strip().strip("/")
     if not value or ".." in value.split("/"):
@@ -88,6 +98,14 @@ SETTINGS: tuple[Setting, ...] = (
     _row("UPLOAD_PART_BYTES", _parse_int, 8 * MiB, "Part size of multipart uploads.", 5 * MiB),
     _row("UPLOAD_URL_TTL_SECONDS", _parse_int, 900, "Lifetime of presigned upload URLs.", 60),
     _row("UPLOAD_SESSION_TTL_SECONDS", _parse_int, 86400, "Lifetime of an upload session.", 900),
+    _row(
+        "FINALIZE_MODE",
+        _choice("inline", "queue"),
+        "inline",
+        "`inline`: the finalize route does the work. `queue`: it hands the upload to the finalize worker "
+        "(through `FINALIZE_QUEUE_URL`) and waits for its answer, so the API needs no write access to the store.",
+    ),
+    _row("FINALIZE_QUEUE_URL", _parse_str, "", "The finalize worker's queue, for `FINALIZE_MODE=queue`."),
     _row("UPLOAD_RATE_LIMIT_PER_MINUTE", _parse_int, 30, "Upload API calls per tenant per minute (0 = unlimited)."),
     # bundle limits (DESIGN §4)
     _row("BUNDLE_MAX_COMPRESSED_BYTES", _parse_int, 200 * MiB, "Largest accepted `bundle.tar.zst`.", 1024),
@@ -142,11 +160,23 @@ SETTINGS: tuple[Setting, ...] = (
     _row("RUNNER_CACHE_MAX_BYTES", _parse_int, 1024 * MiB, "LRU bound of the runner's disk cache.", MiB),
     _row("RUNNER_MODULE_CACHE_ENTRIES", _parse_int, 32, "Compiled modules kept in memory per runner process.", 1),
     _row("RUNNER_DEFAULT_TIMEOUT_MS", _parse_int, 5000, "Per-call deadline when the manifest asks for none.", 10),
-    _row("RUNNER_MAX_TIMEOUT_MS", _parse_int, 30_000, "Platform maximum for manifest `limits.timeout_ms`.", 10),
+    _row(
+        "RUNNER_MAX_TIMEOUT_MS",
+        _parse_int,
+        25_000,
+        "Platform maximum for manifest `limits.timeout_ms` (below API Gateway's 29 s).",
+        10,
+    ),
     _row("RUNNER_DEFAULT_MEMORY_MB", _parse_int, 128, "Per-call linear memory cap when the manifest asks for none.", 1),
     _row("RUNNER_MAX_MEMORY_MB", _parse_int, 512, "Platform maximum for manifest `limits.memory_mb`.", 1),
     _row("RUNNER_FUEL", _parse_int, 0, "Fuel (instructions) per call; 0 turns fuel metering off."),
-    _row("RUNNER_MAX_RESPONSE_BYTES", _parse_int, 5 * MiB, "Largest response an extension may return.", 1024),
+    _row(
+        "RUNNER_MAX_RESPONSE_BYTES",
+        _parse_int,
+        4 * MiB,
+        "Largest response an extension may return (base64 must fit Lambda's 6 MB).",
+        1024,
+    ),
     # egress
     _row("EXT_EGRESS_ALLOWLIST", _parse_list, (), "Hosts (or `*.suffix`) any extension may fetch; empty denies all."),
     _row("EXT_EGRESS_ALLOW_PRIVATE", _parse_bool, False, "Allow fetches to loopback/private addresses (tests only)."),

@@ -11,9 +11,12 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+import boto3
+
 from chalicelib.auth import TokenVerifier
 from chalicelib.bundles.signing import TrustBundle
 from chalicelib.config import Settings
+from chalicelib.errors import ConfigInvalid
 from chalicelib.gateway.runner_client import RunnerClient, make_runner_client
 from chalicelib.gateway.service import GatewayService
 from chalicelib.registry import (
@@ -27,6 +30,7 @@ from chalicelib.registry import (
 )
 from chalicelib.storage.s3 import make_s3_client, make_s3_presign_client
 from chalicelib.storage.store import S3BundleStore
+from chalicelib.uploads.events import finalize_request
 from chalicelib.uploads.pipeline import UploadPipeline
 
 __all__ = ["Services"]
@@ -101,7 +105,18 @@ class Services:
             trust=self.trust,
             clock=utc_now,
             on_published=self._precompile,
+            request_finalize=self._request_finalize if self.settings.finalize_mode == "queue" else None,
         )
+
+    @cached_property
+    def sqs(self) -> Any:
+        return boto3.client("sqs", region_name=self.settings.storage_s3_region)
+
+    def _request_finalize(self, staging_key: str) -> None:
+        if not self.settings.finalize_queue_url:
+            raise ConfigInvalid("FINALIZE_MODE=queue needs FINALIZE_QUEUE_URL")
+        body = finalize_request(self.settings.storage_s3_bucket, staging_key)
+        self.sqs.send_message(QueueUrl=self.settings.finalize_queue_url, MessageBody=body)
 
     @cached_property
     def gateway(self) -> GatewayService:

@@ -26,7 +26,7 @@ from chalicelib.logs import log_event
 from chalicelib.registry import create_tables, make_models
 from chalicelib.storage.s3 import ensure_bucket, make_s3_client
 
-__all__ = ["LocalStack", "StackUrls", "provision"]
+__all__ = ["LocalStack", "StackUrls", "provision", "sqs_event"]
 
 DEV_TENANT = "dev"
 QUEUE_NAME = "ext-finalize"
@@ -94,7 +94,7 @@ class StackUrls:
         return f"{self.api}/admin#token={self.token}"
 
 
-def _sqs_event(message: Mapping[str, Any], queue_arn: str) -> dict[str, Any]:
+def sqs_event(message: Mapping[str, Any], queue_arn: str) -> dict[str, Any]:
     return {
         "Records": [
             {
@@ -122,6 +122,7 @@ class LocalStack:
     _stopping: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
     _closers: list[Any] = field(default_factory=list)
+    _saved_env: dict[str, str | None] = field(default_factory=dict)
 
     def start(self) -> StackUrls:
         api_port = self.port or free_port()
@@ -150,14 +151,22 @@ class LocalStack:
             "SIGNING_TRUST_BUNDLE": self.trust_bundle or "",
             **self.extra_env,
         }
-        os.environ.update(env)
+        self._set_env(env)
         settings = load_settings()
         queue_url = provision(settings, moto_url, origins=(api_url, f"http://localhost:{api_port}"))
+        # As deployed: the finalize route hands uploads to the worker, which alone writes the store.
+        self._set_env({"FINALIZE_MODE": "queue", "FINALIZE_QUEUE_URL": queue_url})
         self._start_runner(settings, runner_port)
         self._start_api(api_port)
         self._start_pump(moto_url, queue_url)
         token = issue_token(secret, sub="developer", tenant=DEV_TENANT, roles=["admin", "user"], ttl_seconds=12 * 3600)
         return StackUrls(api=api_url, runner=runner_url, moto=moto_url, token=token)
+
+    def _set_env(self, values: Mapping[str, str]) -> None:
+        """The stack's code reads its settings from the environment; :meth:`stop` puts it back."""
+        for key, value in values.items():
+            self._saved_env.setdefault(key, os.environ.get(key))
+            os.environ[key] = value
 
     def _start_runner(self, settings: Settings, port: int) -> None:
         from runner_container.server import make_server
@@ -169,7 +178,7 @@ class LocalStack:
 
     def _start_api(self, port: int) -> None:
         from chalice.cli.factory import CLIFactory
-        from chalice.local import ChaliceRequestHandler, create_local_server
+        from chalice.local import ChaliceRequestHandler, LocalChalice, LocalDevServer, create_local_server
 
         import app as app_module
 
@@ -181,8 +190,15 @@ class LocalStack:
 
         app_module.services.cache_clear()
         config = CLIFactory(str(ROOT)).create_config_obj(chalice_stage_name="dev")
-        server = create_local_server(app_module.app, config, "127.0.0.1", port)
-        server.server.RequestHandlerClass = functools.partial(NoDelayHandler, app_object=app_module.app, config=config)
+        if isinstance(app_module.app, LocalChalice):
+            # A stack started earlier in this process already made the app local-ready;
+            # create_local_server would now give its class itself as a base.
+            server = LocalDevServer(app_module.app, config, "127.0.0.1", port, handler_cls=NoDelayHandler)
+        else:
+            server = create_local_server(app_module.app, config, "127.0.0.1", port)
+            server.server.RequestHandlerClass = functools.partial(
+                NoDelayHandler, app_object=app_module.app, config=config
+            )
         self._serve("api", server.server.serve_forever)
         self._closers.append(server.shutdown)
 
@@ -202,7 +218,7 @@ class LocalStack:
                     continue
                 for message in received.get("Messages", []):
                     try:
-                        app_module.finalize_worker(_sqs_event(message, arn), None)
+                        app_module.finalize_worker(sqs_event(message, arn), None)
                     except Exception as exc:  # SQS would redeliver: leave the message for its visibility timeout
                         log_event("dev.finalize_retry", error=type(exc).__name__)
                         continue
@@ -224,3 +240,8 @@ class LocalStack:
                 log_event("dev.stop_error", error=type(exc).__name__)
         for thread in self._threads:
             thread.join(timeout=5)
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

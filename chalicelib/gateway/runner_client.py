@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 import urllib3
+from botocore.config import Config
+from botocore.exceptions import ReadTimeoutError
 
 from chalicelib.config import Settings
 from chalicelib.errors import ConfigInvalid, ExtensionFailed, ExtensionTimeout, error_for_code
@@ -88,11 +90,16 @@ class LambdaRunnerClient:
         self._function = function_name
 
     def execute(self, payload: Mapping[str, Any], timeout_s: float) -> dict[str, Any]:
-        response = self._lambda.invoke(
-            FunctionName=self._function,
-            InvocationType="RequestResponse",
-            Payload=json.dumps({"action": "execute", **payload}).encode(),
-        )
+        """Invoke the runner; the client's read timeout (see :func:`make_runner_client`) is the
+        gateway's deadline, and it never retries: an extension call must not run twice."""
+        try:
+            response = self._lambda.invoke(
+                FunctionName=self._function,
+                InvocationType="RequestResponse",
+                Payload=json.dumps({"action": "execute", **payload}).encode(),
+            )
+        except ReadTimeoutError:
+            raise ExtensionTimeout(f"the extension did not answer within {timeout_s:.1f} s") from None
         body = json.loads(response["Payload"].read() or b"null")
         if response.get("FunctionError"):
             raise ExtensionFailed(f"the runner failed: {response['FunctionError']}")
@@ -114,7 +121,12 @@ def make_runner_client(settings: Settings, lambda_client: Any = None) -> RunnerC
         if lambda_client is None:
             import boto3
 
-            lambda_client = boto3.client("lambda", region_name=settings.storage_s3_region)
+            deadline = Config(
+                read_timeout=settings.ext_gateway_timeout_ms / 1000,
+                connect_timeout=2,
+                retries={"total_max_attempts": 1},
+            )
+            lambda_client = boto3.client("lambda", region_name=settings.storage_s3_region, config=deadline)
         return LambdaRunnerClient(lambda_client, settings.runner_function_name)
     if settings.runner_base_url:
         return HttpRunnerClient(settings.runner_base_url, settings.runner_auth_token)

@@ -1007,6 +1007,13 @@ class UploadService:
         return settled
 
     @_storage_errors
+    def set_signature(self, upload_id: str, signature: str) -> UploadSession:
+        """Attach the signature envelope to a ``pending`` session; otherwise return it unchanged."""
+        uploads = self._models.uploads
+        actions: list[Action] = [uploads.signature.set(signature), uploads.updated_at.set(self._clock())]
+        return self._settle(upload_id, actions, {UploadState.PENDING}, None)
+
+    @_storage_errors
     def release(self, upload_id: str, claim_id: str) -> None:
         """Give a claim back after a transient error, so a retry need not wait for the lease."""
         uploads = self._models.uploads

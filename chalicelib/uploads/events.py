@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import quote_plus, unquote_plus
 
-__all__ = ["created_keys"]
+__all__ = ["CreatedObject", "created_objects", "finalize_request"]
+
+_REQUESTED = "ObjectCreated:FinalizeRequested"
+
+
+@dataclass(frozen=True)
+class CreatedObject:
+    key: str
+    requested: bool
+    """True for an explicit finalize request (``finalize_request``), not an S3 notification."""
 
 
 def _records(body: str) -> Iterable[Mapping[str, Any]]:
@@ -24,18 +34,33 @@ def _records(body: str) -> Iterable[Mapping[str, Any]]:
     return [r for r in records if isinstance(r, Mapping)] if isinstance(records, list) else ()
 
 
-def created_keys(body: str) -> list[str]:
-    """Object keys created according to one SQS message body.
+def created_objects(body: str) -> list[CreatedObject]:
+    """Objects created according to one SQS message body.
 
     ``s3:TestEvent`` and anything that is not an ObjectCreated record give nothing.
     Keys arrive form-encoded (``+`` for space; moto also encodes ``/``), so they are
     decoded with ``unquote_plus``.
     """
-    keys = []
+    found = []
     for record in _records(body):
-        if not str(record.get("eventName", "")).startswith("ObjectCreated:"):
+        name = str(record.get("eventName", ""))
+        if not name.startswith("ObjectCreated:"):
             continue
         key = record.get("s3", {}).get("object", {}).get("key")
         if isinstance(key, str):
-            keys.append(unquote_plus(key))
-    return keys
+            found.append(CreatedObject(key=unquote_plus(key), requested=name == _REQUESTED))
+    return found
+
+
+def finalize_request(bucket: str, key: str) -> str:
+    """A queue message asking the finalize worker to finalize ``key``.
+
+    It has the shape of an S3 ObjectCreated notification, so the worker reads it
+    with :func:`created_objects` like any other.
+    """
+    record = {
+        "eventSource": "ext:finalize",
+        "eventName": _REQUESTED,
+        "s3": {"bucket": {"name": bucket}, "object": {"key": quote_plus(key)}},
+    }
+    return json.dumps({"Records": [record]})

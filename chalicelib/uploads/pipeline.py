@@ -154,6 +154,7 @@ class UploadPipeline:
         trust: TrustBundle | None,
         clock: Callable[[], datetime],
         on_published: Callable[[str], None] | None = None,
+        request_finalize: Callable[[str], None] | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -165,6 +166,7 @@ class UploadPipeline:
         self._trust = trust
         self._clock = clock
         self._on_published = on_published
+        self._request_finalize = request_finalize
 
     # --- initiate ---------------------------------------------------------------------
 
@@ -264,6 +266,8 @@ class UploadPipeline:
         session = self._uploads.get(upload_id, identity.tenant)
         parts = _parts(body.get("parts"))
         envelope = _envelope(body.get("signature"))
+        if self._request_finalize is not None:
+            return self._finalize_by_worker(session, parts, envelope)
         deadline = time.monotonic() + _FINALIZE_WAIT_SECONDS
         while True:
             try:
@@ -273,13 +277,44 @@ class UploadPipeline:
                     raise
             time.sleep(0.25)
 
-    def finalize_staging_object(self, key: str) -> dict[str, Any] | None:
-        """The S3 event path: finalize the session a staging object belongs to.
+    def _finalize_by_worker(
+        self, session: UploadSession, parts: Sequence[UploadedPart] | None, envelope: SignatureEnvelope | None
+    ) -> dict[str, Any]:
+        """``FINALIZE_MODE=queue``: get the upload ready, hand it to the worker, wait for its answer.
 
-        Returns ``None`` for keys that are not staging uploads, unknown sessions, and
-        sessions that must wait for the explicit finalize (no signature yet while a
-        trust bundle is configured).  Raises ``UploadConflict`` while another
-        finalize holds the session, so the queue delivers the event again later.
+        The route only touches ``staging/`` (complete the multipart upload, record the
+        signature); the worker, which alone may write the store, does the rest.
+        """
+        if session.state is UploadState.PENDING:
+            if envelope is not None:
+                session = self._uploads.set_signature(session.upload_id, envelope.to_json())
+            self._complete_multipart(session, parts)
+            if self._store.head(session.staging_key) is None:
+                raise UploadConflict("nothing has been uploaded for this session yet; upload the bundle, then finalize")
+            assert self._request_finalize is not None
+            self._request_finalize(session.staging_key)
+        deadline = time.monotonic() + _FINALIZE_WAIT_SECONDS
+        while True:
+            current = self._uploads.get(session.upload_id, session.tenant)
+            if current.state is UploadState.FINALIZED:
+                return dict(current.result or {})
+            if current.state is UploadState.FAILED:
+                raise error_for_code(current.error_code or "INTERNAL", current.error_message or "")
+            if current.state is UploadState.ABORTED:
+                raise UploadConflict(f"upload {session.upload_id} was aborted")
+            if time.monotonic() > deadline:
+                raise UploadConflict(f"upload {session.upload_id} is still being finalized; retry", retry_after=2)
+            time.sleep(0.2)
+
+    def finalize_staging_object(self, key: str, *, requested: bool = False) -> dict[str, Any] | None:
+        """The worker: finalize the session a staging object belongs to.
+
+        ``requested`` marks an explicit finalize handed over by the route; without it
+        this is an S3 notification.  Returns ``None`` for keys that are not staging
+        uploads, unknown sessions, and notifications that must wait for the explicit
+        finalize (no signature yet while a trust bundle is configured).  Raises
+        ``UploadConflict`` while another finalize holds the session, so the queue
+        delivers the message again later.
         """
         parts = staging_key_parts(key, self._settings.staging_prefix)
         if parts is None:
@@ -291,7 +326,8 @@ class UploadPipeline:
         except UploadNotFound:
             log_event("upload.event.ignored", key=key, reason="no such upload session")
             return None
-        if session.signature is None and self._trust is not None and session.state is UploadState.PENDING:
+        waiting = session.signature is None and self._trust is not None and session.state is UploadState.PENDING
+        if waiting and not requested:
             log_event("upload.event.deferred", tenant=tenant, upload_id=upload_id, reason="awaiting signature")
             return None
         try:

@@ -394,6 +394,15 @@ def test_only_the_worker_consumes_the_finalize_queue(stack: Stack) -> None:
         assert not can(stack, "Runner", action, queue_arn)
 
 
+def test_the_api_hands_finalize_to_the_worker(stack: Stack) -> None:
+    queue_arn = stack.resolve({"Fn::GetAtt": ["FinalizeQueue", "Arn"]})
+    assert can(stack, "APIHandler", "sqs:SendMessage", queue_arn)
+    assert not can(stack, "Runner", "sqs:SendMessage", queue_arn)
+    variables = stack.resources["APIHandler"]["Properties"]["Environment"]["Variables"]
+    assert variables["FINALIZE_MODE"] == "queue"
+    assert stack.resolve(variables["FINALIZE_QUEUE_URL"]) == stack.resolve({"Ref": "FinalizeQueue"})
+
+
 def test_only_the_platforms_own_functions_can_invoke_the_runner(stack: Stack) -> None:
     runner = runner_arn(stack)
     assert can(stack, "APIHandler", "lambda:InvokeFunction", runner)

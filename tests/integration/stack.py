@@ -117,7 +117,14 @@ def stack_env(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, st
     """The environment of a fresh stack; tests may add settings before using ``stack``."""
     requests.post(f"{moto_server}/moto-api/reset", timeout=10).raise_for_status()
     env = {**BASE_ENV, "AWS_ENDPOINT_URL": moto_server}
-    for name in ("SIGNING_TRUST_BUNDLE", "RUNNER_BASE_URL", "RUNNER_FUNCTION_NAME", "UPLOAD_RATE_LIMIT_PER_MINUTE"):
+    for name in (
+        "SIGNING_TRUST_BUNDLE",
+        "RUNNER_BASE_URL",
+        "RUNNER_FUNCTION_NAME",
+        "UPLOAD_RATE_LIMIT_PER_MINUTE",
+        "FINALIZE_MODE",
+        "FINALIZE_QUEUE_URL",
+    ):
         monkeypatch.delenv(name, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)

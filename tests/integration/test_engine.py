@@ -526,7 +526,7 @@ def test_clamp_limits_uses_platform_defaults_when_the_manifest_asks_for_none():
     settings = load_settings({})
 
     assert clamp_limits(None, settings) == CallLimits(
-        timeout_ms=5000, memory_bytes=128 * MiB, fuel=None, max_response_bytes=5 * MiB
+        timeout_ms=5000, memory_bytes=128 * MiB, fuel=None, max_response_bytes=4 * MiB
     )
 
 
@@ -534,10 +534,10 @@ def test_clamp_limits_honours_requests_below_the_maximum_and_clamps_those_above(
     settings = load_settings({"RUNNER_FUEL": "1000000", "RUNNER_MAX_TIMEOUT_MS": "8000"})
 
     assert clamp_limits({"timeout_ms": 250, "memory_mb": 16}, settings) == CallLimits(
-        timeout_ms=250, memory_bytes=16 * MiB, fuel=1_000_000, max_response_bytes=5 * MiB
+        timeout_ms=250, memory_bytes=16 * MiB, fuel=1_000_000, max_response_bytes=4 * MiB
     )
     assert clamp_limits({"timeout_ms": 60_000, "memory_mb": 4096}, settings) == CallLimits(
-        timeout_ms=8000, memory_bytes=512 * MiB, fuel=1_000_000, max_response_bytes=5 * MiB
+        timeout_ms=8000, memory_bytes=512 * MiB, fuel=1_000_000, max_response_bytes=4 * MiB
     )
 
 
