@@ -18,7 +18,7 @@ from chalicelib.config import load_settings
 from runner_container.server import make_server
 from runner_container.service import build_service
 from tests.bundle_factory import bundle, good_files, manifest_bytes, wasm
-from tests.integration.stack import AwsStack, auth, publish
+from tests.integration.stack import AwsStack, auth, fresh_rate_window, publish
 
 ROOT = Path(__file__).resolve().parents[2]
 WAT = ROOT / "tests" / "fixtures" / "wat"
@@ -152,6 +152,7 @@ def test_calls_are_rate_limited_per_tenant_and_extension(
 ) -> None:
     monkeypatch.setenv("EXT_GATEWAY_RATE_LIMIT_PER_MINUTE", "2")
     stack: AwsStack = request.getfixturevalue("hello")
+    fresh_rate_window()
     codes = [call(stack, "GET", "/api/ext/com.example.hello/hello").status_code for _ in range(3)]
     assert codes == [200, 200, 429]
 

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from chalicelib.bundles.signing import sign_content_hash
 from chalicelib.openapi import openapi_document
 from tests.bundle_factory import bundle, good_files, manifest_bytes
-from tests.integration.stack import BUCKET, AwsStack, auth, content_hash, publish, token, upload
+from tests.integration.stack import BUCKET, AwsStack, auth, content_hash, fresh_rate_window, publish, token, upload
 
 MiB = 1024 * 1024
 
@@ -220,6 +220,7 @@ def test_upload_routes_are_rate_limited_per_tenant(
 ) -> None:
     monkeypatch.setenv("UPLOAD_RATE_LIMIT_PER_MINUTE", "2")
     stack: AwsStack = request.getfixturevalue("stack")
+    fresh_rate_window()
     codes = [stack.call("POST", "/ext-bundles/initiate-upload", {"size": 100}).status_code for _ in range(3)]
     assert codes == [201, 201, 429]
     limited = stack.call("POST", "/ext-bundles/initiate-upload", {"size": 100})
