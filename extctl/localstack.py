@@ -22,6 +22,7 @@ from moto.server import ThreadedMotoServer
 
 from chalicelib.auth import issue_token
 from chalicelib.config import Settings, load_settings
+from chalicelib.errors import UsageError
 from chalicelib.logs import log_event
 from chalicelib.registry import create_tables, make_models
 from chalicelib.storage.s3 import ensure_bucket, make_s3_client
@@ -38,6 +39,15 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def ensure_free(port: int) -> None:
+    """Refuse a busy port up front, with a message a person can act on."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            raise UsageError(f"port {port} on 127.0.0.1 is in use; stop what uses it or pass another --port") from None
 
 
 def provision(
@@ -128,6 +138,8 @@ class LocalStack:
         api_port = self.port or free_port()
         runner_port = free_port() if not self.port else self.port + 1
         moto_port = free_port() if not self.port else self.port + 2
+        for port in (api_port, runner_port, moto_port):
+            ensure_free(port)
         moto = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
         moto.start()
         self._closers.append(moto.stop)
