@@ -1,5 +1,17 @@
 """Registry v2 on DynamoDB: models bound to settings, and the services built on them.
 
+Each service takes its models (from :func:`~chalicelib.registry.models.make_models`)
+and a clock, so tests run them against moto without patching.  Results are frozen
+records, never pynamodb items.  Concurrency is settled by DynamoDB conditions, not
+by reading first:
+
+- a version is registered in one transaction with its extension row; the same
+  (name, version) again is ``"already"`` when the content hash matches and
+  ``VersionExists`` when it does not;
+- finalize is claimed with a conditional write (``pending`` → ``finalizing``, or a
+  stale lease taken over), and a replay gets the stored result;
+- install rows change only under a revision check, and every key holds the tenant.
+
 Typical wiring::
 
     models = make_models(settings)
@@ -11,25 +23,25 @@ Typical wiring::
 
 from __future__ import annotations
 
+from chalicelib.registry.extensions import RegistryService
+from chalicelib.registry.installs import InstallService
 from chalicelib.registry.models import Models, create_tables, make_models, semver_sort_key
-from chalicelib.registry.service import (
+from chalicelib.registry.ratelimit import RateLimiter
+from chalicelib.registry.records import (
     Actor,
     Claim,
     ClaimKind,
     ExtensionRecord,
     HistoryEntry,
     InstallRecord,
-    InstallService,
-    RateLimiter,
-    RegistryService,
     SignatureStatus,
-    UploadService,
     UploadSession,
     UploadState,
     VersionRecord,
     new_upload_id,
     utc_now,
 )
+from chalicelib.registry.uploads import UploadService
 
 __all__ = [
     "Actor",

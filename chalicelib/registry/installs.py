@@ -1,0 +1,245 @@
+"""A tenant's installs: every key holds the tenant, every change is checked against a revision."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from pynamodb.exceptions import PynamoDBException
+from pynamodb.expressions.update import Action
+
+from chalicelib.errors import (
+    BadRequest,
+    NotInstalled,
+    StorageError,
+)
+from chalicelib.registry.extensions import RegistryService
+from chalicelib.registry.models import (
+    InstallModel,
+    Models,
+)
+from chalicelib.registry.records import (
+    _ATTEMPTS,
+    HISTORY_LIMIT,
+    MAX_CONFIG_BYTES,
+    Clock,
+    HistoryEntry,
+    InstallRecord,
+    VersionRecord,
+    _condition_failed,
+    _install_record,
+    _storage_errors,
+    utc_now,
+)
+
+__all__ = ["InstallService"]
+
+
+def _validated_config(config: Any) -> dict[str, Any]:
+    if not isinstance(config, Mapping):
+        raise BadRequest("config must be a JSON object")
+    try:
+        encoded = json.dumps(config, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise BadRequest(f"config must be a JSON object: {exc}") from None
+    if len(encoded.encode("utf-8")) > MAX_CONFIG_BYTES:
+        raise BadRequest(f"config must be at most {MAX_CONFIG_BYTES} bytes as JSON")
+    parsed: dict[str, Any] = json.loads(encoded)
+    return parsed
+
+
+class InstallService:
+    """A tenant's installs.  Every method takes the tenant, and every key holds it."""
+
+    def __init__(
+        self,
+        models: Models,
+        registry: RegistryService,
+        clock: Clock = utc_now,
+        on_change: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self._models = models
+        self._registry = registry
+        self._clock = clock
+        self._on_change = on_change
+
+    def _changed(self, tenant: str, name: str) -> None:
+        """Tell the observer (the gateway's install cache) that ``tenant``'s ``name`` changed."""
+        if self._on_change is not None:
+            self._on_change(tenant, name)
+
+    @_storage_errors
+    def install(self, tenant: str, name: str, version: str, by: str | None = None) -> InstallRecord:
+        """Install ``name@version`` for ``tenant`` (enabled, granted the version's capabilities).
+
+        Installing over an existing install switches its version, as :meth:`upgrade`
+        does.  Raises :class:`NotFound` when the version was never published.
+        """
+        target = self._registry.get_version(name, version)
+        for _ in range(_ATTEMPTS):
+            current = self._read(tenant, name)
+            if current is not None:
+                switched = self._switch(current, target, by)
+                if switched is not None:
+                    return switched
+                continue
+            created = self._create(tenant, target, by)
+            if created is not None:
+                return created
+        raise StorageError(f"could not install {name} for this tenant: concurrent changes kept conflicting")
+
+    @_storage_errors
+    def list(self, tenant: str) -> builtins.list[InstallRecord]:
+        """``tenant``'s installs, by extension name."""
+        return [_install_record(item) for item in self._models.installs.query(tenant, consistent_read=True)]
+
+    @_storage_errors
+    def get(self, tenant: str, name: str) -> InstallRecord:
+        """``tenant``'s install of ``name``; raises :class:`NotInstalled`."""
+        return _install_record(self._load(tenant, name))
+
+    @_storage_errors
+    def set_enabled(self, tenant: str, name: str, enabled: bool) -> InstallRecord:
+        installs = self._models.installs
+        return self._update_existing(tenant, name, [installs.enabled.set(enabled)])
+
+    @_storage_errors
+    def set_config(self, tenant: str, name: str, config: Any) -> InstallRecord:
+        """Replace the install's config; it must be a JSON object of at most 16 KiB (:class:`BadRequest`)."""
+        installs = self._models.installs
+        return self._update_existing(tenant, name, [installs.config.set(_validated_config(config))])
+
+    @_storage_errors
+    def upgrade(self, tenant: str, name: str, version: str, by: str | None = None) -> InstallRecord:
+        """Switch the install to ``version`` (any published one), remembering the current one in history."""
+        target = self._registry.get_version(name, version)
+        for _ in range(_ATTEMPTS):
+            switched = self._switch(self._load(tenant, name), target, by)
+            if switched is not None:
+                return switched
+        raise StorageError(f"could not upgrade {name} for this tenant: concurrent changes kept conflicting")
+
+    @_storage_errors
+    def rollback(self, tenant: str, name: str, version: str | None = None, by: str | None = None) -> InstallRecord:
+        """Switch back to ``version`` from the install's history, or to the most recent earlier version.
+
+        The version being left goes on top of the history, so rolling back twice
+        returns to where it started.  Raises :class:`BadRequest` when there is no
+        such earlier version.
+        """
+        for _ in range(_ATTEMPTS):
+            current = self._load(tenant, name)
+            history = [HistoryEntry.from_item(entry) for entry in current.history]
+            candidates = [entry for entry in history if version is None or entry.version == version]
+            if not candidates and version is None:
+                raise BadRequest(f"the install of {name} has no earlier version to roll back to")
+            if not candidates:
+                raise BadRequest(f"version {version} is not in the install history of {name}")
+            target = self._registry.get_version(name, candidates[0].version)
+            switched = self._switch(current, target, by)
+            if switched is not None:
+                return switched
+        raise StorageError(f"could not roll back {name} for this tenant: concurrent changes kept conflicting")
+
+    @_storage_errors
+    def uninstall(self, tenant: str, name: str) -> None:
+        """Remove ``tenant``'s install of ``name``; raises :class:`NotInstalled`."""
+        installs = self._models.installs
+        try:
+            installs(tenant, name).delete(condition=installs.name.exists())
+        except PynamoDBException as exc:
+            if not _condition_failed(exc):
+                raise
+            raise NotInstalled(f"extension {name!r} is not installed") from None
+        self._changed(tenant, name)
+
+    def _create(self, tenant: str, target: VersionRecord, by: str | None) -> InstallRecord | None:
+        installs = self._models.installs
+        now = self._clock()
+        item = installs(
+            tenant,
+            target.name,
+            install_id=str(uuid.uuid4()),
+            version=target.version,
+            content_hash=target.content_hash,
+            enabled=True,
+            config={},
+            granted_capabilities=list(target.capabilities),
+            history=[],
+            installed_at=now,
+            installed_by=by,
+            created_at=now,
+            updated_at=now,
+            revision=0,
+        )
+        try:
+            item.save(condition=installs.name.does_not_exist())
+        except PynamoDBException as exc:
+            if _condition_failed(exc):
+                return None
+            raise
+        self._changed(tenant, target.name)
+        return _install_record(item)
+
+    def _switch(self, current: InstallModel, target: VersionRecord, by: str | None) -> InstallRecord | None:
+        """Move ``current`` to ``target``; ``None`` when the row changed since it was read."""
+        if current.version == target.version and current.content_hash == target.content_hash:
+            return _install_record(current)
+        installs = self._models.installs
+        now = self._clock()
+        left = HistoryEntry(current.version, current.content_hash, current.installed_at, current.installed_by)
+        kept = [
+            entry
+            for entry in (HistoryEntry.from_item(item) for item in current.history)
+            if entry.version not in {target.version, current.version}
+        ]
+        history = [left, *kept][:HISTORY_LIMIT]
+        actions: list[Action] = [
+            installs.version.set(target.version),
+            installs.content_hash.set(target.content_hash),
+            installs.granted_capabilities.set(list(target.capabilities)),
+            installs.history.set([entry.to_item() for entry in history]),
+            installs.installed_at.set(now),
+            installs.installed_by.set(by) if by is not None else installs.installed_by.remove(),
+            installs.updated_at.set(now),
+            installs.revision.add(1),
+        ]
+        try:
+            current.update(actions=actions, condition=installs.revision == current.revision)
+        except PynamoDBException as exc:
+            if _condition_failed(exc):
+                return None
+            raise
+        self._changed(current.tenant, current.name)
+        return _install_record(current)
+
+    def _update_existing(self, tenant: str, name: str, actions: Sequence[Action]) -> InstallRecord:
+        installs = self._models.installs
+        item = installs(tenant, name)
+        try:
+            item.update(
+                actions=[*actions, installs.updated_at.set(self._clock()), installs.revision.add(1)],
+                condition=installs.name.exists(),
+            )
+        except PynamoDBException as exc:
+            if not _condition_failed(exc):
+                raise
+            raise NotInstalled(f"extension {name!r} is not installed") from None
+        self._changed(tenant, name)
+        return _install_record(item)
+
+    def _read(self, tenant: str, name: str) -> InstallModel | None:
+        installs = self._models.installs
+        try:
+            return installs.get(tenant, name, consistent_read=True)
+        except installs.DoesNotExist:
+            return None
+
+    def _load(self, tenant: str, name: str) -> InstallModel:
+        item = self._read(tenant, name)
+        if item is None:
+            raise NotInstalled(f"extension {name!r} is not installed")
+        return item

@@ -1,0 +1,411 @@
+"""Registry v2 records: frozen values the services return, never pynamodb items, and the helpers the
+services share (clock, DynamoDB error mapping, item → record conversion)."""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any, Literal, ParamSpec, TypeVar
+
+from pynamodb.attributes import MapAttribute
+from pynamodb.exceptions import PynamoDBException
+
+from chalicelib.bundles.signing import SignatureStatus
+from chalicelib.errors import (
+    StorageError,
+)
+from chalicelib.registry.models import (
+    ExtensionModel,
+    InstallModel,
+    UploadModel,
+    VersionModel,
+)
+
+__all__ = [
+    "DEFAULT_ENTRY",
+    "HISTORY_LIMIT",
+    "MAX_CONFIG_BYTES",
+    "Actor",
+    "Claim",
+    "ClaimKind",
+    "Clock",
+    "ExistingState",
+    "ExtensionRecord",
+    "HistoryEntry",
+    "InstallRecord",
+    "RegisterOutcome",
+    "SignatureStatus",
+    "UploadSession",
+    "UploadState",
+    "VersionRecord",
+    "new_upload_id",
+    "utc_now",
+]
+
+DEFAULT_ENTRY = "dist/main.wasm"
+HISTORY_LIMIT = 20
+MAX_CONFIG_BYTES = 16 * 1024
+_ATTEMPTS = 5
+_UPLOAD_RETENTION = timedelta(days=7)
+"""How long an upload record outlives its session, so replays still get their answer."""
+
+Clock = Callable[[], datetime]
+ExistingState = Literal["same", "conflict", "new"]
+RegisterOutcome = Literal["created", "already"]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware UTC (the default clock)."""
+    return datetime.now(UTC)
+
+
+def new_upload_id() -> str:
+    """A fresh, unguessable upload session id."""
+    return uuid.uuid4().hex
+
+
+class UploadState(StrEnum):
+    """The life of an upload session."""
+
+    PENDING = "pending"
+    FINALIZING = "finalizing"
+    FINALIZED = "finalized"
+    FAILED = "failed"
+    ABORTED = "aborted"
+
+
+class ClaimKind(StrEnum):
+    """What :meth:`UploadService.claim_for_finalize` found."""
+
+    ACQUIRED = "acquired"
+    """The caller holds the lease and must finalize, then ``complete`` or ``fail``."""
+    FINALIZED = "finalized"
+    """An earlier finalize succeeded; ``session.result`` is its answer."""
+    FAILED = "failed"
+    """An earlier finalize failed; ``session.error_code`` and ``error_message`` say why."""
+
+
+def _storage_errors(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Report DynamoDB failures nobody handled as :class:`StorageError` (HTTP 503)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(*args, **kwargs)
+        except PynamoDBException as exc:
+            raise StorageError(f"registry unavailable: {exc.cause_response_code or exc}") from exc
+
+    return wrapper
+
+
+def _condition_failed(exc: PynamoDBException) -> bool:
+    return exc.cause_response_code == "ConditionalCheckFailedException"
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-shaped copy of ``value``: pynamodb maps become dicts, tuples become lists."""
+    if isinstance(value, MapAttribute):
+        value = value.attribute_values
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+# --- records ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acted: the tenant and the token subject."""
+
+    tenant: str
+    sub: str
+
+
+@dataclass(frozen=True)
+class ExtensionRecord:
+    """An extension name, its owner and its highest version."""
+
+    name: str
+    publisher: str
+    owner_tenant: str
+    key_ids: frozenset[str]
+    latest_version: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        """The public view (the owner's tenant id stays private)."""
+        return {
+            "name": self.name,
+            "publisher": self.publisher,
+            "latest_version": self.latest_version,
+            "key_ids": sorted(self.key_ids),
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+        }
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """One published, immutable version of an extension."""
+
+    name: str
+    version: str
+    publisher: str
+    content_hash: str
+    runtime: str
+    entry: str | None
+    ui: Mapping[str, Any] | None
+    endpoints: tuple[Mapping[str, Any], ...]
+    capabilities: tuple[str, ...]
+    egress: tuple[str, ...]
+    size: int
+    signature: Mapping[str, Any] | None
+    signature_status: SignatureStatus
+    key_id: str | None
+    manifest: Mapping[str, Any]
+    created_at: datetime
+    created_by: Actor
+
+    @classmethod
+    def from_manifest(
+        cls,
+        manifest: Mapping[str, Any],
+        *,
+        content_hash: str,
+        size: int,
+        signature: Mapping[str, Any] | None,
+        signature_status: SignatureStatus,
+        key_id: str | None,
+        created_at: datetime,
+        created_by: Actor,
+    ) -> VersionRecord:
+        """The record of a validated manifest (DESIGN §4) and what finalize learnt about its bundle."""
+        api = manifest.get("api") or {}
+        return cls(
+            name=manifest["name"],
+            version=manifest["version"],
+            publisher=manifest["publisher"],
+            content_hash=content_hash,
+            runtime=manifest["runtime"],
+            entry=manifest.get("entry") or (DEFAULT_ENTRY if "api" in manifest else None),
+            ui=_plain(manifest["ui"]) if manifest.get("ui") is not None else None,
+            endpoints=tuple(_plain(endpoint) for endpoint in api.get("endpoints", ())),
+            capabilities=tuple(manifest.get("capabilities", ())),
+            egress=tuple(manifest.get("egress", ())),
+            size=size,
+            signature=_plain(signature) if signature is not None else None,
+            signature_status=signature_status,
+            key_id=key_id,
+            manifest=_plain(manifest),
+            created_at=created_at,
+            created_by=created_by,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The public view of the version (without who published it)."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "publisher": self.publisher,
+            "content_hash": self.content_hash,
+            "runtime": self.runtime,
+            "entry": self.entry,
+            "ui": _plain(self.ui),
+            "endpoints": _plain(self.endpoints),
+            "capabilities": list(self.capabilities),
+            "egress": list(self.egress),
+            "size": self.size,
+            "signature_status": str(self.signature_status),
+            "key_id": self.key_id,
+            "created_at": _iso(self.created_at),
+        }
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """A version a tenant had installed before: what, since when, by whom."""
+
+    version: str
+    content_hash: str
+    at: datetime
+    by: str | None
+
+    def to_item(self) -> dict[str, Any]:
+        return {"version": self.version, "content_hash": self.content_hash, "at": _iso(self.at), "by": self.by}
+
+    @classmethod
+    def from_item(cls, item: Any) -> HistoryEntry:
+        data = _plain(item)
+        return cls(
+            version=data["version"],
+            content_hash=data["content_hash"],
+            at=datetime.fromisoformat(data["at"]),
+            by=data.get("by"),
+        )
+
+
+@dataclass(frozen=True)
+class InstallRecord:
+    """A tenant's install of one extension."""
+
+    tenant: str
+    name: str
+    install_id: str
+    version: str
+    content_hash: str
+    enabled: bool
+    config: Mapping[str, Any]
+    granted_capabilities: tuple[str, ...]
+    history: tuple[HistoryEntry, ...]
+    installed_at: datetime
+    installed_by: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "extension": self.name,
+            "install_id": self.install_id,
+            "version": self.version,
+            "content_hash": self.content_hash,
+            "enabled": self.enabled,
+            "config": _plain(self.config),
+            "granted_capabilities": list(self.granted_capabilities),
+            "history": [entry.to_item() for entry in self.history],
+            "installed_at": _iso(self.installed_at),
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+        }
+
+
+@dataclass(frozen=True)
+class UploadSession:
+    """An upload session as stored."""
+
+    upload_id: str
+    tenant: str
+    sub: str
+    staging_key: str
+    declared_size: int
+    declared_sha256: str | None
+    signature: str | None
+    multipart_upload_id: str | None
+    part_size: int | None
+    state: UploadState
+    result: Mapping[str, Any] | None
+    error_code: str | None
+    error_message: str | None
+    claim_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    finalize_started_at: datetime | None
+    expires_at: datetime
+
+    def expired(self, now: datetime) -> bool:
+        return now >= self.expires_at
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The outcome of claiming an upload for finalize (see :class:`ClaimKind`)."""
+
+    kind: ClaimKind
+    session: UploadSession
+
+    @property
+    def claim_id(self) -> str | None:
+        return self.session.claim_id if self.kind is ClaimKind.ACQUIRED else None
+
+
+# --- item → record ----------------------------------------------------------------------
+
+
+def _extension_record(item: ExtensionModel) -> ExtensionRecord:
+    return ExtensionRecord(
+        name=item.name,
+        publisher=item.publisher,
+        owner_tenant=item.owner_tenant,
+        key_ids=frozenset(item.key_ids or ()),
+        latest_version=item.latest_version,
+        created_at=item.created_at,
+        updated_at=item.updated_at,
+    )
+
+
+def _version_record(item: VersionModel) -> VersionRecord:
+    created_by = _plain(item.created_by)
+    return VersionRecord(
+        name=item.name,
+        version=item.version,
+        publisher=item.publisher,
+        content_hash=item.content_hash,
+        runtime=item.runtime,
+        entry=item.entry,
+        ui=_plain(item.ui) if item.ui is not None else None,
+        endpoints=tuple(_plain(item.endpoints)),
+        capabilities=tuple(item.capabilities),
+        egress=tuple(item.egress),
+        size=int(item.size),
+        signature=_plain(item.signature) if item.signature is not None else None,
+        signature_status=SignatureStatus(item.signature_status),
+        key_id=item.key_id,
+        manifest=_plain(item.manifest),
+        created_at=item.created_at,
+        created_by=Actor(tenant=created_by["tenant"], sub=created_by["sub"]),
+    )
+
+
+def _install_record(item: InstallModel) -> InstallRecord:
+    return InstallRecord(
+        tenant=item.tenant,
+        name=item.name,
+        install_id=item.install_id,
+        version=item.version,
+        content_hash=item.content_hash,
+        enabled=bool(item.enabled),
+        config=_plain(item.config),
+        granted_capabilities=tuple(item.granted_capabilities),
+        history=tuple(HistoryEntry.from_item(entry) for entry in item.history),
+        installed_at=item.installed_at,
+        installed_by=item.installed_by,
+        created_at=item.created_at,
+        updated_at=item.updated_at,
+    )
+
+
+def _upload_session(item: UploadModel) -> UploadSession:
+    return UploadSession(
+        upload_id=item.upload_id,
+        tenant=item.tenant,
+        sub=item.sub,
+        staging_key=item.staging_key,
+        declared_size=int(item.declared_size),
+        declared_sha256=item.declared_sha256,
+        signature=item.signature,
+        multipart_upload_id=item.multipart_upload_id,
+        part_size=int(item.part_size) if item.part_size is not None else None,
+        state=UploadState(item.state),
+        result=_plain(item.result) if item.result is not None else None,
+        error_code=item.error_code,
+        error_message=item.error_message,
+        claim_id=item.claim_id,
+        created_at=item.created_at,
+        updated_at=item.updated_at,
+        finalize_started_at=item.finalize_started_at,
+        expires_at=item.expires_at,
+    )
