@@ -1,8 +1,8 @@
 """Builders shared by the runner's integration tests: moto S3, bundles published as the platform would,
 signing keys, counting store and engine wrappers, and execute payloads.
 
-These are plain functions and context managers (each test module wraps them in its own fixtures), so no
-fixture is imported across modules.
+These are plain functions and context managers; ``tests/integration/runner/conftest.py`` wraps the
+common ones in fixtures.
 """
 
 from __future__ import annotations

@@ -22,24 +22,11 @@ from tests.integration.runner_fixtures import (
     CountingEngine,
     CountingStore,
     RunnerEnv,
-    clear_aws_env,
     content_hash_of,
     example_bundle,
     make_signer,
-    runner_env,
     ui_bundle,
 )
-
-
-@pytest.fixture(autouse=True)
-def _aws(monkeypatch: pytest.MonkeyPatch) -> None:
-    clear_aws_env(monkeypatch)
-
-
-@pytest.fixture(scope="module")
-def engine() -> Iterator[WasmEngine]:
-    with WasmEngine() as shared:
-        yield shared
 
 
 @pytest.fixture
@@ -47,12 +34,6 @@ def counting_engine() -> Iterator[CountingEngine]:
     engine = CountingEngine()
     yield engine
     engine.close()
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[RunnerEnv]:
-    with runner_env(tmp_path) as created:
-        yield created
 
 
 def cache_entries(cache_dir: Path) -> list[str]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -15,31 +13,12 @@ from tests.integration.runner_fixtures import (
     EXAMPLE,
     EXAMPLE_NAME,
     RunnerEnv,
-    clear_aws_env,
     example_bundle,
-    runner_env,
     ui_bundle,
 )
 
 INDEX_HTML = (EXAMPLE / "ui" / "index.html").read_bytes()
 APP_JS = (EXAMPLE / "ui" / "app.js").read_bytes()
-
-
-@pytest.fixture(autouse=True)
-def _aws(monkeypatch: pytest.MonkeyPatch) -> None:
-    clear_aws_env(monkeypatch)
-
-
-@pytest.fixture(scope="module")
-def engine() -> Iterator[WasmEngine]:
-    with WasmEngine() as shared:
-        yield shared
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[RunnerEnv]:
-    with runner_env(tmp_path) as created:
-        yield created
 
 
 @pytest.fixture

@@ -29,7 +29,6 @@ from tests.integration.runner_fixtures import (
     EXAMPLE_NAME,
     REPO,
     RunnerEnv,
-    clear_aws_env,
     example_bundle,
     execute_payload,
     runner_env,
@@ -38,17 +37,6 @@ from tests.integration.runner_fixtures import (
 
 TOKEN = "test-runner-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture(autouse=True)
-def _aws(monkeypatch: pytest.MonkeyPatch) -> None:
-    clear_aws_env(monkeypatch)
-
-
-@pytest.fixture(scope="module")
-def engine() -> Iterator[WasmEngine]:
-    with WasmEngine() as shared:
-        yield shared
 
 
 @pytest.fixture

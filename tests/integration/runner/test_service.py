@@ -23,30 +23,12 @@ from tests.integration.runner_fixtures import (
     BUCKET,
     EXAMPLE_NAME,
     RunnerEnv,
-    clear_aws_env,
     example_bundle,
     execute_payload,
     runner_env,
     ui_bundle,
     wat_bundle,
 )
-
-
-@pytest.fixture(autouse=True)
-def _aws(monkeypatch: pytest.MonkeyPatch) -> None:
-    clear_aws_env(monkeypatch)
-
-
-@pytest.fixture(scope="module")
-def engine() -> Iterator[WasmEngine]:
-    with WasmEngine() as shared:
-        yield shared
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[RunnerEnv]:
-    with runner_env(tmp_path) as created:
-        yield created
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""The runner against moto S3 and real Wasmtime."""
