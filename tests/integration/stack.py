@@ -25,7 +25,7 @@ import app as app_module
 from chalicelib.auth import issue_token
 from chalicelib.config import Settings, load_settings
 from chalicelib.storage.s3 import make_s3_client
-from extctl.localstack import provision
+from extctl.localstack import provision, sqs_event
 
 SECRET = "integration-secret-0123456789abcdef"
 BUCKET = "ext-it-bundles"
@@ -93,20 +93,7 @@ class AwsStack:
             if not messages:
                 return answers
             message = messages[0]
-            event = {
-                "Records": [
-                    {
-                        "messageId": message["MessageId"],
-                        "receiptHandle": message["ReceiptHandle"],
-                        "body": message["Body"],
-                        "attributes": {},
-                        "messageAttributes": {},
-                        "eventSource": "aws:sqs",
-                        "eventSourceARN": f"arn:aws:sqs:us-east-1:123456789012:{QUEUE}",
-                        "awsRegion": "us-east-1",
-                    }
-                ]
-            }
+            event = sqs_event(message, f"arn:aws:sqs:us-east-1:123456789012:{QUEUE}")
             answers.append(self.client.lambda_.invoke("finalize_worker", event))
             self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
 
