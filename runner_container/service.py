@@ -44,6 +44,7 @@ __all__ = [
     "parse_execute_payload",
 ]
 
+LOG_CAPABILITY = "cap:log.emit"
 _PYTHON_LEVELS = {
     LogLevel.DEBUG: logging.DEBUG,
     LogLevel.INFO: logging.INFO,
@@ -199,11 +200,15 @@ class RunnerService:
             raise BadRequest(f"bundle {call.content_hash} is {manifest.name!r}, not {call.extension!r}")
         if loaded.module is None:
             raise EndpointNotFound(f"{manifest.name} {manifest.version} declares no api")
+        capabilities = call.granted_capabilities & frozenset(manifest.capabilities)
+        # cap:log.emit is the right to write to the platform's logs; without it the
+        # guest may still call ext.log, but its records go nowhere.
+        may_log = LOG_CAPABILITY in capabilities
         host = HostServices(
-            capabilities=call.granted_capabilities & frozenset(manifest.capabilities),
+            capabilities=capabilities,
             egress=manifest.egress,
             egress_policy=self._egress,
-            log_sink=_guest_log_sink(call),
+            log_sink=_guest_log_sink(call) if may_log else None,
         )
         limits = clamp_limits(manifest.limits, self._settings)
         result = self._engine.execute(loaded.module, call.request, limits, host)
@@ -212,8 +217,8 @@ class RunnerService:
             headers=result.headers,
             body_b64=base64.b64encode(result.body).decode("ascii"),
             duration_ms=result.duration_ms,
-            logs=result.logs,
-            logs_dropped=result.logs_dropped,
+            logs=result.logs if may_log else (),
+            logs_dropped=result.logs_dropped if may_log else result.logs_dropped + len(result.logs),
             fuel_consumed=result.fuel_consumed,
         )
 

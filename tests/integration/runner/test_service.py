@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -310,3 +311,32 @@ def test_the_module_handler_builds_its_service_once_from_the_environment(
 
     assert first["response"]["source"] == "compiled"
     assert second["response"]["source"] == "memory"
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_guest_logs_reach_the_platform_only_with_the_log_capability(env: RunnerEnv, service: RunnerService) -> None:
+    content_hash = env.publish(example_bundle())
+    handler = _Collect()
+    records = handler.records
+    LOGGER.addHandler(handler)
+    level = LOGGER.level
+    LOGGER.setLevel(logging.INFO)
+    try:
+        granted = service.execute(execute_payload(content_hash)).to_dict()
+        denied = service.execute(execute_payload(content_hash, granted=())).to_dict()
+    finally:
+        LOGGER.removeHandler(handler)
+        LOGGER.setLevel(level)
+    guest_lines = [r for r in records if r.getMessage() == "runner.guest_log"]
+    assert len(guest_lines) == 1
+    assert granted["logs"] and granted["logs_dropped"] == 0
+    assert denied["logs"] == [] and denied["logs_dropped"] == 1
+    assert denied["status"] == 200
