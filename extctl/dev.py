@@ -49,8 +49,6 @@ def run_dev(args: argparse.Namespace, out: TextIO) -> None:
         raise UsageError("with --trust-bundle, pass --key to sign the example (or --no-example)")
     stack = LocalStack(port=args.port, trust_bundle=args.trust_bundle)
     stopped = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopped.set())
     try:
         urls = stack.start()
         if not args.no_example:
@@ -65,6 +63,9 @@ def run_dev(args: argparse.Namespace, out: TextIO) -> None:
         print(f"EXT_TOKEN={urls.token}", file=out)
         print(f"EXT_ADMIN_URL={urls.admin}", file=out)
         out.flush()
+        # Until here Ctrl-C interrupts start-up as usual; from now on it (and SIGTERM) stops the stack.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stopped.set())
         print("ready; press Ctrl-C to stop", file=sys.stderr)
         stopped.wait()
     finally:
