@@ -258,11 +258,7 @@ class UploadPipeline:
 
     def finalize(self, identity: Identity, body: Mapping[str, Any]) -> dict[str, Any]:
         """``POST /ext-bundles/finalize``: waits briefly for a concurrent finalize."""
-        identity.require_admin()
-        self._rate_limit(identity)
-        upload_id = body.get("upload_id")
-        if not isinstance(upload_id, str) or not upload_id:
-            raise BadRequest("`upload_id` is required")
+        upload_id = self._admin_upload_id(identity, body)
         session = self._uploads.get(upload_id, identity.tenant)
         parts = _parts(body.get("parts"))
         envelope = _envelope(body.get("signature"))
@@ -517,15 +513,20 @@ class UploadPipeline:
 
     def abort(self, identity: Identity, body: Mapping[str, Any]) -> dict[str, Any]:
         """Abort the caller's own upload: the session first, so no finalize can start, then storage."""
+        upload_id = self._admin_upload_id(identity, body)
+        session = self._uploads.abort(upload_id, identity.tenant)
+        self._discard_staging(session)
+        log_event("upload.abort", tenant=identity.tenant, upload_id=upload_id)
+        return {"upload_id": upload_id, "status": "aborted"}
+
+    def _admin_upload_id(self, identity: Identity, body: Mapping[str, Any]) -> str:
+        """The checks every upload-session route starts with: admin, rate limit, an ``upload_id``."""
         identity.require_admin()
         self._rate_limit(identity)
         upload_id = body.get("upload_id")
         if not isinstance(upload_id, str) or not upload_id:
             raise BadRequest("`upload_id` is required")
-        session = self._uploads.abort(upload_id, identity.tenant)
-        self._discard_staging(session)
-        log_event("upload.abort", tenant=identity.tenant, upload_id=upload_id)
-        return {"upload_id": upload_id, "status": "aborted"}
+        return upload_id
 
     def _rate_limit(self, identity: Identity) -> None:
         self._limiter.hit(f"upload#{identity.tenant}", self._settings.upload_rate_limit_per_minute, self._clock())
