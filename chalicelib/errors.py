@@ -55,6 +55,8 @@ __all__ = [
     "UsageError",
     "VersionExists",
     "WasmInvalid",
+    "error_texts",
+    "errors_by_code",
 ]
 
 
@@ -64,10 +66,14 @@ class ExtError(Exception):
     ``code`` is stable and machine-readable; ``message`` is for people and names
     the offending field, path or value.  ``details`` carries structured extras
     (for example ``retry_after`` seconds) that surfaces may expose.
+    ``user_message`` is the code's one sentence for the person at a UI, the same
+    for every instance (the admin page shows it above ``message``); every class
+    with a code of its own sets it.
     """
 
     code: ClassVar[str] = "INTERNAL"
     http_status: ClassVar[int] = 500
+    user_message: ClassVar[str] = ""
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
@@ -89,6 +95,7 @@ class BadRequest(ExtError):
     """The request is malformed (not JSON, a field of the wrong type)."""
 
     code = "BAD_REQUEST"
+    user_message = "The server did not accept the request."
     http_status = 400
 
 
@@ -106,6 +113,7 @@ class BundleTooLarge(BundleError):
     """The compressed bundle, or its zstd window, is over the limit."""
 
     code = "BUNDLE_TOO_LARGE"
+    user_message = "The bundle is larger than this platform accepts."
     http_status = 413
 
 
@@ -113,12 +121,14 @@ class BundleCorrupt(BundleError):
     """Not zstd or not tar, truncated, more than one frame, trailing data, bad headers."""
 
     code = "BUNDLE_CORRUPT"
+    user_message = "This file is not a valid bundle.tar.zst: it is not zstd or tar, is truncated, or has trailing data."
 
 
 class BundleUnpackedTooLarge(BundleError):
     """A file or the whole bundle unpacks past its limit."""
 
     code = "BUNDLE_UNPACKED_TOO_LARGE"
+    user_message = "The bundle unpacks to more data than this platform accepts."
     http_status = 413
 
 
@@ -126,54 +136,63 @@ class BundleTooManyEntries(BundleError):
     """More files and directories than the limit."""
 
     code = "BUNDLE_TOO_MANY_ENTRIES"
+    user_message = "The bundle holds more files than this platform accepts."
 
 
 class BundleUnsafePath(BundleError):
     """A member path is absolute, climbs out, has control characters or is too long or deep."""
 
     code = "BUNDLE_UNSAFE_PATH"
+    user_message = "A path inside the bundle is unsafe (absolute, climbing out with .., or too long or deep)."
 
 
 class BundleUnsupportedEntry(BundleError):
     """A link, device, FIFO, sparse file or other non-file member."""
 
     code = "BUNDLE_UNSUPPORTED_ENTRY"
+    user_message = "The bundle holds links, devices or other entries that are not plain files or folders."
 
 
 class BundleDuplicateEntry(BundleError):
     """Two members land on the same path (also across case and Unicode forms)."""
 
     code = "BUNDLE_DUPLICATE_ENTRY"
+    user_message = "Two files in the bundle have the same path."
 
 
 class ManifestMissing(BundleError):
     """No `manifest.json` at the bundle root."""
 
     code = "MANIFEST_MISSING"
+    user_message = "The bundle has no manifest.json at its root."
 
 
 class ManifestInvalid(BundleError):
     """`manifest.json` is not strict JSON or breaks the schema; the message names the field."""
 
     code = "MANIFEST_INVALID"
+    user_message = "The bundle's manifest.json is not valid."
 
 
 class ManifestFileMissing(BundleError):
     """The manifest's `entry` or `ui.entry` is not a file in the bundle."""
 
     code = "MANIFEST_FILE_MISSING"
+    user_message = "A file the manifest names (its entry or ui.entry) is not in the bundle."
 
 
 class WasmInvalid(BundleError):
     """The entry module does not fit its runtime's ABI."""
 
     code = "WASM_INVALID"
+    user_message = "The WebAssembly module does not fit the runtime's interface."
 
 
 class HashMismatch(BundleError):
     """The bytes do not have the declared sha256."""
 
     code = "HASH_MISMATCH"
+    user_message = "The uploaded bytes differ from the file's checksum: the file changed or was damaged on the way."
 
 
 # --- signatures -------------------------------------------------------------------
@@ -188,18 +207,21 @@ class SignatureMissing(SignatureError):
     """A trust bundle is configured and the bundle is unsigned."""
 
     code = "SIGNATURE_MISSING"
+    user_message = "This platform only accepts signed bundles: choose the bundle's .sig file too."
 
 
 class SignatureInvalid(SignatureError):
     """The signature envelope is malformed, for other bytes, or does not verify."""
 
     code = "SIGNATURE_INVALID"
+    user_message = "The signature does not match this bundle, or the .sig file is malformed."
 
 
 class SignatureUntrusted(SignatureError):
     """The signing key is not in the trust bundle (or its certificate is not valid now)."""
 
     code = "SIGNATURE_UNTRUSTED"
+    user_message = "The bundle is signed with a key this platform does not trust."
     http_status = 403
 
 
@@ -207,6 +229,7 @@ class SignatureScope(SignatureError):
     """The signing key may not sign this extension name."""
 
     code = "SIGNATURE_SCOPE"
+    user_message = "The signing key is not allowed to sign extensions with this name."
     http_status = 403
 
 
@@ -217,6 +240,9 @@ class VersionExists(ExtError):
     """This version of the extension exists with other content."""
 
     code = "VERSION_EXISTS"
+    user_message = (
+        "This version already exists with different content. Raise the version in manifest.json, then publish."
+    )
     http_status = 409
 
 
@@ -224,6 +250,7 @@ class NameOwned(ExtError):
     """Another publisher owns this extension name."""
 
     code = "NAME_OWNED"
+    user_message = "Another publisher owns this extension name."
     http_status = 409
 
 
@@ -231,6 +258,7 @@ class NotFound(ExtError):
     """No such extension or version."""
 
     code = "NOT_FOUND"
+    user_message = "There is no such extension or version."
     http_status = 404
 
 
@@ -238,6 +266,7 @@ class UploadNotFound(ExtError):
     """No such upload session for this tenant."""
 
     code = "UPLOAD_NOT_FOUND"
+    user_message = "The upload session no longer exists."
     http_status = 404
 
 
@@ -245,6 +274,7 @@ class UploadExpired(ExtError):
     """The upload session has expired."""
 
     code = "UPLOAD_EXPIRED"
+    user_message = "The upload took too long and its session expired."
     http_status = 410
 
 
@@ -252,6 +282,7 @@ class UploadConflict(ExtError):
     """The upload session's state does not allow this (for example it was aborted)."""
 
     code = "UPLOAD_CONFLICT"
+    user_message = "The upload is in a state that does not allow this step."
     http_status = 409
 
 
@@ -262,6 +293,7 @@ class Unauthenticated(ExtError):
     """Missing, malformed, expired or wrongly signed token."""
 
     code = "UNAUTHENTICATED"
+    user_message = "You are not signed in, or your token has expired."
     http_status = 401
 
 
@@ -269,6 +301,7 @@ class Forbidden(ExtError):
     """The token's roles do not allow this."""
 
     code = "FORBIDDEN"
+    user_message = "Your token does not allow this: managing extensions needs the admin role."
     http_status = 403
 
 
@@ -276,6 +309,7 @@ class RateLimited(ExtError):
     """Too many requests; retry after the `Retry-After` seconds."""
 
     code = "RATE_LIMITED"
+    user_message = "Too many upload requests in a short time."
     http_status = 429
 
 
@@ -286,6 +320,7 @@ class NotInstalled(ExtError):
     """The extension is not installed (or not enabled) for this tenant."""
 
     code = "NOT_INSTALLED"
+    user_message = "This extension is not installed for your tenant."
     http_status = 404
 
 
@@ -293,6 +328,7 @@ class EndpointNotFound(ExtError):
     """The extension declares no endpoint for this method and path."""
 
     code = "ENDPOINT_NOT_FOUND"
+    user_message = "The extension has no such endpoint."
     http_status = 404
 
 
@@ -300,6 +336,7 @@ class PayloadTooLarge(ExtError):
     """The request body is over the gateway's limit."""
 
     code = "PAYLOAD_TOO_LARGE"
+    user_message = "The request body is too large."
     http_status = 413
 
 
@@ -307,6 +344,7 @@ class ExtensionTimeout(ExtError):
     """The extension ran past its deadline."""
 
     code = "EXTENSION_TIMEOUT"
+    user_message = "The extension took too long to answer."
     http_status = 504
 
 
@@ -314,6 +352,7 @@ class ExtensionFailed(ExtError):
     """The extension trapped, ran out of memory or fuel, or answered badly."""
 
     code = "EXTENSION_FAILED"
+    user_message = "The extension failed while answering."
     http_status = 502
 
 
@@ -324,6 +363,7 @@ class ConfigInvalid(ExtError):
     """A setting or the trust bundle is invalid (an operator problem)."""
 
     code = "CONFIG_INVALID"
+    user_message = "The platform is misconfigured; tell its operator."
     http_status = 500
 
 
@@ -331,6 +371,7 @@ class StorageError(ExtError):
     """The object store refused or failed an operation."""
 
     code = "STORAGE_ERROR"
+    user_message = "The storage service is unavailable right now."
     http_status = 503
 
 
@@ -338,6 +379,7 @@ class ApiUnreachable(ExtError):
     """The CLI could not reach the API or S3 (network, DNS, TLS); retrying may help."""
 
     code = "API_UNREACHABLE"
+    user_message = "The platform's API could not be reached. Check your network, then retry."
     http_status = 503
 
 
@@ -345,6 +387,7 @@ class ToolchainMissing(ExtError):
     """`extctl build` cannot find clang or wasm-ld."""
 
     code = "TOOLCHAIN_MISSING"
+    user_message = "The C toolchain (clang and wasm-ld) is not installed."
     http_status = 500
 
 
@@ -352,6 +395,7 @@ class BuildFailed(ExtError):
     """The guest's sources did not compile or link; the message carries the compiler's output."""
 
     code = "BUILD_FAILED"
+    user_message = "The extension's sources did not compile."
     http_status = 400
 
 
@@ -359,6 +403,7 @@ class KeyInvalid(ExtError):
     """A signing key file is missing, unreadable or of an unsupported type."""
 
     code = "KEY_INVALID"
+    user_message = "The signing key file cannot be used."
     http_status = 400
 
 
@@ -366,6 +411,7 @@ class UsageError(ExtError):
     """The command line asks for something impossible (CLI only)."""
 
     code = "USAGE"
+    user_message = "The command was given options that do not fit together."
     http_status = 400
 
 
@@ -373,6 +419,7 @@ class Internal(ExtError):
     """An unexpected failure; the message says what to report."""
 
     code = "INTERNAL"
+    user_message = "Something went wrong on the server. Quote the request id when you report it."
     http_status = 500
 
 
@@ -396,14 +443,32 @@ def error_for_code(code: str, message: str) -> ExtError:
     return Internal(message)
 
 
+def errors_by_code() -> dict[str, type[ExtError]]:
+    """One class per code, in hierarchy order: the first concrete class that has it.
+
+    The abstract bases (``ExtError``, ``BundleError``, ``SignatureError``) share a
+    leaf's code and are left out.
+    """
+    found: dict[str, type[ExtError]] = {}
+    for cls in ALL_ERRORS:
+        if cls not in (ExtError, BundleError, SignatureError):
+            found.setdefault(cls.code, cls)
+    return found
+
+
+def error_texts() -> dict[str, str]:
+    """Each code's sentence for people (``user_message``); the admin UI reads this table."""
+    return {code: cls.user_message for code, cls in errors_by_code().items()}
+
+
 def error_table_markdown() -> str:
     """The README's error code table, one row per code."""
-    rows: dict[str, tuple[int, str]] = {}
-    for cls in ALL_ERRORS:
-        if cls.__doc__ and cls.code not in rows and cls not in (ExtError, BundleError, SignatureError):
-            rows[cls.code] = (cls.http_status, cls.__doc__.strip().splitlines()[0])
     lines = ["| code | HTTP | meaning |", "| --- | --- | --- |"]
-    lines += [f"| `{code}` | {status} | {text} |" for code, (status, text) in rows.items()]
+    lines += [
+        f"| `{code}` | {cls.http_status} | {cls.__doc__.strip().splitlines()[0]} |"
+        for code, cls in errors_by_code().items()
+        if cls.__doc__
+    ]
     return "\n".join(lines)
 
 

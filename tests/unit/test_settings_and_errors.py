@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 
 from chalicelib.config import SETTINGS, load_settings, settings_table_markdown
-from chalicelib.errors import ALL_ERRORS, ConfigInvalid, ExtError, error_table_markdown
+from chalicelib.errors import (
+    ALL_ERRORS,
+    BundleError,
+    ConfigInvalid,
+    ExtError,
+    SignatureError,
+    error_table_markdown,
+    error_texts,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -129,6 +137,17 @@ def test_the_readme_settings_table_is_generated_from_the_code() -> None:
 
 def test_the_readme_error_table_is_generated_from_the_code() -> None:
     assert _block("errors") == error_table_markdown(), "regenerate with: python -m chalicelib.errors"
+
+
+def test_every_error_code_has_a_sentence_for_people_of_its_own() -> None:
+    # The admin UI shows these (served as /admin/errors.json); a class that inherited its
+    # parent's sentence would describe another error.
+    concrete = [cls for cls in ALL_ERRORS if cls not in (ExtError, BundleError, SignatureError)]
+    inheriting = [cls.__name__ for cls in concrete if "user_message" not in vars(cls)]
+    assert inheriting == []
+    texts = error_texts()
+    assert set(texts) == {cls.code for cls in ALL_ERRORS}
+    assert [code for code, text in texts.items() if not (text[:1].isupper() and text.endswith("."))] == []
 
 
 def _failing_stage(stage: Any) -> None:
