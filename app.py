@@ -189,8 +189,26 @@ def finalize_worker(event: SQSEvent) -> None:
 @api
 def list_extensions() -> dict[str, Any]:
     identity = caller()
+    with_versions = _includes_versions(_current())
     extensions = services().registry.list_extensions()
-    return {"extensions": [{**e.to_json(), "owned": e.owner_tenant == identity.tenant} for e in extensions]}
+    listed = [{**e.to_json(), "owned": e.owner_tenant == identity.tenant} for e in extensions]
+    if with_versions:
+        # Read after the extensions: a version is written in one transaction with its
+        # extension, so every extension listed finds all of its versions here.
+        versions = services().registry.versions_by_extension()
+        for item in listed:
+            item["versions"] = [v.to_json() for v in versions.get(item["name"], [])]
+    return {"extensions": listed}
+
+
+def _includes_versions(request: Request) -> bool:
+    """``?include=versions`` asks for each extension's versions; nothing else may be included."""
+    params = request.query_params
+    if not params or "include" not in params:
+        return False
+    if {part for value in params.getlist("include") for part in value.split(",")} != {"versions"}:
+        raise BadRequest("`include` may only be `versions`")
+    return True
 
 
 @app.route("/extensions/{name}", methods=["GET"])

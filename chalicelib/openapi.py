@@ -102,7 +102,14 @@ _SCHEMAS: dict[str, Any] = {
     ),
     "UploadId": _obj(["upload_id"], upload_id=_STR),
     "Upload": _obj(["upload_id", "state"], upload_id=_STR, state=_STR, size=_INT, parts={"type": "array"}),
-    "Extension": _obj(["name", "publisher"], name=_STR, publisher=_STR, latest_version=_STR, owned=_BOOL),
+    "Extension": _obj(
+        ["name", "publisher"],
+        name=_STR,
+        publisher=_STR,
+        latest_version=_STR,
+        owned=_BOOL,
+        versions={"type": "array", "items": _ref("Version"), "description": "highest first"},
+    ),
     "Version": _obj(
         ["name", "version", "content_hash"],
         name=_STR,
@@ -179,7 +186,25 @@ def _paths() -> dict[str, Any]:
             }
         },
         "/extensions": {
-            "get": _op("Every extension", _ok("list", _obj(["extensions"], extensions={"type": "array"})), tag=ext)
+            "get": {
+                **_op(
+                    "Every extension; with `include=versions`, each with its versions (one request, not one per name)",
+                    {
+                        **_ok("list", _obj(["extensions"], extensions={"type": "array", "items": _ref("Extension")})),
+                        **_errors(400),
+                    },
+                    tag=ext,
+                ),
+                "parameters": [
+                    {
+                        "name": "include",
+                        "in": "query",
+                        "required": False,
+                        "description": "`versions`: add each extension's versions, highest first",
+                        "schema": {"enum": ["versions"]},
+                    }
+                ],
+            }
         },
         "/extensions/{name}": {
             "get": {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
 from pynamodb.exceptions import TransactWriteError
 from pynamodb.expressions.condition import Condition
@@ -69,8 +70,19 @@ class RegistryService:
     def list_versions(self, name: str) -> list[VersionRecord]:
         """The versions of ``name``, highest SemVer precedence first; :class:`NotFound` for an unknown name."""
         self.get_extension(name)
-        versions = [_version_record(item) for item in self._models.versions.query(name, consistent_read=True)]
-        return sorted(versions, key=lambda v: (semver_sort_key(v.version), v.version), reverse=True)
+        return _highest_first(_version_record(item) for item in self._models.versions.query(name, consistent_read=True))
+
+    @_storage_errors
+    def versions_by_extension(self) -> dict[str, list[VersionRecord]]:
+        """Every published version, by extension name, each list highest SemVer precedence first.
+
+        One consistent Scan of the versions table (DynamoDB answers it a page at a
+        time), however many extensions there are; a name without versions is absent.
+        """
+        grouped: dict[str, list[VersionRecord]] = {}
+        for item in self._models.versions.scan(consistent_read=True):
+            grouped.setdefault(item.name, []).append(_version_record(item))
+        return {name: _highest_first(versions) for name, versions in grouped.items()}
 
     @_storage_errors
     def find_version(self, name: str, version: str) -> VersionRecord | None:
@@ -221,6 +233,10 @@ class RegistryService:
             return versions.get(name, version, consistent_read=True)
         except versions.DoesNotExist:
             return None
+
+
+def _highest_first(versions: Iterable[VersionRecord]) -> list[VersionRecord]:
+    return sorted(versions, key=lambda v: (semver_sort_key(v.version), v.version), reverse=True)
 
 
 def _check_owner(existing: ExtensionModel | None, name: str, tenant: str, publisher: str) -> None:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from moto import mock_aws
 from moto.core.botocore_stubber import BotocoreStubber
+from pynamodb.signals import pre_dynamodb_send
 
 from chalicelib.config import load_settings
 from chalicelib.errors import (
@@ -271,6 +273,37 @@ def test_extensions_can_be_listed_for_everyone_or_one_owner(registry):
 
     assert [e.name for e in registry.list_extensions()] == ["com.acme.a", "com.acme.b", "com.globex.c"]
     assert [e.name for e in registry.list_extensions("globex")] == ["com.globex.c"]
+
+
+@contextmanager
+def dynamodb_calls() -> Iterator[list[str]]:
+    """The DynamoDB operations pynamodb sends meanwhile (its public ``pre_dynamodb_send`` signal)."""
+    seen: list[str] = []
+
+    def record(_connection: Any, operation_name: str, **_: Any) -> None:
+        seen.append(operation_name)
+
+    pre_dynamodb_send.connect(record)
+    try:
+        yield seen
+    finally:
+        pre_dynamodb_send.disconnect(record)
+
+
+@pytest.mark.parametrize("extensions", [1, 6])
+def test_the_versions_of_every_extension_come_from_one_scan(registry, extensions):
+    names = [f"com.acme.e{index}" for index in range(extensions)]
+    for index, name in enumerate(names):
+        for version in ("1.9.0", "1.10.0", "2.0.0-rc.1"):
+            digest = f"{index:02x}" + version.replace(".", "").replace("-rc", "")
+            registry.register_version(version_record(version, digest=digest, name=name), "acme", None)
+
+    with dynamodb_calls() as calls:
+        grouped = registry.versions_by_extension()
+
+    assert calls == ["Scan"]
+    assert grouped == {name: registry.list_versions(name) for name in names}
+    assert [v.version for v in grouped[names[0]]] == ["2.0.0-rc.1", "1.10.0", "1.9.0"]
 
 
 def test_unknown_names_and_versions_are_not_found(registry):

@@ -279,6 +279,33 @@ def test_malformed_signatures_are_refused_at_initiate(stack: AwsStack) -> None:
     assert answer.json["error"]["code"] == "SIGNATURE_INVALID"
 
 
+# --- registry reads ----------------------------------------------------------------------------------
+
+
+def test_the_extension_list_includes_every_version_when_asked(stack: AwsStack) -> None:
+    publish(stack, bundle())
+    publish(stack, bundle(good_files(version="1.10.0")))
+    publish(stack, bundle(good_files(version="1.9.0")))
+    publish(stack, bundle(good_files(name="com.globex.maps", publisher="Globex")), tenant="globex")
+
+    listed = stack.call("GET", "/extensions?include=versions")
+
+    assert listed.status_code == 200, listed.json
+    assert [e["name"] for e in listed.json["extensions"]] == ["com.acme.tools", "com.globex.maps"]
+    for extension in listed.json["extensions"]:
+        one = stack.call("GET", f"/extensions/{extension['name']}").json
+        assert extension == one
+    assert [v["version"] for v in listed.json["extensions"][0]["versions"]] == ["1.10.0", "1.9.0", "1.0.0"]
+    plain = stack.call("GET", "/extensions").json["extensions"]
+    assert plain == [{k: v for k, v in e.items() if k != "versions"} for e in listed.json["extensions"]]
+
+
+@pytest.mark.parametrize("query", ["include=", "include=owners", "include=versions,owners", "include=Versions"])
+def test_the_extension_list_includes_nothing_but_versions(stack: AwsStack, query: str) -> None:
+    answer = stack.call("GET", f"/extensions?{query}")
+    assert (answer.status_code, answer.json["error"]["code"]) == (400, "BAD_REQUEST")
+
+
 # --- installs ----------------------------------------------------------------------------------------
 
 
