@@ -315,7 +315,12 @@ def uninstall(name: str) -> dict[str, Any]:
 
 # --- the admin UI (static files shipped inside chalicelib/admin_ui) ----------------------------
 
-_ADMIN_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css"}
+_ADMIN_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css",
+    ".json": "application/json",
+}
 
 
 def _admin_csp() -> str:

@@ -211,6 +211,33 @@ def test_a_pasted_token_signs_in_and_a_bad_one_is_explained(
     expect(page.locator("#identity")).to_contain_text(tenant)
 
 
+def test_error_sentences_come_from_the_servers_error_table(page: Page, stack: BrowserStack, tenant: str) -> None:
+    # The page keeps no copy of the server's sentences: change the table and the page says the new words.
+    page.route("**/admin/errors.json", lambda route: route.fulfill(json={"UNAUTHENTICATED": "Words from the table."}))
+    page.goto(f"{stack.urls.api}/admin")
+    page.fill("#token-input", stack.token(tenant)[:-4] + "AAAA")
+    page.click("#signin-submit")
+
+    error = page.locator("#signin-error")
+    expect(error.locator(".alert-title")).to_have_text("Words from the table.")
+    expect(error.locator(".error-code")).to_have_text("UNAUTHENTICATED")
+
+
+# ---- the lists ---------------------------------------------------------------------------------
+
+
+def test_the_lists_load_without_a_request_per_extension(page: Page, stack: BrowserStack, tenant: str) -> None:
+    for index in range(3):
+        stack.publish(tenant, stack.write_bundle(f"com.ui.many{index}", f"1.{index}.0"))
+    api = stack.urls.api
+
+    with recorded_requests(page, lambda r: r.url.startswith((f"{api}/extensions", f"{api}/installs"))) as reads:
+        sign_in(page, stack, tenant)
+        expect(extension_card(page, "com.ui.many2").locator("[data-version='1.2.0']")).to_be_visible()
+
+    assert sorted(reads) == [f"GET {api}/extensions?include=versions", f"GET {api}/installs", f"GET {api}/installs"]
+
+
 # ---- uploads -----------------------------------------------------------------------------------
 
 

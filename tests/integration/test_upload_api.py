@@ -13,7 +13,9 @@ import requests
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from chalicelib.admin_ui import MODULES
 from chalicelib.bundles.signing import sign_content_hash
+from chalicelib.errors import error_texts
 from chalicelib.openapi import openapi_document
 from tests.bundle_factory import bundle, good_files, manifest_bytes
 from tests.integration.stack import BUCKET, AwsStack, auth, content_hash, fresh_rate_window, publish, token, upload
@@ -304,6 +306,16 @@ def test_the_extension_list_includes_every_version_when_asked(stack: AwsStack) -
 def test_the_extension_list_includes_nothing_but_versions(stack: AwsStack, query: str) -> None:
     answer = stack.call("GET", f"/extensions?{query}")
     assert (answer.status_code, answer.json["error"]["code"]) == (400, "BAD_REQUEST")
+
+
+def test_the_admin_page_serves_its_modules_and_the_error_sentences(stack: AwsStack) -> None:
+    texts = stack.client.http.get("/admin/errors.json")
+    assert texts.headers["Content-Type"] == "application/json"
+    assert json.loads(texts.body) == error_texts()
+    for module in MODULES:
+        served = stack.client.http.get(f"/admin/{module}")
+        assert (served.status_code, served.headers["Content-Type"]) == (200, "text/javascript; charset=utf-8")
+    assert stack.client.http.get("/admin/__init__.py").status_code == 404
 
 
 # --- installs ----------------------------------------------------------------------------------------
