@@ -185,7 +185,7 @@ SETTINGS: tuple[Setting, ...] = (
         "EXT_HTTP_FETCH_TIMEOUT_MS",
         _parse_int,
         3000,
-        "Cap on one `http_fetch` (also bounded by the call deadline).",
+        "Deadline of one `http_fetch`, redirects and name lookup included (also bounded by the call deadline).",
         10,
     ),
     # observability

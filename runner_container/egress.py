@@ -9,8 +9,14 @@ A fetch goes through these stages, each raising :class:`FetchError` with one pre
    cloud-metadata addresses unless ``allow_private`` (metadata addresses are refused even then);
 4. connect to the address that was checked (no second lookup, so DNS rebinding cannot swap it), sending
    the original ``Host`` header and, for https, the original name for SNI and certificate checks;
-5. read at most ``max_response_bytes + 1`` bytes, all within one deadline;
+5. read at most ``max_response_bytes + 1`` bytes;
 6. follow a redirect only to the same host (at most ``max_redirects``); another host is refused.
+
+One absolute deadline covers every stage of a fetch, redirects included: the name lookup, connect, TLS
+handshake, sending, the response headers and the body. Socket timeouts alone cannot give that, as they
+bound each operation, and a server dripping one byte at a time completes every operation in time; so
+before each read and write the socket's timeout is set to what is left of the deadline (see
+:class:`_DeadlineReader`), and a lookup that outlives it is abandoned.
 """
 
 from __future__ import annotations
@@ -18,18 +24,24 @@ from __future__ import annotations
 import base64
 import binascii
 import http.client
+import io
 import ipaddress
 import json
 import re
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
 from chalicelib.config import Settings
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 __all__ = [
     "AddressClass",
@@ -67,6 +79,10 @@ _HOST_SET_HEADERS = frozenset({"host", "content-length"})
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _BAD_VALUE_CHARS = re.compile(r"[\r\n\x00]")
 _READ_CHUNK = 64 * 1024
+_SEND_CHUNK = 16 * 1024
+# Name lookups run on their own threads so the deadline can abandon one that hangs; an abandoned lookup
+# still holds its thread until the system resolver gives up, so the number in flight is capped.
+_LOOKUPS_IN_FLIGHT = threading.BoundedSemaphore(32)
 _REQUEST_ENVELOPE_BYTES = 64 * 1024
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _METADATA_ADDRESSES = frozenset({ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")})
@@ -309,21 +325,6 @@ class _Target:
     host_header: str
 
 
-class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    """HTTPS to a pre-resolved address, with SNI and certificate checks against the original name."""
-
-    def __init__(
-        self, address: str, port: int, *, server_hostname: str, context: ssl.SSLContext, timeout: float
-    ) -> None:
-        super().__init__(address, port, timeout=timeout, context=context)
-        self._server_hostname = server_hostname
-        self._tls_context = context
-
-    def connect(self) -> None:
-        http.client.HTTPConnection.connect(self)
-        self.sock = self._tls_context.wrap_socket(self.sock, server_hostname=self._server_hostname)
-
-
 class _Deadline:
     """Seconds left until a fixed monotonic instant."""
 
@@ -331,10 +332,116 @@ class _Deadline:
         self._end = time.monotonic() + seconds
 
     def remaining(self) -> float:
+        """Seconds left; raises the ``FETCH_TIMEOUT`` :class:`FetchError` once none are."""
         left = self._end - time.monotonic()
         if left <= 0:
             raise _timeout("http_fetch ran out of time")
         return left
+
+
+def _lookup(resolver: Resolver, host: str, port: int, deadline: _Deadline) -> list[str]:
+    """``resolver(host, port)`` if it answers within ``deadline``; a lookup that outlives it is abandoned."""
+    timeout = deadline.remaining()
+    if not _LOOKUPS_IN_FLIGHT.acquire(blocking=False):
+        raise _failed("too many name lookups are in flight; try again later")
+    answer: list[str] = []
+    failure: list[OSError] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            answer.extend(resolver(host, port))
+        except OSError as exc:
+            failure.append(exc)
+        finally:
+            done.set()
+            _LOOKUPS_IN_FLIGHT.release()
+
+    threading.Thread(target=run, name="egress-lookup", daemon=True).start()
+    if not done.wait(timeout):
+        raise _timeout(f"resolving {host!r} took longer than the fetch's time limit")
+    if failure:
+        raise failure[0]
+    return answer
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The response's byte stream; each read waits at most what is left of the fetch's deadline."""
+
+    def __init__(self, raw: io.RawIOBase, sock: socket.socket, deadline: _Deadline) -> None:
+        super().__init__()
+        self._raw = raw
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int | None:
+        self._sock.settimeout(self._deadline.remaining())
+        return self._raw.readinto(buffer)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+def _response_class(deadline: _Deadline) -> type[http.client.HTTPResponse]:
+    """An ``HTTPResponse`` whose reads (status line, headers, body) all end by ``deadline``."""
+
+    class DeadlineResponse(http.client.HTTPResponse):
+        def __init__(
+            self, sock: socket.socket, debuglevel: int = 0, method: str | None = None, url: str | None = None
+        ) -> None:
+            super().__init__(sock, debuglevel, method, url)
+            # The socket file stays open until this response closes it, even after the connection lets
+            # go of the socket (it does when the server announces it will close).
+            raw = self.fp.detach()
+            self.fp = io.BufferedReader(_DeadlineReader(raw, sock, deadline))
+
+    return DeadlineResponse
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """HTTP to a pre-resolved address; connecting, sending and reading all end by one deadline.
+
+    ``response_class`` is http.client's documented hook for the response ``getresponse`` builds.
+    """
+
+    def __init__(self, address: str, port: int, *, deadline: _Deadline) -> None:
+        super().__init__(address, port, timeout=deadline.remaining())
+        self._deadline = deadline
+        self.response_class = _response_class(deadline)
+
+    def connect(self) -> None:
+        self.timeout = self._deadline.remaining()
+        super().connect()
+
+    def send(self, data: object) -> None:
+        if not isinstance(data, bytes | bytearray):
+            raise TypeError("http_fetch sends only bytes")
+        if self.sock is None:
+            self.connect()
+        for offset in range(0, len(data), _SEND_CHUNK):
+            self.sock.settimeout(self._deadline.remaining())
+            self.sock.sendall(data[offset : offset + _SEND_CHUNK])
+
+
+class _PinnedHTTPSConnection(_PinnedHTTPConnection):
+    """HTTPS to a pre-resolved address, with SNI and certificate checks against the original name."""
+
+    def __init__(
+        self, address: str, port: int, *, server_hostname: str, context: ssl.SSLContext, deadline: _Deadline
+    ) -> None:
+        super().__init__(address, port, deadline=deadline)
+        self._server_hostname = server_hostname
+        self._tls_context = context
+
+    def connect(self) -> None:
+        super().connect()
+        # Python's ssl module bounds the whole handshake by the socket's timeout, not each read within it.
+        self.sock.settimeout(self._deadline.remaining())
+        self.sock = self._tls_context.wrap_socket(self.sock, server_hostname=self._server_hostname)
 
 
 def _redirected(status: int, method: str, body: bytes) -> tuple[str, bytes]:
@@ -394,7 +501,7 @@ class EgressPolicy:
         deadline = _Deadline(budget)
         if len(request.body) > self.max_request_body_bytes:
             raise _failed(f"http_fetch request body exceeds {self.max_request_body_bytes} bytes")
-        first = target = self._target(request.url, egress)
+        first = target = self._target(request.url, egress, deadline)
         method, body = request.method, request.body
         for hop in range(self.max_redirects + 1):
             response, location = self._exchange(target, method, request.headers, body, deadline)
@@ -402,11 +509,11 @@ class EgressPolicy:
                 return response
             if hop == self.max_redirects:
                 break
-            target = self._redirect_target(first, urljoin(target.url, location), egress)
+            target = self._redirect_target(first, urljoin(target.url, location), egress, deadline)
             method, body = _redirected(response.status, method, body)
         raise _failed(f"too many redirects (more than {self.max_redirects})")
 
-    def _target(self, url: str, egress: Sequence[str]) -> _Target:
+    def _target(self, url: str, egress: Sequence[str], deadline: _Deadline) -> _Target:
         """Check ``url`` against both allowlists and resolve it to one permitted address."""
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
@@ -425,23 +532,23 @@ class EgressPolicy:
             raise _denied(f"host {host!r} is not in the extension's egress list")
         if not host_allowed(host, self.allowlist):
             raise _denied(f"host {host!r} is not in the platform's egress allowlist")
-        address = self._checked_address(host, port)
+        address = self._checked_address(host, port, deadline)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         shown = f"[{host}]" if ":" in host else host
         host_header = shown if port == _DEFAULT_PORTS[scheme] else f"{shown}:{port}"
         return _Target(url, scheme, host, port, address, path, host_header)
 
-    def _redirect_target(self, first: _Target, url: str, egress: Sequence[str]) -> _Target:
-        target = self._target(url, egress)
+    def _redirect_target(self, first: _Target, url: str, egress: Sequence[str], deadline: _Deadline) -> _Target:
+        target = self._target(url, egress, deadline)
         if target.host != first.host:
             raise _denied(f"redirect from {first.host!r} to another host ({target.host!r}) refused")
         if first.scheme == "https" and target.scheme != "https":
             raise _denied("redirect from https to http refused")
         return target
 
-    def _checked_address(self, host: str, port: int) -> str:
+    def _checked_address(self, host: str, port: int, deadline: _Deadline) -> str:
         try:
-            addresses = list(self.resolver(host, port))
+            addresses = _lookup(self.resolver, host, port, deadline)
         except OSError as exc:
             raise _failed(f"could not resolve {host!r}: {exc}") from None
         if not addresses:
@@ -452,13 +559,13 @@ class EgressPolicy:
                 raise _denied(f"host {host!r} resolves to a {kind.value} address ({address}), which is refused")
         return addresses[0]
 
-    def _connect(self, target: _Target, timeout: float) -> http.client.HTTPConnection:
+    def _connect(self, target: _Target, deadline: _Deadline) -> http.client.HTTPConnection:
         if target.scheme == "https":
             context = self.ssl_context or ssl.create_default_context()
             return _PinnedHTTPSConnection(
-                target.address, target.port, server_hostname=target.host, context=context, timeout=timeout
+                target.address, target.port, server_hostname=target.host, context=context, deadline=deadline
             )
-        return http.client.HTTPConnection(target.address, target.port, timeout=timeout)
+        return _PinnedHTTPConnection(target.address, target.port, deadline=deadline)
 
     def _exchange(
         self,
@@ -468,14 +575,16 @@ class EgressPolicy:
         body: bytes,
         deadline: _Deadline,
     ) -> tuple[FetchResponse, str | None]:
-        connection = self._connect(target, deadline.remaining())
+        connection = self._connect(target, deadline)
         outgoing = dict(_forwardable(headers, _HOST_SET_HEADERS))
         outgoing["Host"] = target.host_header
         try:
             connection.request(method, target.path, body=body or None, headers=outgoing)
-            sock = connection.sock
             response = connection.getresponse()
-            payload = self._read_body(sock, response, deadline, head=method == "HEAD")
+            try:
+                payload = self._read_body(response, head=method == "HEAD")
+            finally:
+                response.close()
             raw_headers = response.getheaders()
         except TimeoutError:
             raise _timeout(f"http_fetch to {target.host!r} timed out") from None
@@ -486,11 +595,7 @@ class EgressPolicy:
         location = response.getheader("location")
         return FetchResponse(response.status, _response_headers(raw_headers), payload), location
 
-    def _read_body(
-        self, sock: socket.socket | None, response: http.client.HTTPResponse, deadline: _Deadline, *, head: bool
-    ) -> bytes:
-        # The socket is kept from before getresponse(): http.client drops its own reference when the
-        # server closes the connection, yet every read must still stop at the deadline.
+    def _read_body(self, response: http.client.HTTPResponse, *, head: bool) -> bytes:
         cap = self.max_response_bytes
         declared = response.getheader("content-length")
         if not head and declared is not None and declared.strip().isdigit() and int(declared) > cap:
@@ -498,8 +603,6 @@ class EgressPolicy:
         chunks: list[bytes] = []
         received = 0
         while received <= cap and not response.isclosed():
-            if sock is not None:
-                sock.settimeout(deadline.remaining())
             chunk = response.read(min(_READ_CHUNK, cap + 1 - received))
             chunks.append(chunk)
             received += len(chunk)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime
 import json
+import socket
 import ssl
 import threading
 import time
@@ -29,6 +30,9 @@ from runner_container.engine import CallLimits, HostServices, WasmEngine
 MiB = 1024 * 1024
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "wat"
 CAP = 1024
+# A dripping server sends one byte per DRIP_INTERVAL_S: 40 bytes take 4 s, far past the 0.5 s fetch limits below.
+DRIP_INTERVAL_S = 0.1
+DRIP_BODY = b"x" * 40
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -81,8 +85,24 @@ class Handler(BaseHTTPRequestHandler):
         elif path == "/slow":
             time.sleep(1.5)
             self.send(200, b"late")
+        elif path == "/drip-headers":
+            self.drip(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Padding: " + b"p" * 20 + b"\r\n\r\n")
+            self.wfile.write(b"ok")
+        elif path == "/drip-body":
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(DRIP_BODY)))
+            self.end_headers()
+            self.drip(DRIP_BODY)
         else:
             self.send(404)
+
+    def drip(self, data: bytes) -> None:
+        """Write ``data`` one byte at a time; ``drip_finished`` is set before the last byte goes out."""
+        for index in range(len(data)):
+            if index == len(data) - 1:
+                self.server.drip_finished.set()
+            self.wfile.write(data[index : index + 1])
+            time.sleep(DRIP_INTERVAL_S)
 
 
 class LocalServer(ThreadingHTTPServer):
@@ -91,6 +111,7 @@ class LocalServer(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), Handler)
         self.hits: list[str] = []
+        self.drip_finished = threading.Event()
 
     @property
     def port(self) -> int:
@@ -317,6 +338,72 @@ def test_slow_server_times_out_at_the_remaining_call_time_when_that_is_shorter(s
     assert time.monotonic() - started < 1.0
 
 
+@pytest.mark.parametrize("path", ["/drip-headers", "/drip-body"])
+def test_a_dripping_server_cannot_hold_a_fetch_past_its_timeout(server, path):
+    # Every byte arrives well within any per-read timeout; only one deadline over the whole fetch stops it.
+    error = refused(local_policy(timeout_ms=500), f"http://127.0.0.1:{server.port}{path}")
+
+    assert error.outcome is FetchOutcome.TIMEOUT
+    assert not server.drip_finished.is_set()
+
+
+def test_a_dripping_server_cannot_hold_an_https_fetch_past_its_timeout(tls_server):
+    server, tls = tls_server
+    policy = local_policy(
+        allowlist=("secure.example.test",), resolver=PinnedResolver(), ssl_context=tls.client_context, timeout_ms=500
+    )
+
+    error = refused(policy, f"https://secure.example.test:{server.port}/drip-body", ("secure.example.test",))
+
+    assert error.outcome is FetchOutcome.TIMEOUT
+    assert not server.drip_finished.is_set()
+
+
+@pytest.fixture
+def handshake_dripper() -> Iterator[tuple[int, threading.Event]]:
+    """A TCP server that answers a TLS ClientHello with a 16 000-byte handshake record, one byte at a time."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    finished = threading.Event()
+
+    def run() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            try:
+                connection.sendall(b"\x16\x03\x03\x3e\x80")
+                for _ in range(40):
+                    connection.sendall(b"\x02")
+                    time.sleep(DRIP_INTERVAL_S)
+                finished.set()
+            except OSError:
+                return
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1], finished
+    listener.close()
+
+
+def test_a_server_dripping_its_tls_handshake_cannot_hold_a_fetch_past_its_timeout(handshake_dripper):
+    port, finished = handshake_dripper
+    policy = local_policy(allowlist=("secure.example.test",), resolver=PinnedResolver(), timeout_ms=500)
+
+    error = refused(policy, f"https://secure.example.test:{port}/", ("secure.example.test",))
+
+    assert error.outcome is FetchOutcome.TIMEOUT
+    assert not finished.is_set()
+
+
+def test_a_dripping_server_cannot_hold_a_fetch_past_the_calls_remaining_time(server):
+    with pytest.raises(FetchError) as caught:
+        local_policy().fetch(
+            FetchRequest(url=f"http://127.0.0.1:{server.port}/drip-body"), ["127.0.0.1"], remaining_s=0.5
+        )
+
+    assert caught.value.outcome is FetchOutcome.TIMEOUT
+    assert not server.drip_finished.is_set()
+
+
 def test_connection_refused_is_a_failure(server):
     port = server.port
     server.shutdown()
@@ -426,6 +513,15 @@ def test_guest_fetch_slower_than_the_call_deadline_ends_the_call_as_a_timeout(en
         engine.execute(proxy, {"url": f"http://127.0.0.1:{server.port}/slow"}, limits, granted())
 
     assert time.monotonic() - started < 1.0
+
+
+def test_guest_fetch_from_a_dripping_server_ends_the_call_at_its_deadline(engine, proxy, server):
+    limits = CallLimits(timeout_ms=500, memory_bytes=16 * MiB, fuel=None, max_response_bytes=MiB)
+
+    with pytest.raises(ExtensionTimeout):
+        engine.execute(proxy, {"url": f"http://127.0.0.1:{server.port}/drip-body"}, limits, granted())
+
+    assert not server.drip_finished.is_set()
 
 
 def test_guest_fetch_with_a_request_outside_memory_traps_the_call(engine):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+import threading
+import time
 
 import pytest
 from hypothesis import given
@@ -294,6 +296,58 @@ def test_a_name_that_does_not_resolve_fails():
         FetchOutcome.FAILED,
         "could not resolve 'api.example.com': Name or service not known",
     )
+
+
+class StalledResolver:
+    """A name lookup that hangs until released (a resolver that never answers)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.returned = threading.Event()
+
+    def __call__(self, host: str, port: int) -> list[str]:
+        self.release.wait(5)
+        self.returned.set()
+        return ["93.184.216.34"]
+
+
+def wait_for_lookups_to_drain() -> None:
+    """Until a fresh lookup is accepted again (abandoned lookups end moments after they are released)."""
+    policy = EgressPolicy(allowlist=("api.example.com",), resolver=RecordingResolver("127.0.0.1"))
+    for _ in range(500):
+        if "too many name lookups" not in refusal(policy, "https://api.example.com/").message:
+            return
+        time.sleep(0.01)
+    raise AssertionError("abandoned name lookups did not end")
+
+
+def test_a_name_lookup_that_hangs_ends_at_the_fetch_deadline():
+    resolver = StalledResolver()
+    policy = EgressPolicy(allowlist=("api.example.com",), resolver=resolver, timeout_ms=200)
+    try:
+        error = refusal(policy, "https://api.example.com/")
+
+        assert error.outcome is FetchOutcome.TIMEOUT
+        assert not resolver.returned.is_set()
+    finally:
+        resolver.release.set()
+
+
+def test_abandoned_name_lookups_in_flight_are_capped():
+    resolver = StalledResolver()
+    policy = EgressPolicy(allowlist=("api.example.com",), resolver=resolver, timeout_ms=5)
+    try:
+        outcomes = [refusal(policy, "https://api.example.com/").outcome for _ in range(32)]
+        error = refusal(policy, "https://api.example.com/")
+
+        assert set(outcomes) == {FetchOutcome.TIMEOUT}
+        assert (error.outcome, error.message) == (
+            FetchOutcome.FAILED,
+            "too many name lookups are in flight; try again later",
+        )
+    finally:
+        resolver.release.set()
+        wait_for_lookups_to_drain()
 
 
 def test_no_time_left_in_the_call_is_a_timeout_before_resolving():
