@@ -178,7 +178,13 @@ SETTINGS: tuple[Setting, ...] = (
         1024,
     ),
     # egress
-    _row("EXT_EGRESS_ALLOWLIST", _parse_list, (), "Hosts (or `*.suffix`) any extension may fetch; empty denies all."),
+    _row(
+        "EXT_EGRESS_ALLOWLIST",
+        _parse_list,
+        (),
+        "Hosts any extension may fetch: `host`, `*.suffix`, either with `:port`; an entry without a port "
+        "allows 80 and 443 only. Empty denies all.",
+    ),
     _row("EXT_EGRESS_ALLOW_PRIVATE", _parse_bool, False, "Allow fetches to loopback/private addresses (tests only)."),
     _row("EXT_HTTP_FETCH_MAX_BYTES", _parse_int, 2 * MiB, "Largest response body `http_fetch` returns.", 1024),
     _row(

@@ -3,14 +3,16 @@
 A fetch goes through these stages, each raising :class:`FetchError` with one precise message:
 
 1. parse the guest's request JSON (:meth:`FetchRequest.parse`): method, headers, body size;
-2. check the URL (:meth:`EgressPolicy.target`): http/https only, no userinfo, and the host must match
-   the manifest's ``egress`` list **and** the platform's ``EXT_EGRESS_ALLOWLIST`` (deny by default);
+2. check the URL (:meth:`EgressPolicy._target`): http/https only, no userinfo, and the host and port must
+   match the manifest's ``egress`` list **and** the platform's ``EXT_EGRESS_ALLOWLIST`` (deny by default;
+   an entry ``host`` allows ports 80 and 443, ``host:port`` that port only);
 3. resolve the name once and refuse loopback, private, link-local, multicast, reserved, unspecified and
    cloud-metadata addresses unless ``allow_private`` (metadata addresses are refused even then);
 4. connect to the address that was checked (no second lookup, so DNS rebinding cannot swap it), sending
    the original ``Host`` header and, for https, the original name for SNI and certificate checks;
 5. read at most ``max_response_bytes + 1`` bytes;
-6. follow a redirect only to the same host (at most ``max_redirects``); another host is refused.
+6. follow a redirect only to the same host and port, never from https to http (at most
+   ``max_redirects``); anything else is refused, an http to https upgrade included (it changes the port).
 
 One absolute deadline covers every stage of a fetch, redirects included: the name lookup, connect, TLS
 handshake, sending, the response headers and the body. Socket timeouts alone cannot give that, as they
@@ -39,6 +41,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
 from chalicelib.config import Settings
+from chalicelib.errors import ConfigInvalid
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -54,6 +57,8 @@ __all__ = [
     "host_allowed",
     "host_matches",
     "resolve_addresses",
+    "split_entry",
+    "target_allowed",
 ]
 
 MiB = 1024 * 1024
@@ -85,6 +90,9 @@ _SEND_CHUNK = 16 * 1024
 _LOOKUPS_IN_FLIGHT = threading.BoundedSemaphore(32)
 _REQUEST_ENVELOPE_BYTES = 64 * 1024
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+# The ports an allowlist entry without a port allows; any other port must be named (``host:port``).
+UNNAMED_ENTRY_PORTS = frozenset(_DEFAULT_PORTS.values())
+_ENTRY_PORT_NOTE = "an entry without a port allows 80 and 443"
 _METADATA_ADDRESSES = frozenset({ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")})
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -167,9 +175,53 @@ def host_matches(pattern: str, host: str) -> bool:
     return "*" not in pattern and host == pattern
 
 
-def host_allowed(host: str, patterns: Iterable[str]) -> bool:
-    """Whether any of ``patterns`` matches ``host``; an empty list allows nothing."""
-    return any(host_matches(pattern, host) for pattern in patterns)
+def _entry_port(text: str, entry: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
+        raise ValueError(f"egress entry {entry!r} has a port that is not a number from 1 to 65535")
+    return int(text)
+
+
+def split_entry(entry: str) -> tuple[str, int | None]:
+    """An allowlist entry's host pattern and port; ``None`` when it names no port (then 80 and 443).
+
+    Entries are ``host``, ``*.suffix``, either with ``:port``, or an IPv6 address as ``[addr]`` or
+    ``[addr]:port`` (a bare IPv6 address names no port). Raises ``ValueError`` for a malformed port.
+    """
+    entry = entry.strip()
+    if entry.startswith("["):
+        host, closed, rest = entry[1:].partition("]")
+        if not closed or (rest and not rest.startswith(":")):
+            raise ValueError(f"egress entry {entry!r} is not [IPv6 address] or [IPv6 address]:port")
+        return host, (_entry_port(rest[1:], entry) if rest else None)
+    if entry.count(":") != 1:
+        return entry, None
+    host, _, port = entry.partition(":")
+    return host, _entry_port(port, entry)
+
+
+def _parsed_entries(entries: Iterable[str]) -> list[tuple[str, int | None]]:
+    # A malformed entry matches nothing: manifests are validated at publish and the platform's list
+    # when the runner starts, so one can only come from code that built a list by hand.
+    parsed = []
+    for entry in entries:
+        try:
+            parsed.append(split_entry(entry))
+        except ValueError:
+            continue
+    return parsed
+
+
+def host_allowed(host: str, entries: Iterable[str]) -> bool:
+    """Whether any of ``entries`` names ``host``, at any port; an empty list allows nothing."""
+    return any(host_matches(pattern, host) for pattern, _ in _parsed_entries(entries))
+
+
+def target_allowed(host: str, port: int, entries: Iterable[str]) -> bool:
+    """Whether any of ``entries`` allows ``port`` of ``host``: the port it names, else 80 and 443."""
+    return any(
+        host_matches(pattern, host) and (port in UNNAMED_ENTRY_PORTS if named is None else port == named)
+        for pattern, named in _parsed_entries(entries)
+    )
 
 
 # --- addresses ----------------------------------------------------------------------
@@ -473,7 +525,16 @@ class EgressPolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EgressPolicy:
-        """The policy configured by ``EXT_EGRESS_*`` and ``EXT_HTTP_FETCH_*`` settings."""
+        """The policy configured by ``EXT_EGRESS_*`` and ``EXT_HTTP_FETCH_*`` settings.
+
+        Raises :class:`ConfigInvalid` for an ``EXT_EGRESS_ALLOWLIST`` entry with a malformed port, so the
+        runner refuses to start rather than silently never matching it.
+        """
+        for entry in settings.ext_egress_allowlist:
+            try:
+                split_entry(entry)
+            except ValueError as exc:
+                raise ConfigInvalid(f"EXT_EGRESS_ALLOWLIST: {exc}") from None
         return cls(
             allowlist=tuple(settings.ext_egress_allowlist),
             allow_private=bool(settings.ext_egress_allow_private),
@@ -525,13 +586,17 @@ class EgressPolicy:
         if not host or not host.isascii():
             raise _failed(f"URL {url!r} has no valid ASCII host (use punycode for international names)")
         try:
-            port = parts.port or _DEFAULT_PORTS[scheme]
+            port = _DEFAULT_PORTS[scheme] if parts.port is None else parts.port
         except ValueError:
             raise _failed(f"URL {url!r} has an invalid port") from None
-        if not host_allowed(host, egress):
-            raise _denied(f"host {host!r} is not in the extension's egress list")
-        if not host_allowed(host, self.allowlist):
-            raise _denied(f"host {host!r} is not in the platform's egress allowlist")
+        for entries, where in (
+            (egress, "the extension's egress list"),
+            (self.allowlist, "the platform's egress allowlist"),
+        ):
+            if not host_allowed(host, entries):
+                raise _denied(f"host {host!r} is not in {where}")
+            if not target_allowed(host, port, entries):
+                raise _denied(f"port {port} of host {host!r} is not in {where} ({_ENTRY_PORT_NOTE})")
         address = self._checked_address(host, port, deadline)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         shown = f"[{host}]" if ":" in host else host
@@ -544,6 +609,8 @@ class EgressPolicy:
             raise _denied(f"redirect from {first.host!r} to another host ({target.host!r}) refused")
         if first.scheme == "https" and target.scheme != "https":
             raise _denied("redirect from https to http refused")
+        if target.port != first.port:
+            raise _denied(f"redirect from port {first.port} to another port ({target.port}) refused")
         return target
 
     def _checked_address(self, host: str, port: int, deadline: _Deadline) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import wasmtime
@@ -72,6 +72,9 @@ class Handler(BaseHTTPRequestHandler):
             self.send(303, headers=(("Location", "/echo"),))
         elif path == "/redirect-other":
             self.send(302, headers=(("Location", f"http://localhost:{port}/hello"),))
+        elif path == "/redirect-port":
+            target = parse_qs(urlsplit(self.path).query)["to"][0]
+            self.send(302, headers=(("Location", f"http://127.0.0.1:{target}/hello"),))
         elif path == "/redirect-loop":
             self.send(302, headers=(("Location", "/redirect-loop"),))
         elif path == "/big":
@@ -189,9 +192,15 @@ class PinnedResolver:
         return ["127.0.0.1"]
 
 
-def local_policy(**overrides: object) -> EgressPolicy:
+def at(port: int | None, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> tuple[str, ...]:
+    """Allowlist entries naming ``hosts`` at ``port`` (test servers listen on ports other than 80 and 443)."""
+    return () if port is None else tuple(f"{host}:{port}" for host in hosts)
+
+
+def local_policy(port: int | None = None, **overrides: object) -> EgressPolicy:
+    """A policy allowing 127.0.0.1 and localhost at ``port``, private addresses included."""
     settings: dict[str, object] = {
-        "allowlist": ("127.0.0.1", "localhost"),
+        "allowlist": at(port),
         "allow_private": True,
         "max_response_bytes": CAP,
         "timeout_ms": 3000,
@@ -199,11 +208,12 @@ def local_policy(**overrides: object) -> EgressPolicy:
     return EgressPolicy(**{**settings, **overrides})  # type: ignore[arg-type]
 
 
-def fetch(policy: EgressPolicy, url: str, egress=("127.0.0.1", "localhost"), **kwargs):
-    return policy.fetch(FetchRequest(url=url, **kwargs), egress)
+def fetch(policy: EgressPolicy, url: str, egress=None, **kwargs):
+    """Fetch ``url``; the manifest's egress list is the platform's allowlist unless given."""
+    return policy.fetch(FetchRequest(url=url, **kwargs), policy.allowlist if egress is None else egress)
 
 
-def refused(policy: EgressPolicy, url: str, egress=("127.0.0.1", "localhost"), **kwargs) -> FetchError:
+def refused(policy: EgressPolicy, url: str, egress=None, **kwargs) -> FetchError:
     with pytest.raises(FetchError) as caught:
         fetch(policy, url, egress, **kwargs)
     return caught.value
@@ -213,7 +223,7 @@ def refused(policy: EgressPolicy, url: str, egress=("127.0.0.1", "localhost"), *
 
 
 def test_allowed_host_is_fetched_with_hop_by_hop_headers_stripped(server):
-    response = fetch(local_policy(), f"http://127.0.0.1:{server.port}/hello")
+    response = fetch(local_policy(server.port), f"http://127.0.0.1:{server.port}/hello")
 
     assert (response.status, response.body) == (200, b"hello world")
     assert response.headers["x-test"] == "1"
@@ -224,14 +234,17 @@ def test_allowed_host_is_fetched_with_hop_by_hop_headers_stripped(server):
 @pytest.mark.parametrize(
     ("allow_private", "platform", "manifest"),
     [
-        (False, ("127.0.0.1",), ("127.0.0.1",)),
-        (True, (), ("127.0.0.1",)),
-        (True, ("127.0.0.1",), ()),
-        (True, ("example.com",), ("127.0.0.1",)),
+        (False, ("127.0.0.1:{port}",), ("127.0.0.1:{port}",)),
+        (True, (), ("127.0.0.1:{port}",)),
+        (True, ("127.0.0.1:{port}",), ()),
+        (True, ("example.com:{port}",), ("127.0.0.1:{port}",)),
+        (True, ("127.0.0.1",), ("127.0.0.1:{port}",)),
+        (True, ("127.0.0.1:{port}",), ("127.0.0.1",)),
     ],
 )
 def test_a_local_fetch_needs_allow_private_and_both_allowlists(server, allow_private, platform, manifest):
-    policy = local_policy(allowlist=platform, allow_private=allow_private)
+    platform, manifest = ([entry.format(port=server.port) for entry in entries] for entries in (platform, manifest))
+    policy = local_policy(allowlist=tuple(platform), allow_private=allow_private)
 
     error = refused(policy, f"http://127.0.0.1:{server.port}/hello", egress=manifest)
 
@@ -240,19 +253,23 @@ def test_a_local_fetch_needs_allow_private_and_both_allowlists(server, allow_pri
 
 
 def test_host_missing_from_the_manifest_egress_is_denied(server):
-    error = refused(local_policy(), f"http://localhost:{server.port}/hello", egress=("127.0.0.1",))
+    error = refused(
+        local_policy(server.port), f"http://localhost:{server.port}/hello", egress=(f"127.0.0.1:{server.port}",)
+    )
 
     assert error.message == "host 'localhost' is not in the extension's egress list"
 
 
 def test_host_missing_from_the_platform_allowlist_is_denied(server):
-    error = refused(local_policy(allowlist=("127.0.0.1",)), f"http://localhost:{server.port}/hello")
+    policy = local_policy(allowlist=(f"127.0.0.1:{server.port}",))
+
+    error = refused(policy, f"http://localhost:{server.port}/hello", egress=at(server.port))
 
     assert error.message == "host 'localhost' is not in the platform's egress allowlist"
 
 
 def test_a_name_resolving_to_loopback_is_refused_without_allow_private(server):
-    error = refused(local_policy(allow_private=False), f"http://localhost:{server.port}/hello")
+    error = refused(local_policy(server.port, allow_private=False), f"http://localhost:{server.port}/hello")
 
     assert error.outcome is FetchOutcome.DENIED
     assert "resolves to a loopback address" in error.message
@@ -261,10 +278,10 @@ def test_a_name_resolving_to_loopback_is_refused_without_allow_private(server):
 
 def test_connection_goes_to_the_checked_address_with_the_original_host_header(server):
     resolver = PinnedResolver()
-    policy = local_policy(allowlist=("api.example.test",), resolver=resolver)
+    policy = local_policy(allowlist=(f"api.example.test:{server.port}",), resolver=resolver)
     headers = (("X-Custom", "yes"), ("Connection", "X-Private"), ("X-Private", "1"), ("TE", "trailers"))
 
-    response = fetch(policy, f"http://api.example.test:{server.port}/echo", ("api.example.test",), headers=headers)
+    response = fetch(policy, f"http://api.example.test:{server.port}/echo", headers=headers)
 
     seen = json.loads(response.body)
     assert resolver.asked == ["api.example.test"]
@@ -274,36 +291,61 @@ def test_connection_goes_to_the_checked_address_with_the_original_host_header(se
 
 
 def test_post_body_is_sent(server):
-    response = fetch(local_policy(), f"http://127.0.0.1:{server.port}/echo", method="POST", body=b"payload")
+    response = fetch(local_policy(server.port), f"http://127.0.0.1:{server.port}/echo", method="POST", body=b"payload")
 
     assert json.loads(response.body)["body"] == "payload"
     assert json.loads(response.body)["method"] == "POST"
 
 
 def test_redirect_to_the_same_host_is_followed(server):
-    response = fetch(local_policy(), f"http://127.0.0.1:{server.port}/redirect-same")
+    response = fetch(local_policy(server.port), f"http://127.0.0.1:{server.port}/redirect-same")
 
     assert (response.status, response.body) == (200, b"hello world")
     assert server.hits == ["/redirect-same", "/hello"]
 
 
 def test_see_other_redirect_turns_a_post_into_a_get_without_body(server):
-    response = fetch(local_policy(), f"http://127.0.0.1:{server.port}/redirect-post", method="POST", body=b"x")
+    response = fetch(
+        local_policy(server.port), f"http://127.0.0.1:{server.port}/redirect-post", method="POST", body=b"x"
+    )
 
     assert json.loads(response.body)["method"] == "GET"
     assert json.loads(response.body)["body"] == ""
 
 
 def test_redirect_to_another_host_is_refused_even_when_that_host_is_allowed(server):
-    error = refused(local_policy(), f"http://127.0.0.1:{server.port}/redirect-other")
+    error = refused(local_policy(server.port), f"http://127.0.0.1:{server.port}/redirect-other")
 
     assert error.outcome is FetchOutcome.DENIED
     assert error.message == "redirect from '127.0.0.1' to another host ('localhost') refused"
     assert server.hits == ["/redirect-other"]
 
 
+def test_redirect_to_another_port_of_the_same_host_is_refused_even_when_that_port_is_allowed(server):
+    for other in serve(LocalServer()):
+        allowed = ("127.0.0.1", f"127.0.0.1:{server.port}", f"127.0.0.1:{other.port}")
+        policy = local_policy(allowlist=allowed)
+
+        error = refused(policy, f"http://127.0.0.1:{server.port}/redirect-port?to={other.port}", allowed)
+
+        assert error.outcome is FetchOutcome.DENIED
+        assert error.message == f"redirect from port {server.port} to another port ({other.port}) refused"
+        assert other.hits == []
+
+
+def test_a_port_no_entry_names_is_denied_without_connecting(server):
+    error = refused(local_policy(allowlist=("127.0.0.1",)), f"http://127.0.0.1:{server.port}/hello")
+
+    assert error.outcome is FetchOutcome.DENIED
+    assert error.message == (
+        f"port {server.port} of host '127.0.0.1' is not in the extension's egress list "
+        "(an entry without a port allows 80 and 443)"
+    )
+    assert server.hits == []
+
+
 def test_redirects_stop_after_the_limit(server):
-    error = refused(local_policy(max_redirects=3), f"http://127.0.0.1:{server.port}/redirect-loop")
+    error = refused(local_policy(server.port, max_redirects=3), f"http://127.0.0.1:{server.port}/redirect-loop")
 
     assert (error.outcome, error.message) == (FetchOutcome.FAILED, "too many redirects (more than 3)")
     assert len(server.hits) == 4
@@ -311,19 +353,19 @@ def test_redirects_stop_after_the_limit(server):
 
 @pytest.mark.parametrize("path", ["/big", "/big-unannounced"])
 def test_response_body_over_the_cap_is_refused(server, path):
-    error = refused(local_policy(), f"http://127.0.0.1:{server.port}{path}")
+    error = refused(local_policy(server.port), f"http://127.0.0.1:{server.port}{path}")
 
     assert error.outcome is FetchOutcome.FAILED
     assert "exceeds the limit of 1024 bytes" in error.message
 
 
 def test_response_body_of_exactly_the_cap_is_returned(server):
-    assert len(fetch(local_policy(), f"http://127.0.0.1:{server.port}/exact").body) == CAP
+    assert len(fetch(local_policy(server.port), f"http://127.0.0.1:{server.port}/exact").body) == CAP
 
 
 def test_slow_server_times_out_at_the_fetch_timeout(server):
     started = time.monotonic()
-    error = refused(local_policy(timeout_ms=200), f"http://127.0.0.1:{server.port}/slow")
+    error = refused(local_policy(server.port, timeout_ms=200), f"http://127.0.0.1:{server.port}/slow")
 
     assert error.outcome is FetchOutcome.TIMEOUT
     assert time.monotonic() - started < 1.0
@@ -331,8 +373,9 @@ def test_slow_server_times_out_at_the_fetch_timeout(server):
 
 def test_slow_server_times_out_at_the_remaining_call_time_when_that_is_shorter(server):
     started = time.monotonic()
+    policy = local_policy(server.port)
     with pytest.raises(FetchError) as caught:
-        local_policy().fetch(FetchRequest(url=f"http://127.0.0.1:{server.port}/slow"), ["127.0.0.1"], remaining_s=0.2)
+        policy.fetch(FetchRequest(url=f"http://127.0.0.1:{server.port}/slow"), policy.allowlist, remaining_s=0.2)
 
     assert caught.value.outcome is FetchOutcome.TIMEOUT
     assert time.monotonic() - started < 1.0
@@ -341,7 +384,7 @@ def test_slow_server_times_out_at_the_remaining_call_time_when_that_is_shorter(s
 @pytest.mark.parametrize("path", ["/drip-headers", "/drip-body"])
 def test_a_dripping_server_cannot_hold_a_fetch_past_its_timeout(server, path):
     # Every byte arrives well within any per-read timeout; only one deadline over the whole fetch stops it.
-    error = refused(local_policy(timeout_ms=500), f"http://127.0.0.1:{server.port}{path}")
+    error = refused(local_policy(server.port, timeout_ms=500), f"http://127.0.0.1:{server.port}{path}")
 
     assert error.outcome is FetchOutcome.TIMEOUT
     assert not server.drip_finished.is_set()
@@ -350,10 +393,13 @@ def test_a_dripping_server_cannot_hold_a_fetch_past_its_timeout(server, path):
 def test_a_dripping_server_cannot_hold_an_https_fetch_past_its_timeout(tls_server):
     server, tls = tls_server
     policy = local_policy(
-        allowlist=("secure.example.test",), resolver=PinnedResolver(), ssl_context=tls.client_context, timeout_ms=500
+        allowlist=(f"secure.example.test:{server.port}",),
+        resolver=PinnedResolver(),
+        ssl_context=tls.client_context,
+        timeout_ms=500,
     )
 
-    error = refused(policy, f"https://secure.example.test:{server.port}/drip-body", ("secure.example.test",))
+    error = refused(policy, f"https://secure.example.test:{server.port}/drip-body")
 
     assert error.outcome is FetchOutcome.TIMEOUT
     assert not server.drip_finished.is_set()
@@ -386,19 +432,18 @@ def handshake_dripper() -> Iterator[tuple[int, threading.Event]]:
 
 def test_a_server_dripping_its_tls_handshake_cannot_hold_a_fetch_past_its_timeout(handshake_dripper):
     port, finished = handshake_dripper
-    policy = local_policy(allowlist=("secure.example.test",), resolver=PinnedResolver(), timeout_ms=500)
+    policy = local_policy(allowlist=(f"secure.example.test:{port}",), resolver=PinnedResolver(), timeout_ms=500)
 
-    error = refused(policy, f"https://secure.example.test:{port}/", ("secure.example.test",))
+    error = refused(policy, f"https://secure.example.test:{port}/")
 
     assert error.outcome is FetchOutcome.TIMEOUT
     assert not finished.is_set()
 
 
 def test_a_dripping_server_cannot_hold_a_fetch_past_the_calls_remaining_time(server):
+    policy = local_policy(server.port)
     with pytest.raises(FetchError) as caught:
-        local_policy().fetch(
-            FetchRequest(url=f"http://127.0.0.1:{server.port}/drip-body"), ["127.0.0.1"], remaining_s=0.5
-        )
+        policy.fetch(FetchRequest(url=f"http://127.0.0.1:{server.port}/drip-body"), policy.allowlist, remaining_s=0.5)
 
     assert caught.value.outcome is FetchOutcome.TIMEOUT
     assert not server.drip_finished.is_set()
@@ -409,25 +454,27 @@ def test_connection_refused_is_a_failure(server):
     server.shutdown()
     server.server_close()
 
-    error = refused(local_policy(), f"http://127.0.0.1:{port}/hello")
+    error = refused(local_policy(port), f"http://127.0.0.1:{port}/hello")
 
     assert error.outcome is FetchOutcome.FAILED
 
 
 def test_https_uses_the_original_name_for_sni_and_certificate_checks(tls_server):
     server, tls = tls_server
-    policy = local_policy(allowlist=("secure.example.test",), resolver=PinnedResolver(), ssl_context=tls.client_context)
+    allowed = (f"secure.example.test:{server.port}",)
+    policy = local_policy(allowlist=allowed, resolver=PinnedResolver(), ssl_context=tls.client_context)
 
-    response = fetch(policy, f"https://secure.example.test:{server.port}/hello", ("secure.example.test",))
+    response = fetch(policy, f"https://secure.example.test:{server.port}/hello")
 
     assert (response.status, response.body) == (200, b"hello world")
 
 
 def test_https_to_a_name_the_certificate_does_not_cover_fails(tls_server):
     server, tls = tls_server
-    policy = local_policy(allowlist=("other.example.test",), resolver=PinnedResolver(), ssl_context=tls.client_context)
+    allowed = (f"other.example.test:{server.port}",)
+    policy = local_policy(allowlist=allowed, resolver=PinnedResolver(), ssl_context=tls.client_context)
 
-    error = refused(policy, f"https://other.example.test:{server.port}/hello", ("other.example.test",))
+    error = refused(policy, f"https://other.example.test:{server.port}/hello")
 
     assert error.outcome is FetchOutcome.FAILED
     assert "certificate" in error.message.lower()
@@ -450,11 +497,12 @@ def proxy(engine: WasmEngine) -> wasmtime.Module:
 LIMITS = CallLimits(timeout_ms=5000, memory_bytes=16 * MiB, fuel=None, max_response_bytes=MiB)
 
 
-def granted(**overrides: object) -> HostServices:
+def granted(port: int | None = None, **overrides: object) -> HostServices:
+    """Host services granting ``cap:http.fetch`` to 127.0.0.1 at ``port`` in both allowlists."""
     settings: dict[str, object] = {
         "capabilities": frozenset({"cap:http.fetch"}),
-        "egress": ("127.0.0.1",),
-        "egress_policy": local_policy(),
+        "egress": at(port, ("127.0.0.1",)),
+        "egress_policy": local_policy(port),
     }
     return HostServices(**{**settings, **overrides})  # type: ignore[arg-type]
 
@@ -470,7 +518,7 @@ def guest_fetch(
 def test_guest_fetch_returns_the_response_json(engine, proxy, server):
     request = {"url": f"http://127.0.0.1:{server.port}/echo", "method": "POST", "body_b64": "aGk="}
 
-    code, answer = guest_fetch(engine, proxy, request, granted())
+    code, answer = guest_fetch(engine, proxy, request, granted(server.port))
 
     assert code == 0
     assert answer["status"] == 200
@@ -480,7 +528,7 @@ def test_guest_fetch_returns_the_response_json(engine, proxy, server):
 def test_guest_fetch_without_the_capability_is_denied(engine, proxy, server):
     request = {"url": f"http://127.0.0.1:{server.port}/hello"}
 
-    code, answer = guest_fetch(engine, proxy, request, granted(capabilities=frozenset({"cap:log.emit"})))
+    code, answer = guest_fetch(engine, proxy, request, granted(server.port, capabilities=frozenset({"cap:log.emit"})))
 
     assert code == 1
     assert answer == {"error": {"code": "EGRESS_DENIED", "message": "capability cap:http.fetch is not granted"}}
@@ -488,13 +536,15 @@ def test_guest_fetch_without_the_capability_is_denied(engine, proxy, server):
 
 
 def test_guest_fetch_outside_the_manifest_egress_is_denied(engine, proxy, server):
-    code, answer = guest_fetch(engine, proxy, {"url": f"http://127.0.0.1:{server.port}/"}, granted(egress=()))
+    code, answer = guest_fetch(
+        engine, proxy, {"url": f"http://127.0.0.1:{server.port}/"}, granted(server.port, egress=())
+    )
 
     assert (code, answer["error"]["code"]) == (1, "EGRESS_DENIED")
 
 
 def test_guest_fetch_of_an_oversize_body_fails(engine, proxy, server):
-    code, answer = guest_fetch(engine, proxy, {"url": f"http://127.0.0.1:{server.port}/big"}, granted())
+    code, answer = guest_fetch(engine, proxy, {"url": f"http://127.0.0.1:{server.port}/big"}, granted(server.port))
 
     assert (code, answer["error"]["code"]) == (2, "FETCH_FAILED")
 
@@ -510,7 +560,7 @@ def test_guest_fetch_slower_than_the_call_deadline_ends_the_call_as_a_timeout(en
 
     started = time.monotonic()
     with pytest.raises(ExtensionTimeout):
-        engine.execute(proxy, {"url": f"http://127.0.0.1:{server.port}/slow"}, limits, granted())
+        engine.execute(proxy, {"url": f"http://127.0.0.1:{server.port}/slow"}, limits, granted(server.port))
 
     assert time.monotonic() - started < 1.0
 
@@ -519,7 +569,7 @@ def test_guest_fetch_from_a_dripping_server_ends_the_call_at_its_deadline(engine
     limits = CallLimits(timeout_ms=500, memory_bytes=16 * MiB, fuel=None, max_response_bytes=MiB)
 
     with pytest.raises(ExtensionTimeout):
-        engine.execute(proxy, {"url": f"http://127.0.0.1:{server.port}/drip-body"}, limits, granted())
+        engine.execute(proxy, {"url": f"http://127.0.0.1:{server.port}/drip-body"}, limits, granted(server.port))
 
     assert not server.drip_finished.is_set()
 

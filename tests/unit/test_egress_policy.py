@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from chalicelib.config import load_settings
+from chalicelib.errors import ConfigInvalid
 from runner_container.egress import (
     AddressClass,
     EgressPolicy,
@@ -23,6 +24,7 @@ from runner_container.egress import (
     classify_address,
     host_allowed,
     host_matches,
+    target_allowed,
 )
 
 LABEL = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
@@ -255,6 +257,90 @@ def test_invalid_port_fails():
     policy = EgressPolicy(allowlist=("api.example.com",), resolver=RecordingResolver("93.184.216.34"))
 
     assert "invalid port" in refusal(policy, "https://api.example.com:99999/").message
+
+
+@pytest.mark.parametrize(
+    ("platform", "manifest", "url", "message"),
+    [
+        (
+            ("api.example.com",),
+            ("api.example.com",),
+            "https://api.example.com:8443/",
+            "port 8443 of host 'api.example.com' is not in the extension's egress list "
+            "(an entry without a port allows 80 and 443)",
+        ),
+        (
+            ("api.example.com",),
+            ("api.example.com:8443",),
+            "https://api.example.com:8443/",
+            "port 8443 of host 'api.example.com' is not in the platform's egress allowlist "
+            "(an entry without a port allows 80 and 443)",
+        ),
+        (
+            ("api.example.com:8443",),
+            ("api.example.com",),
+            "http://api.example.com:22/",
+            "port 22 of host 'api.example.com' is not in the extension's egress list "
+            "(an entry without a port allows 80 and 443)",
+        ),
+        (
+            ("*.example.com:8443",),
+            ("api.example.com",),
+            "https://api.example.com/",
+            "port 443 of host 'api.example.com' is not in the platform's egress allowlist "
+            "(an entry without a port allows 80 and 443)",
+        ),
+        (
+            ("api.example.com",),
+            ("api.example.com",),
+            "http://api.example.com:0/",
+            "port 0 of host 'api.example.com' is not in the extension's egress list "
+            "(an entry without a port allows 80 and 443)",
+        ),
+    ],
+)
+def test_a_port_is_denied_unless_both_lists_allow_it_without_resolving(platform, manifest, url, message):
+    resolver = RecordingResolver("93.184.216.34")
+    policy = EgressPolicy(allowlist=platform, resolver=resolver, timeout_ms=100)
+
+    error = refusal(policy, url, egress=manifest)
+
+    assert (error.outcome, error.message) == (FetchOutcome.DENIED, message)
+    assert resolver.lookups == []
+
+
+@pytest.mark.parametrize(
+    ("entries", "host", "port", "expected"),
+    [
+        (["api.example.com"], "api.example.com", 80, True),
+        (["api.example.com"], "api.example.com", 443, True),
+        (["api.example.com"], "api.example.com", 8080, False),
+        (["api.example.com:8080"], "api.example.com", 8080, True),
+        (["api.example.com:8080"], "api.example.com", 443, False),
+        (["api.example.com:8080", "api.example.com"], "api.example.com", 443, True),
+        (["*.example.com:8443"], "a.b.example.com", 8443, True),
+        (["*.example.com:8443"], "example.com", 8443, False),
+        (["127.0.0.1:9000"], "127.0.0.1", 9000, True),
+        (["[::1]:9000"], "::1", 9000, True),
+        (["[::1]"], "::1", 443, True),
+        (["::1"], "::1", 443, True),
+        (["::1"], "::1", 1, False),
+        (["api.example.com:"], "api.example.com", 443, False),
+        (["api.example.com:http"], "api.example.com", 80, False),
+        (["api.example.com:65536"], "api.example.com", 65536, False),
+        ([], "api.example.com", 443, False),
+    ],
+)
+def test_an_entry_allows_its_port_or_else_80_and_443(entries, host, port, expected):
+    assert target_allowed(host, port, entries) is expected
+
+
+@pytest.mark.parametrize("entry", ["api.example.com:", "api.example.com:0", "api.example.com:70000", "a.com:x", "[::1"])
+def test_a_platform_allowlist_entry_with_a_bad_port_stops_the_runner_from_starting(entry):
+    settings = load_settings({"EXT_EGRESS_ALLOWLIST": f"ok.example.com,{entry}"})
+
+    with pytest.raises(ConfigInvalid, match="EXT_EGRESS_ALLOWLIST"):
+        EgressPolicy.from_settings(settings)
 
 
 @pytest.mark.parametrize(

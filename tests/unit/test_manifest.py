@@ -89,6 +89,19 @@ def test_endpoints_must_be_unique_by_method_and_shape() -> None:
     Manifest.parse(json.dumps(manifest(api={"endpoints": endpoints})))
 
 
+def test_egress_entries_may_name_a_port() -> None:
+    entries = ["api.acme.com:8443", "*.acme.io:9000", "api.acme.com", "10.0.0.1:65535"]
+    parsed = Manifest.parse(json.dumps(manifest(capabilities=["cap:http.fetch"], egress=entries)))
+    assert parsed.egress == tuple(entries)
+
+
+@pytest.mark.parametrize(
+    "entry", ["api.acme.com:", "api.acme.com:0", "api.acme.com:65536", "api.acme.com:080", "a:1:2"]
+)
+def test_an_egress_port_must_be_a_number_from_1_to_65535(entry: str) -> None:
+    invalid(manifest(capabilities=["cap:http.fetch"], egress=[entry]), "`egress[0]`")
+
+
 def test_egress_requires_the_fetch_capability() -> None:
     invalid(manifest(egress=["api.acme.com"]), "requires the capability cap:http.fetch")
 
