@@ -3,7 +3,9 @@
 Tokens carry ``sub``, ``tenant`` and ``roles`` (``user``; ``admin`` may also upload
 and manage installs).  Development and tests sign them with HS256 and
 ``EXT_AUTH_SECRET``; production verifies RS256/ES256 against a JWKS
-(``EXT_AUTH_JWKS``: inline JSON, a file path, or an https URL).  The key family
+(``EXT_AUTH_JWKS``: inline JSON, a file path, or an https URL), and then also
+requires the ``iss`` and ``aud`` claims to be ``EXT_AUTH_ISSUER`` and
+``EXT_AUTH_AUDIENCE`` (a verifier refuses to start without both).  The key family
 decides the algorithms, so an HS256 token can never be checked against a
 public key ("algorithm confusion"), and ``none`` is never accepted.
 """
@@ -22,7 +24,7 @@ from typing import Any
 
 import jwt
 
-from chalicelib.config import Settings
+from chalicelib.config import Settings, check_combinations
 from chalicelib.errors import ConfigInvalid, Forbidden, Unauthenticated
 
 __all__ = ["ADMIN", "USER", "Identity", "TokenVerifier", "issue_token"]
@@ -89,6 +91,7 @@ class TokenVerifier:
         self._audience: str = settings.ext_auth_audience
         if not self._secret and not self._jwks_source:
             raise ConfigInvalid("set EXT_AUTH_SECRET (development) or EXT_AUTH_JWKS (production)")
+        check_combinations(settings.values)
 
     @cached_property
     def _jwks(self) -> jwt.PyJWKSet | jwt.PyJWKClient:

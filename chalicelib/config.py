@@ -17,7 +17,15 @@ from typing import Any
 
 from chalicelib.errors import ConfigInvalid
 
-__all__ = ["SETTINGS", "BundleLimits", "Setting", "Settings", "load_settings", "settings_table_markdown"]
+__all__ = [
+    "SETTINGS",
+    "BundleLimits",
+    "Setting",
+    "Settings",
+    "check_combinations",
+    "load_settings",
+    "settings_table_markdown",
+]
 
 MiB = 1024 * 1024
 
@@ -126,9 +134,15 @@ SETTINGS: tuple[Setting, ...] = (
     _row("SIGNING_TRUST_BUNDLE", _parse_str, "", "Trust bundle (path or inline PEM). Set: signatures fail closed."),
     # auth
     _row("EXT_AUTH_SECRET", _parse_str, "", "HS256 secret for tokens (dev and tests)."),
-    _row("EXT_AUTH_JWKS", _parse_str, "", "JWKS (path, URL or inline JSON) for RS256/ES256 tokens in production."),
-    _row("EXT_AUTH_ISSUER", _parse_str, "", "Required `iss` claim when set."),
-    _row("EXT_AUTH_AUDIENCE", _parse_str, "", "Required `aud` claim when set."),
+    _row(
+        "EXT_AUTH_JWKS",
+        _parse_str,
+        "",
+        "JWKS (path, URL or inline JSON) for RS256/ES256 tokens in production; needs `EXT_AUTH_ISSUER` and "
+        "`EXT_AUTH_AUDIENCE`.",
+    ),
+    _row("EXT_AUTH_ISSUER", _parse_str, "", "Required `iss` claim when set; must be set with `EXT_AUTH_JWKS`."),
+    _row("EXT_AUTH_AUDIENCE", _parse_str, "", "Required `aud` claim when set; must be set with `EXT_AUTH_JWKS`."),
     # gateway
     _row(
         "RUNNER_FUNCTION_NAME", _parse_str, "", "Runner Lambda to invoke (AWS). Takes precedence over RUNNER_BASE_URL."
@@ -242,13 +256,30 @@ class Settings:
         unknown = set(changes) - set(self.values)
         if unknown:
             raise ConfigInvalid(f"unknown settings: {', '.join(sorted(unknown))}")
-        return Settings(values={**self.values, **changes})
+        values = {**self.values, **changes}
+        check_combinations(values)
+        return Settings(values=values)
+
+
+def check_combinations(values: Mapping[str, Any]) -> None:
+    """Refuse settings that are each valid but unsafe together; raises :class:`ConfigInvalid`.
+
+    A JWKS needs an issuer and an audience: an identity provider signs tokens for every application it
+    serves with the same keys, so only ``iss`` and ``aud`` tell a token meant for this platform from one
+    meant for another.
+    """
+    if values.get("ext_auth_jwks") and not (values.get("ext_auth_issuer") and values.get("ext_auth_audience")):
+        raise ConfigInvalid(
+            "EXT_AUTH_JWKS is set, so EXT_AUTH_ISSUER and EXT_AUTH_AUDIENCE must be set too: without them a "
+            "token the identity provider issued for another application would be accepted"
+        )
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read every setting from ``env`` (default: the process environment).
 
-    Raises :class:`ConfigInvalid` naming the variable when a value does not parse.
+    Raises :class:`ConfigInvalid` naming the variable when a value does not parse, and when values
+    conflict (:func:`check_combinations`).
     """
     source = os.environ if env is None else env
     values: dict[str, Any] = {}
@@ -264,6 +295,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         if setting.minimum is not None and value < setting.minimum:
             raise ConfigInvalid(f"{setting.env}={raw!r} is invalid: must be at least {setting.minimum}")
         values[setting.attr] = value
+    check_combinations(values)
     return Settings(values=values)
 
 

@@ -2,7 +2,8 @@
 
 :class:`Stack` resolves intrinsic functions (``Ref``, ``Fn::Sub``, ``Fn::GetAtt``, ``Fn::If``,
 ``Fn::Join``, ``Fn::Split``) against parameter values and fake physical ids, so a policy reads
-as the ARNs it would have in account 123456789012.  :func:`allows` evaluates IAM statements the
+as the ARNs it would have in account 123456789012; :func:`failed_rules` evaluates the template's
+``Rules`` for a set of parameter values.  :func:`allows` evaluates IAM statements the
 way AWS does for one request: an explicit deny wins, otherwise any matching allow grants.  Only
 the condition operators the templates use are implemented; any other one fails loudly, so a
 new operator cannot be silently ignored by the tests.
@@ -173,6 +174,17 @@ _FUNCTIONS: dict[str, Any] = {
     "Fn::Or": lambda stack, arg: any(stack._evaluate(item) for item in arg),
     "Condition": lambda stack, arg: stack.condition(arg),
 }
+
+
+def failed_rules(template: Mapping[str, Any], parameters: Mapping[str, str]) -> list[str]:
+    """The ``AssertDescription`` of every ``Rules`` assertion CloudFormation would refuse ``parameters`` for."""
+    stack = Stack(template, parameters)
+    failed: list[str] = []
+    for rule in template["Rules"].values():
+        if "RuleCondition" in rule and not stack.resolve(rule["RuleCondition"]):
+            continue
+        failed += [check["AssertDescription"] for check in rule["Assertions"] if not stack.resolve(check["Assert"])]
+    return failed
 
 
 # --- IAM -----------------------------------------------------------------------------------------

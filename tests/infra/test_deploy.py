@@ -19,6 +19,7 @@ from infra.deploy import (
     prepare_image_context,
     release_commands,
 )
+from tests.infra.cfn import failed_rules
 
 pytestmark = pytest.mark.xdist_group("infra")
 
@@ -88,9 +89,11 @@ def test_the_committed_parameter_files_fit_the_template(template: dict[str, Any]
 
 def test_the_production_example_satisfies_the_production_rules(template: dict[str, Any]) -> None:
     raw = json.loads((ROOT / "infra" / "parameters" / "prod.example.json").read_text("utf-8"))
-    assert raw["SigningTrustBundle"] and raw["ExtAuthJwks"]
+    assert raw["SigningTrustBundle"] and raw["ExtAuthJwks"] and raw["ExtAuthIssuer"] and raw["ExtAuthAudience"]
     assert "ExtAuthSecret" not in raw
     assert [rule for rule in template["Rules"] if "Production" in rule] == ["ProductionFailsClosed"]
+    parameters = {name: str(value) for name, value in raw.items()}
+    assert failed_rules(template, {**parameters, "Stage": "prod", "RunnerImageUri": IMAGE}) == []
 
 
 # --- the plan ----------------------------------------------------------------------------------------

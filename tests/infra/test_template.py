@@ -18,7 +18,7 @@ from pynamodb.attributes import TTLAttribute
 from chalicelib.config import load_settings
 from chalicelib.registry.models import make_models
 from infra.check import BOOTSTRAP_TEMPLATE, Packaged, lint
-from tests.infra.cfn import ACCOUNT, REGION, Request, Stack, allows, denies
+from tests.infra.cfn import ACCOUNT, REGION, Request, Stack, allows, denies, failed_rules
 
 pytestmark = pytest.mark.xdist_group("infra")
 
@@ -75,6 +75,38 @@ def runner_arn(stack: Stack) -> str:
 def test_the_packaged_stack_and_the_bootstrap_stack_pass_cfn_lint(packaged: Packaged) -> None:
     assert lint(packaged.template) == []
     assert lint(BOOTSTRAP_TEMPLATE) == []
+
+
+PRODUCTION = {
+    "Stage": "prod",
+    "SigningTrustBundle": "-----BEGIN PUBLIC KEY-----\nMCow\n-----END PUBLIC KEY-----\n",
+    "ExtAuthJwks": "https://auth.example.com/.well-known/jwks.json",
+    "ExtAuthIssuer": "https://auth.example.com/",
+    "ExtAuthAudience": "ext-platform",
+}
+
+
+def test_a_production_stack_with_a_jwks_issuer_audience_and_trust_bundle_passes_the_rules(
+    template: dict[str, Any],
+) -> None:
+    assert failed_rules(template, PRODUCTION) == []
+
+
+@pytest.mark.parametrize("stage", ["prod", "dev"])
+@pytest.mark.parametrize("missing", ["ExtAuthIssuer", "ExtAuthAudience"])
+def test_a_jwks_without_issuer_or_audience_is_refused_in_every_stage(
+    template: dict[str, Any], stage: str, missing: str
+) -> None:
+    # One identity provider signs tokens for many applications with the same keys: without `iss` and
+    # `aud`, a token issued for another application would be accepted here (issue 9).
+    failed = failed_rules(template, {**PRODUCTION, "Stage": stage, missing: ""})
+    assert any(missing in description for description in failed), failed
+
+
+@pytest.mark.parametrize("missing", ["SigningTrustBundle", "ExtAuthJwks"])
+def test_production_fails_closed_without_a_trust_bundle_or_a_jwks(template: dict[str, Any], missing: str) -> None:
+    failed = failed_rules(template, {**PRODUCTION, missing: ""})
+    assert any(missing in description for description in failed), failed
 
 
 def test_chalice_packages_the_api_and_the_finalize_worker_with_a_role_each(stack: Stack) -> None:

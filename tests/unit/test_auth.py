@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from chalicelib.auth import Identity, TokenVerifier, issue_token
-from chalicelib.config import load_settings
+from chalicelib.config import Settings, load_settings
 from chalicelib.errors import ConfigInvalid, Forbidden, Unauthenticated
 
 SECRET = "test-secret-0123456789-abcdefghij"
@@ -90,6 +90,14 @@ def _jwks(public_key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey, kid: str) ->
     return json.dumps({"keys": [{**jwk, "kid": kid}]})
 
 
+# The issuer and audience a production verifier requires (EXT_AUTH_ISSUER, EXT_AUTH_AUDIENCE).
+OURS = {"iss": "https://idp.example.com/", "aud": "ext-platform"}
+
+
+def production_verifier(jwks: str) -> TokenVerifier:
+    return verifier(EXT_AUTH_JWKS=jwks, EXT_AUTH_ISSUER=OURS["iss"], EXT_AUTH_AUDIENCE=OURS["aud"])
+
+
 @pytest.mark.parametrize(
     ("algorithm", "key"),
     [
@@ -99,12 +107,55 @@ def _jwks(public_key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey, kid: str) ->
 )
 def test_production_tokens_verify_against_the_jwks(algorithm: str, key: rsa.RSAPrivateKey) -> None:
     jwks = _jwks(key.public_key(), "k1")
-    claims = {"sub": "svc", "tenant": "acme", "roles": ["user"], "exp": int(time.time()) + 60, "iss": "https://idp"}
+    claims = {"sub": "svc", "tenant": "acme", "roles": ["user"], "exp": int(time.time()) + 60, **OURS}
     token = jwt.encode(claims, key, algorithm=algorithm, headers={"kid": "k1"})
-    identity = verifier(EXT_AUTH_JWKS=jwks, EXT_AUTH_ISSUER="https://idp").verify(f"Bearer {token}")
+    identity = production_verifier(jwks).verify(f"Bearer {token}")
     assert identity.tenant == "acme"
     with pytest.raises(Unauthenticated):
-        verifier(EXT_AUTH_JWKS=jwks, EXT_AUTH_ISSUER="https://other").verify(f"Bearer {token}")
+        verifier(EXT_AUTH_JWKS=jwks, EXT_AUTH_ISSUER="https://other", EXT_AUTH_AUDIENCE="ext-platform").verify(
+            f"Bearer {token}"
+        )
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"EXT_AUTH_ISSUER": "https://idp.example.com/"},
+        {"EXT_AUTH_AUDIENCE": "ext-platform"},
+    ],
+)
+def test_a_jwks_without_both_issuer_and_audience_refuses_to_start(env: dict[str, str]) -> None:
+    jwks = _jwks(ec.generate_private_key(ec.SECP256R1()).public_key(), "k1")
+    with pytest.raises(ConfigInvalid, match="EXT_AUTH_ISSUER and EXT_AUTH_AUDIENCE"):
+        load_settings({"EXT_AUTH_JWKS": jwks, **env})
+    # Settings built without load_settings still cannot make a verifier that skips the checks.
+    values = {**load_settings({"EXT_AUTH_SECRET": SECRET}).values, "ext_auth_jwks": jwks}
+    values.update((name.lower(), value) for name, value in env.items())
+    with pytest.raises(ConfigInvalid, match="EXT_AUTH_ISSUER and EXT_AUTH_AUDIENCE"):
+        TokenVerifier(Settings(values=values))
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"iss": "https://idp.example.com/", "aud": "another-app"},
+        {"iss": "https://other-idp.example.com/", "aud": "ext-platform"},
+        {"iss": "https://idp.example.com/"},
+        {"aud": "ext-platform"},
+        {},
+    ],
+)
+def test_a_token_signed_by_the_jwks_for_another_application_is_refused(claims: dict[str, str]) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    token = jwt.encode(
+        {"sub": "x", "tenant": "acme", "roles": ["admin"], "exp": int(time.time()) + 60, **claims},
+        key,
+        algorithm="ES256",
+        headers={"kid": "k1"},
+    )
+    with pytest.raises(Unauthenticated):
+        production_verifier(_jwks(key.public_key(), "k1")).verify(f"Bearer {token}")
 
 
 def test_an_hs256_token_is_refused_when_only_a_jwks_is_trusted() -> None:
@@ -116,7 +167,7 @@ def test_an_hs256_token_is_refused_when_only_a_jwks_is_trusted() -> None:
     mac = hmac.new(pem, signing_input.encode(), hashlib.sha256).digest()
     forged = signing_input + "." + _b64(mac)
     with pytest.raises(Unauthenticated, match="not accepted"):
-        verifier(EXT_AUTH_JWKS=_jwks(key.public_key(), "k1")).verify(f"Bearer {forged}")
+        production_verifier(_jwks(key.public_key(), "k1")).verify(f"Bearer {forged}")
 
 
 def test_roles_gate_actions() -> None:
