@@ -53,7 +53,7 @@ IMAGE_SOURCES = ("chalicelib", "runner_container")
 """What runner_container/Dockerfile copies; nothing else (.venv, keys, bundles) reaches the image build."""
 PARAMETERS_DIR = ROOT / "infra" / "parameters"
 _PLATFORMS = {"x86_64": "linux/amd64", "arm64": "linux/arm64"}
-_STAGE = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
+_STAGE = re.compile(r"[a-z][a-z0-9-]{0,15}")
 """The template's Stage pattern (it names the bucket, so it is lowercase and short)."""
 _FILE_PREFIX = "file://"
 # Parameters the deploy itself decides; a parameter file must not set them.
@@ -291,7 +291,7 @@ def _deploy(args: argparse.Namespace, parameters: Mapping[str, str]) -> None:
 
 def main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(argv)
-    if not _STAGE.match(args.stage):
+    if not _STAGE.fullmatch(args.stage):
         print(
             f"error: the stage must match {_STAGE.pattern} (make deploy STAGE=dev), not {args.stage!r}", file=sys.stderr
         )

@@ -29,7 +29,6 @@ import http.client
 import io
 import ipaddress
 import json
-import re
 import socket
 import ssl
 import threading
@@ -42,6 +41,7 @@ from urllib.parse import urljoin, urlsplit
 
 from chalicelib.config import Settings
 from chalicelib.errors import ConfigInvalid
+from chalicelib.headers import is_header_name, is_header_value
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -81,8 +81,6 @@ HOP_BY_HOP_HEADERS = frozenset(
 )
 # The host computes these itself; a guest-supplied value would contradict the pinned address or body.
 _HOST_SET_HEADERS = frozenset({"host", "content-length"})
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_BAD_VALUE_CHARS = re.compile(r"[\r\n\x00]")
 _READ_CHUNK = 64 * 1024
 _SEND_CHUNK = 16 * 1024
 # Name lookups run on their own threads so the deadline can abandon one that hangs; an abandoned lookup
@@ -271,9 +269,9 @@ def resolve_addresses(host: str, port: int) -> list[str]:
 def _check_header(name: object, value: object, where: str) -> tuple[str, str]:
     if not isinstance(name, str) or not isinstance(value, str):
         raise _failed(f"{where} headers must map strings to strings")
-    if not _TOKEN.match(name):
+    if not is_header_name(name):
         raise _failed(f"{where} header name {name!r} is not a valid token")
-    if _BAD_VALUE_CHARS.search(value):
+    if not is_header_value(value):
         raise _failed(f"{where} header {name!r} has a value with CR, LF or NUL")
     return name, value
 

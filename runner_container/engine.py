@@ -39,6 +39,7 @@ import wasmtime
 
 from chalicelib.config import Settings
 from chalicelib.errors import ConfigInvalid, ExtensionFailed, ExtensionTimeout, ExtError, ManifestInvalid, WasmInvalid
+from chalicelib.headers import is_header_name, is_header_value
 from runner_container.egress import EgressPolicy, FetchError, FetchOutcome
 
 __all__ = [
@@ -67,8 +68,6 @@ _STORE_TABLES = 8
 _UNMETERED_FUEL = 2**64 - 1
 _U32 = 0xFFFFFFFF
 _WASM_MAGIC = b"\0asm"
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_BAD_VALUE_CHARS = re.compile(r"[\r\n\x00]")
 # Feature flags that change the machine code Cranelift emits on x86_64 (wasmtime checks them again when
 # it deserializes; folding them into the fingerprint keeps hosts with different CPUs off each other's .cwasm).
 _CODEGEN_CPU_FLAGS = frozenset(
@@ -354,11 +353,11 @@ def _parse_headers(value: object) -> dict[str, str]:
     if not isinstance(value, dict):
         raise ExtensionFailed("bad response: headers must be an object")
     for name, text in value.items():
-        if not _TOKEN.match(name):
+        if not is_header_name(name):
             raise ExtensionFailed(f"bad response: header name {name!r} is not an RFC 7230 token")
         if not isinstance(text, str):
             raise ExtensionFailed(f"bad response: header {name!r} must have a string value")
-        if _BAD_VALUE_CHARS.search(text):
+        if not is_header_value(text):
             raise ExtensionFailed(f"bad response: header {name!r} has a value with CR, LF or NUL")
     return value
 

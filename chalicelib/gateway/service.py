@@ -35,6 +35,7 @@ from chalicelib.bundles.manifest import Endpoint
 from chalicelib.config import Settings
 from chalicelib.errors import EndpointNotFound, ExtensionFailed, NotInstalled, PayloadTooLarge
 from chalicelib.gateway.runner_client import RunnerClient
+from chalicelib.headers import is_header_name
 from chalicelib.registry import InstallRecord, InstallService, RateLimiter, RegistryService, VersionRecord
 
 __all__ = ["GatewayRequest", "GatewayResponse", "GatewayService", "REQUEST_HEADERS", "RESPONSE_HEADERS"]
@@ -113,7 +114,7 @@ def _returned_headers(headers: Any) -> dict[str, str]:
     for name, value in headers.items():
         lowered = str(name).lower()
         allowed = lowered in RESPONSE_HEADERS or lowered.startswith(_EXTENSION_PREFIX)
-        if allowed and isinstance(value, str) and _HEADER_VALUE.fullmatch(value):
+        if allowed and is_header_name(name) and isinstance(value, str) and _HEADER_VALUE.fullmatch(value):
             kept[lowered] = value
     return kept
 

@@ -51,11 +51,12 @@ __all__ = [
     "semver_sort_key",
 ]
 
-# SemVer 2.0.0's own regular expression (semver.org), with named groups.
+# SemVer 2.0.0's own regular expression (semver.org), with named groups; used with fullmatch, as `$`
+# would also accept a trailing newline.
 _SEMVER = re.compile(
-    r"^(?P<major>0|[1-9]\d*)\.(?P<minor>0|[1-9]\d*)\.(?P<patch>0|[1-9]\d*)"
+    r"(?P<major>0|[1-9]\d*)\.(?P<minor>0|[1-9]\d*)\.(?P<patch>0|[1-9]\d*)"
     r"(?:-(?P<pre>(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
-    r"(?:\+(?P<build>[0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
+    r"(?:\+(?P<build>[0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?"
 )
 _MAX_NUMBER_DIGITS = 99
 
@@ -84,7 +85,7 @@ def semver_sort_key(version: str) -> str:
     precedence than ``b``; build metadata is ignored, as SemVer says.  Raises
     ``ValueError`` for a string that is not SemVer.
     """
-    match = _SEMVER.match(version)
+    match = _SEMVER.fullmatch(version)
     if match is None:
         raise ValueError(f"{version!r} is not a SemVer 2.0.0 version")
     core = ".".join(_number_key(match.group(field)) for field in ("major", "minor", "patch"))

@@ -47,8 +47,8 @@ MAX_PARTS = 10_000
 MAX_PRESIGN_TTL_SECONDS = 7 * 24 * 3600
 """SigV4's longest presigned lifetime."""
 
-_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-_PART_ETAG = re.compile(r'^"?([0-9a-f]{32})"?$')
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_PART_ETAG = re.compile(r'"?([0-9a-f]{32})"?')
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def _expiry(ttl_seconds: int) -> datetime:
 
 def sha256_checksum_header(sha256_hex: str) -> str:
     """The ``x-amz-checksum-sha256`` value (base64 of the raw digest) for a hex digest."""
-    if not _SHA256_HEX.match(sha256_hex):
+    if not _SHA256_HEX.fullmatch(sha256_hex):
         raise BadRequest(f"sha256 must be 64 lowercase hex characters, got {sha256_hex!r}")
     return base64.b64encode(bytes.fromhex(sha256_hex)).decode("ascii")
 
@@ -218,7 +218,7 @@ def _normalized_parts(parts: Sequence[UploadedPart]) -> list[dict[str, Any]]:
     for part in sorted(parts, key=lambda p: p.part_number):
         if not 1 <= part.part_number <= MAX_PARTS:
             raise BadRequest(f"parts: part number {part.part_number} is outside 1..{MAX_PARTS}")
-        match = _PART_ETAG.match(part.etag)
+        match = _PART_ETAG.fullmatch(part.etag)
         if match is None:
             raise BadRequest(f"parts: part {part.part_number} has a malformed ETag {part.etag!r}")
         normalized.append({"PartNumber": part.part_number, "ETag": f'"{match.group(1)}"'})

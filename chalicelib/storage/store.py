@@ -51,9 +51,9 @@ SIGNATURE_OBJECT = "signature.json"
 ENTRY_OBJECT = "entry.wasm"
 _FIXED_OBJECTS = frozenset({BUNDLE_OBJECT, MANIFEST_OBJECT, SIGNATURE_OBJECT, ENTRY_OBJECT})
 
-_CONTENT_HASH = re.compile(r"^sha256:([0-9a-f]{64})$")
-_FINGERPRINT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_KEY_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}$")
+_CONTENT_HASH = re.compile(r"sha256:([0-9a-f]{64})")
+_FINGERPRINT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_KEY_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}")
 _CHUNK_BYTES = 1024 * 1024
 _MAX_COPY_PART_BYTES = 5 * 1024**3
 """S3's largest ``UploadPartCopy`` range."""
@@ -141,7 +141,7 @@ class BundleStore(Protocol):
 
 def content_hash_hex(content_hash: str) -> str:
     """The 64 hex digits of a ``sha256:<hex>`` content hash; raises ``BadRequest`` otherwise."""
-    match = _CONTENT_HASH.match(content_hash)
+    match = _CONTENT_HASH.fullmatch(content_hash)
     if match is None:
         raise BadRequest(f"content hash must be 'sha256:' and 64 lowercase hex digits, got {content_hash!r}")
     return match.group(1)
@@ -214,13 +214,13 @@ class S3BundleStore:
         return f"{self._base}{content_hash_hex(content_hash)}/{name}"
 
     def precompiled_key(self, content_hash: str, fingerprint: str) -> str:
-        if not _FINGERPRINT.match(fingerprint):
+        if not _FINGERPRINT.fullmatch(fingerprint):
             raise ValueError(f"engine fingerprint {fingerprint!r} is not a safe key segment")
         return f"{self._base}{content_hash_hex(content_hash)}/precompiled/{fingerprint}.cwasm"
 
     def staging_key(self, tenant: str, upload_id: str) -> str:
         for label, segment in (("tenant", tenant), ("upload id", upload_id)):
-            if not _KEY_SEGMENT.match(segment) or segment in {".", ".."}:
+            if not _KEY_SEGMENT.fullmatch(segment) or segment in {".", ".."}:
                 raise BadRequest(f"{label} {segment!r} cannot be part of a storage key")
         return f"{self._staging}{tenant}/{upload_id}/{BUNDLE_OBJECT}"
 

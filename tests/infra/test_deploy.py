@@ -162,7 +162,7 @@ def test_the_image_context_holds_only_what_the_dockerfile_copies(tmp_path: Path)
     assert copied == {"chalicelib", "runner_container"}
 
 
-@pytest.mark.parametrize("stage", ["", "Prod", "prod_1", "a-very-long-stage-name"])
+@pytest.mark.parametrize("stage", ["", "Prod", "prod_1", "a-very-long-stage-name", "prod\n"])
 def test_a_stage_the_template_would_refuse_stops_the_deploy_early(
     stage: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -179,6 +179,7 @@ def test_response_without_headers_or_body_means_none(engine):
         (b'{"status":200,"headers":{"x-a":"1\\u0000"}}', "header 'x-a' has a value with CR, LF or NUL"),
         (b'{"status":200,"headers":{"bad name":"x"}}', "header name 'bad name' is not an RFC 7230 token"),
         (b'{"status":200,"headers":{"x\\nb":"x"}}', "is not an RFC 7230 token"),
+        (b'{"status":200,"headers":{"x-a\\n":"x"}}', "header name 'x-a\\n' is not an RFC 7230 token"),
         (b'{"status":200,"headers":{"x-n":5}}', "header 'x-n' must have a string value"),
         (b'{"status":200,"body_b64":"!!!"}', "body_b64 is not valid base64"),
         (b'{"status":200,"body_b64":5}', "body_b64 must be a string or null"),

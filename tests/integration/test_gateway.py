@@ -8,6 +8,7 @@ import os
 import secrets
 import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -229,6 +230,57 @@ def test_only_allowlisted_headers_come_back(gateway_stack: AwsStack) -> None:
     assert "set-cookie" not in names and "access-control-allow-origin" not in names
     assert answer.headers["X-Ext-Trace"] == "t1"
     assert answer.headers["Cache-Control"] == "no-store"
+
+
+class ScriptedRunner(BaseHTTPRequestHandler):
+    """Stands in for the runner's HTTP mode: every execute gets the answer the server holds, as a
+    compromised or buggy runner could send it."""
+
+    server: Any
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Keep test output quiet."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = json.dumps(self.server.answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_header_names_that_are_not_tokens_never_come_back_even_from_the_runner(
+    stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    runner = ThreadingHTTPServer(("127.0.0.1", 0), ScriptedRunner)
+    runner.answer = {  # type: ignore[attr-defined]
+        "status": 200,
+        "headers": {
+            "content-type": "application/json",
+            "x-ext-ok": "1",
+            "x-ext-split\n": "1",
+            "x-ext-sp ace": "1",
+            "content-type\r": "text/html",
+        },
+        "body_b64": base64.b64encode(b"{}").decode(),
+    }
+    thread = threading.Thread(target=runner.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("RUNNER_BASE_URL", f"http://127.0.0.1:{runner.server_address[1]}")
+    monkeypatch.setenv("RUNNER_AUTH_TOKEN", "t")
+    try:
+        stack: AwsStack = request.getfixturevalue("stack")
+        install(stack, _guest_bundle(fixed_response_guest({"status": 200})))
+        answer = call(stack, "GET", "/api/ext/com.acme.tools/hello")
+    finally:
+        runner.shutdown()
+        runner.server_close()
+    assert answer.status_code == 200, answer.body
+    names = {name.lower() for name in answer.headers}
+    assert "x-ext-ok" in names
+    assert not {"x-ext-split\n", "x-ext-sp ace", "content-type\r"} & names
 
 
 def test_deep_paths_and_params_are_routed(gateway_stack: AwsStack) -> None:

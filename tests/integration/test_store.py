@@ -111,10 +111,17 @@ def test_objects_live_under_the_hex_of_their_content_hash(store):
     )
 
 
-@pytest.mark.parametrize("bad", ["sha256:" + "AB" * 32, "ab" * 32, "sha256:abc", "sha512:" + "ab" * 32])
+@pytest.mark.parametrize(
+    "bad", ["sha256:" + "AB" * 32, "ab" * 32, "sha256:abc", "sha512:" + "ab" * 32, "sha256:" + "ab" * 32 + "\n"]
+)
 def test_a_malformed_content_hash_has_no_key(store, bad):
     with pytest.raises(BadRequest, match="content hash"):
         store.object_key(bad, "bundle.tar.zst")
+
+
+def test_a_fingerprint_that_is_not_one_safe_segment_has_no_precompiled_key(store):
+    with pytest.raises(ValueError, match="not a safe key segment"):
+        store.precompiled_key(content_hash(b"x"), "wt50-x86_64-abc\n")
 
 
 def test_only_the_known_object_names_have_keys(store):
@@ -122,7 +129,10 @@ def test_only_the_known_object_names_have_keys(store):
         store.object_key(content_hash(b"x"), "../../etc/passwd")
 
 
-@pytest.mark.parametrize(("tenant", "upload_id"), [("..", "u1"), ("a/b", "u1"), ("acme", ""), ("acme", "u/../x")])
+@pytest.mark.parametrize(
+    ("tenant", "upload_id"),
+    [("..", "u1"), ("a/b", "u1"), ("acme", ""), ("acme", "u/../x"), ("acme\n", "u1"), ("acme", "u1\n")],
+)
 def test_staging_keys_refuse_segments_that_escape_their_folder(store, tenant, upload_id):
     with pytest.raises(BadRequest, match="cannot be part of a storage key"):
         store.staging_key(tenant, upload_id)

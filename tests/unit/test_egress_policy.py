@@ -179,6 +179,7 @@ def test_parse_reads_method_headers_and_body():
         (b'{"url": "http://a", "headers": []}', "headers must map strings to strings"),
         (b'{"url": "http://a", "headers": {"x": 1}}', "headers must map strings to strings"),
         (b'{"url": "http://a", "headers": {"bad name": "x"}}', "header name 'bad name' is not a valid token"),
+        (b'{"url": "http://a", "headers": {"X-A\\n": "x"}}', "header name 'X-A\\n' is not a valid token"),
         (b'{"url": "http://a", "headers": {"x": "a\\r\\nb: c"}}', "header 'x' has a value with CR, LF or NUL"),
         (b'{"url": "http://a", "body_b64": 5}', "'body_b64' must be a string or null"),
         (b'{"url": "http://a", "body_b64": "***"}', "'body_b64' is not valid base64"),

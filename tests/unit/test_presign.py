@@ -98,7 +98,7 @@ def test_checksum_header_is_the_base64_of_the_raw_digest():
     assert sha256_checksum_header(digest.hex()) == base64.b64encode(digest).decode()
 
 
-@pytest.mark.parametrize("bad", ["", "abc", SHA.upper(), SHA + "0", "g" * 64])
+@pytest.mark.parametrize("bad", ["", "abc", SHA.upper(), SHA + "0", "g" * 64, SHA + "\n"])
 def test_a_malformed_sha256_is_a_bad_request(client, bad):
     with pytest.raises(BadRequest, match="sha256 must be 64 lowercase hex"):
         presign_put(client, "ext-bundles", "k", 10, bad, 60)

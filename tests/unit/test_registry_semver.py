@@ -63,7 +63,9 @@ def test_build_metadata_does_not_change_precedence():
     assert semver_sort_key("1.0.0-rc.1+b") == semver_sort_key("1.0.0-rc.1")
 
 
-@pytest.mark.parametrize("bad", ["1.0", "01.0.0", "1.0.0-", "1.0.0-01", "v1.0.0", "1.0.0-a..b", "1.0.0+", ""])
+@pytest.mark.parametrize(
+    "bad", ["1.0", "01.0.0", "1.0.0-", "1.0.0-01", "v1.0.0", "1.0.0-a..b", "1.0.0+", "", "1.0.0\n", "1.0.0-rc.1\n"]
+)
 def test_strings_that_are_not_semver_have_no_key(bad):
     with pytest.raises(ValueError, match="not a SemVer"):
         semver_sort_key(bad)
