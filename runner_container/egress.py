@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
 from chalicelib.config import Settings
@@ -89,7 +89,7 @@ _LOOKUPS_IN_FLIGHT = threading.BoundedSemaphore(32)
 _REQUEST_ENVELOPE_BYTES = 64 * 1024
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # The ports an allowlist entry without a port allows; any other port must be named (``host:port``).
-UNNAMED_ENTRY_PORTS = frozenset(_DEFAULT_PORTS.values())
+_UNNAMED_ENTRY_PORTS = frozenset(_DEFAULT_PORTS.values())
 _ENTRY_PORT_NOTE = "an entry without a port allows 80 and 443"
 _METADATA_ADDRESSES = frozenset({ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")})
 
@@ -217,7 +217,7 @@ def host_allowed(host: str, entries: Iterable[str]) -> bool:
 def target_allowed(host: str, port: int, entries: Iterable[str]) -> bool:
     """Whether any of ``entries`` allows ``port`` of ``host``: the port it names, else 80 and 443."""
     return any(
-        host_matches(pattern, host) and (port in UNNAMED_ENTRY_PORTS if named is None else port == named)
+        host_matches(pattern, host) and (port in _UNNAMED_ENTRY_PORTS if named is None else port == named)
         for pattern, named in _parsed_entries(entries)
     )
 
@@ -395,13 +395,13 @@ def _lookup(resolver: Resolver, host: str, port: int, deadline: _Deadline) -> li
     if not _LOOKUPS_IN_FLIGHT.acquire(blocking=False):
         raise _failed("too many name lookups are in flight; try again later")
     answer: list[str] = []
-    failure: list[OSError] = []
+    failure: list[OSError | ValueError] = []
     done = threading.Event()
 
     def run() -> None:
         try:
             answer.extend(resolver(host, port))
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a name the IDNA codec refuses (a label too long)
             failure.append(exc)
         finally:
             done.set()
@@ -467,14 +467,15 @@ class _PinnedHTTPConnection(http.client.HTTPConnection):
         self.timeout = self._deadline.remaining()
         super().connect()
 
-    def send(self, data: object) -> None:
-        if not isinstance(data, bytes | bytearray):
-            raise TypeError("http_fetch sends only bytes")
+    def send(self, data: Any) -> None:
+        # http.client sends the request head and then the body, both bytes here (a fetch body is bytes),
+        # in slices so that each write, too, waits at most what is left.
         if self.sock is None:
             self.connect()
-        for offset in range(0, len(data), _SEND_CHUNK):
+        view = memoryview(data).cast("B")
+        for offset in range(0, len(view), _SEND_CHUNK):
             self.sock.settimeout(self._deadline.remaining())
-            self.sock.sendall(data[offset : offset + _SEND_CHUNK])
+            self.sock.sendall(view[offset : offset + _SEND_CHUNK])
 
 
 class _PinnedHTTPSConnection(_PinnedHTTPConnection):
@@ -614,7 +615,7 @@ class EgressPolicy:
     def _checked_address(self, host: str, port: int, deadline: _Deadline) -> str:
         try:
             addresses = _lookup(self.resolver, host, port, deadline)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             raise _failed(f"could not resolve {host!r}: {exc}") from None
         if not addresses:
             raise _failed(f"{host!r} resolved to no address")

@@ -385,6 +385,16 @@ def test_a_name_that_does_not_resolve_fails():
     )
 
 
+def test_a_name_the_system_resolver_cannot_encode_fails_cleanly():
+    # A label over 63 characters still matches a wildcard; socket.getaddrinfo raises UnicodeError for it.
+    policy = EgressPolicy(allowlist=("*.example.com",))
+
+    error = refusal(policy, f"https://{'a' * 64}.example.com/", egress=("*.example.com",))
+
+    assert error.outcome is FetchOutcome.FAILED
+    assert error.message.startswith(f"could not resolve '{'a' * 64}.example.com'")
+
+
 class StalledResolver:
     """A name lookup that hangs until released (a resolver that never answers)."""
 
