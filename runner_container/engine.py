@@ -2,14 +2,19 @@
 
 It follows wasmtime's object graph: one :class:`wasmtime.Engine` per process (epoch interruption on,
 fuel when configured) with a daemon thread ticking the epoch, one :class:`wasmtime.Linker` holding the
-host imports, and a fresh :class:`wasmtime.Store` per call. One call of :meth:`WasmEngine.execute`:
+host imports, and a store per instance. Every call starts from the state its module has right after
+instantiation: on a fresh instance, or on a kept one that was restored to its snapshot after its previous
+call (:mod:`runner_container.instances`, for the modules :mod:`runner_container.restore_plan` proves that
+exact for). One call of :meth:`WasmEngine.execute`:
 
 1. prepare: check the module's ABI and link it against the host imports (once per module, cached);
-2. arm a new store: memory limit, epoch deadline, fuel;
-3. instantiate, ``alloc`` one block for the request and the 8-byte out slot, write, call ``handler``;
-4. read ``(resp_ptr, resp_len)``, check both against the size cap and guest memory *before* copying;
-5. parse and validate the response JSON;
-6. map any trap: epoch interrupt → :class:`ExtensionTimeout`, everything else → :class:`ExtensionFailed`.
+2. take an instance: a kept one (or a new one, snapshotted) for a restorable module, else a fresh one;
+3. arm its store: epoch deadline and fuel for this call (the memory limit is the store's own);
+4. ``alloc`` one block for the request and the 8-byte out slot, write, call ``handler``;
+5. read ``(resp_ptr, resp_len)``, check both against the size cap and guest memory *before* copying;
+6. hand a kept instance back (restored, or dropped when its memory grew); drop it on any failure;
+7. parse and validate the response JSON;
+8. map any trap: epoch interrupt → :class:`ExtensionTimeout`, everything else → :class:`ExtensionFailed`.
 
 A failure ends that call only; the engine keeps serving.
 """
@@ -18,8 +23,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ctypes
 import hashlib
 import json
+import logging
 import math
 import os
 import platform
@@ -40,7 +47,10 @@ import wasmtime
 from chalicelib.config import Settings
 from chalicelib.errors import ConfigInvalid, ExtensionFailed, ExtensionTimeout, ExtError, ManifestInvalid, WasmInvalid
 from chalicelib.headers import is_header_name, is_header_value
+from chalicelib.logs import log_event
 from runner_container.egress import EgressPolicy, FetchError, FetchOutcome
+from runner_container.instances import RESTORE_MAX_MEMORY_BYTES, Instance, InstancePool, PoolStats, memory_address
+from runner_container.restore_plan import RESERVED_EXPORT_PREFIX, RESTORABLE_MARKER, plan_module
 
 __all__ = [
     "ABI",
@@ -460,14 +470,18 @@ class WasmEngine:
             raise ConfigInvalid("epoch_tick_ms must be at least 1")
         self.consume_fuel = consume_fuel
         self.epoch_tick_ms = epoch_tick_ms
-        self._settings = {"epoch_interruption": True, "consume_fuel": consume_fuel}
+        # The restore plan's marker version is part of the fingerprint: compiled code carries its rewrite.
+        self._settings = {"epoch_interruption": True, "consume_fuel": consume_fuel, "restore_plan": RESTORABLE_MARKER}
         config = wasmtime.Config()
         config.epoch_interruption = True
         config.consume_fuel = consume_fuel
         self.engine = wasmtime.Engine(config)
         self._linker = self._host_linker()
-        self._prepared: weakref.WeakKeyDictionary[wasmtime.Module, wasmtime.InstancePre] = weakref.WeakKeyDictionary()
+        self._prepared: weakref.WeakKeyDictionary[wasmtime.Module, _Prepared] = weakref.WeakKeyDictionary()
         self._prepared_lock = threading.Lock()
+        # Modules this engine compiled or deserialized itself: only their restore marker is believed.
+        self._own_modules: weakref.WeakSet[wasmtime.Module] = weakref.WeakSet()
+        self._pool = InstancePool()
         self._fingerprint = self._compute_fingerprint()
         self._ticker = _EpochTicker(self.engine, epoch_tick_ms / 1000)
 
@@ -520,11 +534,34 @@ class WasmEngine:
         return f"wasmtime-{metadata.version('wasmtime')}-{machine}-{system}-{digest}"
 
     def compile(self, wasm: bytes) -> wasmtime.Module:
-        """Compile a WebAssembly binary; raises :class:`WasmInvalid` when it is not valid wasm."""
-        if bytes(wasm[:4]) != _WASM_MAGIC:
+        """Compile a WebAssembly binary; raises :class:`WasmInvalid` when it is not valid wasm.
+
+        What is compiled is the binary as :func:`~runner_container.restore_plan.plan_module` rewrites it
+        (exports only: the guest's code and behaviour are unchanged), so a restorable module's instances can
+        be kept between calls. Exports named ``ext-runner:…`` are reserved for that rewrite.
+        """
+        original = bytes(wasm)
+        if original[:4] != _WASM_MAGIC:
             raise WasmInvalid("not a WebAssembly binary (missing the \\0asm header)")
+        rewritten, plan = plan_module(original)
         try:
-            return wasmtime.Module(self.engine, bytes(wasm))
+            module = self._compile_bytes(rewritten)
+        except WasmInvalid:
+            if rewritten is original:
+                raise
+            # The rewrite touches exports only, so this is a bug in it: run the module fresh, as written.
+            log_event("runner.restore_plan_rewrite_failed", level=logging.WARNING)
+            module, restorable = self._compile_bytes(original), False
+        else:
+            restorable = plan.restorable
+        if _is_marked(module) != restorable or (not restorable and _has_reserved_exports(module)):
+            raise WasmInvalid(f"export names starting with {RESERVED_EXPORT_PREFIX!r} are reserved for the runner")
+        self._own_modules.add(module)
+        return module
+
+    def _compile_bytes(self, wasm: bytes) -> wasmtime.Module:
+        try:
+            return wasmtime.Module(self.engine, wasm)
         except wasmtime.WasmtimeError as exc:
             raise WasmInvalid(f"module does not compile: {_summary(str(exc))}") from None
 
@@ -541,9 +578,12 @@ class WasmEngine:
         not an artifact this engine accepts (another wasmtime, settings or CPU).
         """
         try:
-            return wasmtime.Module.deserialize_file(self.engine, os.fspath(path))
+            module = wasmtime.Module.deserialize_file(self.engine, os.fspath(path))
         except wasmtime.WasmtimeError as exc:
             raise WasmInvalid(f"precompiled module {os.fspath(path)!r} is not usable: {_summary(str(exc))}") from None
+        # Precompiled code is this platform's own output of compile(), so its restore marker is believed.
+        self._own_modules.add(module)
+        return module
 
     def validate_abi(self, module: wasmtime.Module) -> None:
         """Check the module implements ``wasm-core@1``; raises :class:`WasmInvalid` naming the problem.
@@ -554,7 +594,7 @@ class WasmEngine:
         _check_imports(module)
         _check_exports(module)
 
-    def _prepare(self, module: wasmtime.Module) -> wasmtime.InstancePre:
+    def _prepare(self, module: wasmtime.Module) -> _Prepared:
         prepared = self._prepared.get(module)
         if prepared is not None:
             return prepared
@@ -562,14 +602,35 @@ class WasmEngine:
             self.validate_abi(module)
         except WasmInvalid as exc:
             raise ExtensionFailed(f"module does not implement {ABI}: {exc.message}") from None
-        prepared = self._linker.instantiate_pre(module)
+        restorable = module in self._own_modules and _is_marked(module) and _initial_memory(module) <= _RESTORE_LIMIT
+        prepared = _Prepared(self._linker.instantiate_pre(module), restorable)
         with self._prepared_lock:
             self._prepared[module] = prepared
         return prepared
 
+    def keeps_instances(self, module: wasmtime.Module) -> bool:
+        """Whether calls of ``module`` run on kept instances restored between calls (else fresh ones)."""
+        return self._prepare(module).restorable
+
+    @property
+    def pool_stats(self) -> PoolStats:
+        """What the pool of kept instances has done since the engine started."""
+        return self._pool.stats
+
     # --- calls ---------------------------------------------------------------------------
 
-    def _new_store(self, limits: CallLimits) -> tuple[wasmtime.Store, int | None]:
+    def _deadline_ticks(self, limits: CallLimits) -> int:
+        return max(1, math.ceil(limits.timeout_ms / self.epoch_tick_ms))
+
+    def _fuel(self, limits: CallLimits) -> int | None:
+        """The fuel one call gets: None on an engine without metering."""
+        if self.consume_fuel:
+            return limits.fuel if limits.fuel is not None else _UNMETERED_FUEL
+        if limits.fuel is not None:
+            raise ConfigInvalid("a fuel limit needs an engine built with consume_fuel=True")
+        return None
+
+    def _new_store(self, limits: CallLimits) -> wasmtime.Store:
         store = wasmtime.Store(self.engine)
         store.set_limits(
             memory_size=limits.memory_bytes,
@@ -578,31 +639,33 @@ class WasmEngine:
             tables=_STORE_TABLES,
             memories=1,
         )
-        store.set_epoch_deadline(max(1, math.ceil(limits.timeout_ms / self.epoch_tick_ms)))
-        fuel: int | None = None
-        if self.consume_fuel:
-            fuel = limits.fuel if limits.fuel is not None else _UNMETERED_FUEL
+        return store
+
+    def _arm(self, store: wasmtime.Store, fuel: int | None, limits: CallLimits) -> None:
+        """Give ``store`` this call's epoch deadline (relative to now) and fuel."""
+        store.set_epoch_deadline(self._deadline_ticks(limits))
+        if fuel is not None:
             store.set_fuel(fuel)
-        elif limits.fuel is not None:
-            raise ConfigInvalid("a fuel limit needs an engine built with consume_fuel=True")
-        return store, fuel
 
     def execute(
         self, module: wasmtime.Module, request: Mapping[str, Any], limits: CallLimits, host: HostServices
     ) -> ExecutionResult:
-        """Run the module's ``handler`` on ``request`` under ``limits``.
+        """Run the module's ``handler`` on ``request`` under ``limits``, from its post-instantiation state.
 
         Raises :class:`ExtensionTimeout` when the deadline passes and :class:`ExtensionFailed` for a
         trap, running out of fuel or memory, a non-zero return, or a bad response.
         """
         prepared = self._prepare(module)
+        fuel = self._fuel(limits)
         payload = json.dumps(dict(request), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        store, fuel = self._new_store(limits)
         started = time.perf_counter()
         state = _CallState(host, time.monotonic() + limits.timeout_ms / 1000)
         _ACTIVE.state = state
         try:
-            raw = self._call(prepared, store, payload, limits)
+            if prepared.restorable:
+                raw, fuel_left = self._call_kept(module, prepared.pre, payload, fuel, limits)
+            else:
+                raw, fuel_left = self._call_fresh(prepared.pre, payload, fuel, limits)
         except (wasmtime.Trap, wasmtime.WasmtimeError, _HostTrap) as exc:
             raise _failure(exc, state, limits) from None
         finally:
@@ -614,36 +677,98 @@ class WasmEngine:
             body=body,
             logs=tuple(state.logs),
             duration_ms=(time.perf_counter() - started) * 1000,
-            fuel_consumed=None if fuel is None else fuel - store.get_fuel(),
+            fuel_consumed=None if fuel is None or fuel_left is None else fuel - fuel_left,
             logs_dropped=state.logs_dropped,
         )
 
-    @staticmethod
-    def _call(prepared: wasmtime.InstancePre, store: wasmtime.Store, payload: bytes, limits: CallLimits) -> bytes:
-        exports = prepared.instantiate(store).exports(store)
-        memory, alloc, handler = exports["memory"], exports["alloc"], exports["handler"]
-        # _prepare checked these types; the asserts only narrow them for the type checker.
-        assert isinstance(memory, wasmtime.Memory)
-        assert isinstance(alloc, wasmtime.Func)
-        assert isinstance(handler, wasmtime.Func)
-        # One allocation holds the request, padding to 8 bytes and the zeroed out slot, so a guest that
-        # returns without writing the slot yields an empty response rather than stale bytes.
-        slot = (len(payload) + 7) & ~7
-        block = payload + bytes(slot - len(payload) + 8)
-        base = alloc(store, len(block)) & _U32
-        size = memory.data_len(store)
-        if base == 0 or base + len(block) > size:
-            raise ExtensionFailed(f"guest alloc({len(block)}) returned {base}, not a usable block of its memory")
-        memory.write(store, block, base)
-        code = handler(store, base, len(payload), base + slot)
-        if code != 0:
-            raise ExtensionFailed(f"handler returned {code} (non-zero means the extension reported an error)")
-        resp_ptr, resp_len = struct.unpack("<II", memory.read(store, base + slot, base + slot + 8))
-        if resp_len > limits.max_response_bytes:
-            raise ExtensionFailed(f"response of {resp_len} bytes exceeds the limit of {limits.max_response_bytes}")
-        size = memory.data_len(store)
-        if resp_ptr + resp_len > size:
-            raise ExtensionFailed(
-                f"response pointer {resp_ptr} with length {resp_len} lies outside guest memory of {size} bytes"
-            )
-        return bytes(memory.read(store, resp_ptr, resp_ptr + resp_len))
+    def _call_fresh(
+        self, prepared: wasmtime.InstancePre, payload: bytes, fuel: int | None, limits: CallLimits
+    ) -> tuple[bytes, int | None]:
+        store = self._new_store(limits)
+        try:
+            # Armed before instantiation: a start function runs under this call's deadline and fuel.
+            self._arm(store, fuel, limits)
+            raw = _exchange(Instance.start(prepared, store), payload, limits)
+            return raw, None if fuel is None else store.get_fuel()
+        finally:
+            store.close()
+
+    def _call_kept(
+        self,
+        module: wasmtime.Module,
+        prepared: wasmtime.InstancePre,
+        payload: bytes,
+        fuel: int | None,
+        limits: CallLimits,
+    ) -> tuple[bytes, int | None]:
+        kept = self._pool.lend(module, prepared, limits.memory_bytes, lambda: self._new_store(limits))
+        returned = False
+        try:
+            store = kept.instance.store
+            self._arm(store, fuel, limits)
+            raw = _exchange(kept.instance, payload, limits)
+            fuel_left = None if fuel is None else store.get_fuel()
+            returned = True
+        finally:
+            if returned:
+                self._pool.give_back(module, kept)
+            else:
+                self._pool.drop(kept)
+        return raw, fuel_left
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A module linked against the host imports, and whether its instances may be kept and restored."""
+
+    pre: wasmtime.InstancePre
+    restorable: bool
+
+
+_RESTORE_LIMIT = RESTORE_MAX_MEMORY_BYTES
+_WASM_PAGE = 65536
+
+
+def _is_marked(module: wasmtime.Module) -> bool:
+    return any(exported.name == RESTORABLE_MARKER for exported in module.exports)
+
+
+def _has_reserved_exports(module: wasmtime.Module) -> bool:
+    return any((exported.name or "").startswith(RESERVED_EXPORT_PREFIX) for exported in module.exports)
+
+
+def _initial_memory(module: wasmtime.Module) -> int:
+    for exported in module.exports:
+        if exported.name == "memory" and isinstance(exported.type, wasmtime.MemoryType):
+            return int(exported.type.limits.min) * _WASM_PAGE
+    return 0
+
+
+def _exchange(instance: Instance, payload: bytes, limits: CallLimits) -> bytes:
+    """Write ``payload`` into the guest, call ``handler``, and copy out its checked response."""
+    store, memory = instance.store, instance.memory
+    # One allocation holds the request, padding to 8 bytes and the zeroed out slot, so a guest that
+    # returns without writing the slot yields an empty response rather than stale bytes.
+    slot = (len(payload) + 7) & ~7
+    total = slot + 8
+    base = (instance.alloc(total) or 0) & _U32
+    size = memory.data_len(store)
+    if base == 0 or base + total > size:
+        raise ExtensionFailed(f"guest alloc({total}) returned {base}, not a usable block of its memory")
+    address = memory_address(memory, store)
+    ctypes.memmove(address + base, payload, len(payload))
+    ctypes.memset(address + base + len(payload), 0, total - len(payload))
+    code = instance.handler(base, len(payload), base + slot)
+    if code != 0:
+        raise ExtensionFailed(f"handler returned {code} (non-zero means the extension reported an error)")
+    # The handler may have grown memory, which can move it: look its address and size up again.
+    address = memory_address(memory, store)
+    resp_ptr, resp_len = struct.unpack("<II", ctypes.string_at(address + base + slot, 8))
+    if resp_len > limits.max_response_bytes:
+        raise ExtensionFailed(f"response of {resp_len} bytes exceeds the limit of {limits.max_response_bytes}")
+    size = memory.data_len(store)
+    if resp_ptr + resp_len > size:
+        raise ExtensionFailed(
+            f"response pointer {resp_ptr} with length {resp_len} lies outside guest memory of {size} bytes"
+        )
+    return ctypes.string_at(address + resp_ptr, resp_len)
