@@ -78,6 +78,8 @@ _STORE_TABLES = 8
 _UNMETERED_FUEL = 2**64 - 1
 _U32 = 0xFFFFFFFF
 _WASM_MAGIC = b"\0asm"
+# One encoder for every request: json.dumps with options builds a new one per call.
+_REQUEST_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 # Feature flags that change the machine code Cranelift emits on x86_64 (wasmtime checks them again when
 # it deserializes; folding them into the fingerprint keeps hosts with different CPUs off each other's .cwasm).
 _CODEGEN_CPU_FLAGS = frozenset(
@@ -657,7 +659,7 @@ class WasmEngine:
         """
         prepared = self._prepare(module)
         fuel = self._fuel(limits)
-        payload = json.dumps(dict(request), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        payload = _REQUEST_ENCODER.encode(dict(request)).encode("utf-8")
         started = time.perf_counter()
         state = _CallState(host, time.monotonic() + limits.timeout_ms / 1000)
         _ACTIVE.state = state

@@ -20,7 +20,9 @@ cap; the epoch deadline and fuel are set again before every call by the engine.
 
 from __future__ import annotations
 
+import collections
 import ctypes
+import itertools
 import threading
 import weakref
 from collections.abc import Callable
@@ -31,14 +33,27 @@ import wasmtime
 from runner_container.restore_plan import GLOBAL_EXPORT_PREFIX
 from runner_container.wasmtime_fast import I32Func, IntegerGlobal
 
-__all__ = ["BLOCK_BYTES", "RESTORE_MAX_MEMORY_BYTES", "Instance", "InstancePool", "PoolStats", "Snapshot"]
+__all__ = [
+    "BLOCK_BYTES",
+    "MAX_IDLE_BYTES",
+    "MAX_IDLE_PER_KEY",
+    "RESTORE_MAX_MEMORY_BYTES",
+    "Instance",
+    "InstancePool",
+    "Kept",
+    "PoolStats",
+    "Snapshot",
+    "memory_address",
+]
 
 BLOCK_BYTES = 16 * 1024
 # Restoring reads the whole memory (compare) even when little changed: wasmtime-py offers no dirty-page
 # tracking. Past this size a fresh instance (copy-on-write memory, cost independent of size) is cheaper.
 RESTORE_MAX_MEMORY_BYTES = 2 * 1024 * 1024
-# Kept instances per (module, memory cap): enough for the runner's concurrent calls of one extension.
+# Idle kept instances per (module, memory cap): enough for the runner's concurrent calls of one extension
+# (a Lambda environment serves one call at a time); and the memory all idle instances may hold.
 MAX_IDLE_PER_KEY = 4
+MAX_IDLE_BYTES = 64 * 1024 * 1024
 
 _libc = ctypes.CDLL(None)
 _memcmp = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)(("memcmp", _libc))
@@ -118,13 +133,13 @@ class Snapshot:
         store, memory = instance.store, instance.memory
         if memory.data_len(store) != self._size:
             return False
-        base = memory_address(memory, store)
+        base, compare, zero = memory_address(memory, store), _memcmp, _ZERO_ADDRESS
         for offset, length, saved in self._blocks:
-            if saved is None:
-                if _memcmp(base + offset, _ZERO_ADDRESS, length):
+            if compare(base + offset, zero if saved is None else saved, length):
+                if saved is None:
                     ctypes.memset(base + offset, 0, length)
-            elif _memcmp(base + offset, saved, length):
-                ctypes.memmove(base + offset, saved, length)
+                else:
+                    ctypes.memmove(base + offset, saved, length)
         for global_ in self._globals:
             global_.reset()
         return True
@@ -134,12 +149,13 @@ class Snapshot:
 class PoolStats:
     """Counts since the pool was made: kept instances ``created``; calls that ``reused`` an idle one;
     instances ``restored`` after a call; instances ``dropped`` (the call failed, the memory grew, or the
-    pool was full)."""
+    pool was full); and the memory of the instances idle now (``idle_bytes``)."""
 
     created: int = 0
     reused: int = 0
     restored: int = 0
     dropped: int = 0
+    idle_bytes: int = 0
 
 
 @dataclass(eq=False)
@@ -155,15 +171,43 @@ class InstancePool:
     """Idle kept instances per (module, memory cap); safe to share between threads.
 
     :meth:`lend` hands an instance to one caller only, who passes it to exactly one of :meth:`give_back`
-    (the call returned normally) or :meth:`drop` (anything else). A module's idle instances go with it when
-    the module is garbage collected.
+    (the call returned normally) or :meth:`drop` (anything else). At most ``max_idle_per_key`` instances
+    of one module and cap, and ``max_idle_bytes`` of memory in all (each instance counts its memory twice:
+    the live pages and the snapshot), wait idle; a module's idle instances go soon after the module is
+    garbage collected.
     """
 
-    def __init__(self, max_idle_per_key: int = MAX_IDLE_PER_KEY) -> None:
+    def __init__(self, max_idle_per_key: int = MAX_IDLE_PER_KEY, max_idle_bytes: int = MAX_IDLE_BYTES) -> None:
         self._max_idle = max_idle_per_key
-        self._idle: weakref.WeakKeyDictionary[wasmtime.Module, dict[int, list[Kept]]] = weakref.WeakKeyDictionary()
+        self._max_idle_bytes = max_idle_bytes
         self._lock = threading.Lock()
+        # Modules are keyed by a token so that idle instances never keep their module alive; a collected
+        # module's token is queued by its finalizer and its instances freed on the pool's next use (a
+        # finalizer may run in the middle of any allocation, so it must not take the lock itself).
+        self._tokens: weakref.WeakKeyDictionary[wasmtime.Module, int] = weakref.WeakKeyDictionary()
+        self._next_token = itertools.count()
+        self._collected: collections.deque[int] = collections.deque()
+        self._idle: dict[tuple[int, int], list[Kept]] = {}
         self.stats = PoolStats()
+
+    def _token(self, module: wasmtime.Module) -> int:
+        token = self._tokens.get(module)
+        if token is None:
+            token = next(self._next_token)
+            self._tokens[module] = token
+            weakref.finalize(module, self._collected.append, token)
+        return token
+
+    def _forget_collected(self) -> list[Kept]:
+        """Take the idle instances of collected modules out of the pool (call with the lock held)."""
+        freed: list[Kept] = []
+        while self._collected:
+            token = self._collected.popleft()
+            for key in [key for key in self._idle if key[0] == token]:
+                freed.extend(self._idle.pop(key))
+        for kept in freed:
+            self.stats.idle_bytes -= 2 * kept.snapshot.memory_bytes
+        return freed
 
     def lend(
         self,
@@ -177,10 +221,16 @@ class InstancePool:
         Raises what instantiation raises; nothing is kept then.
         """
         with self._lock:
-            idle = self._idle.get(module, {}).get(memory_cap)
-            if idle:
+            freed = self._forget_collected()
+            idle = self._idle.get((self._token(module), memory_cap))
+            kept = idle.pop() if idle else None
+            if kept is not None:
                 self.stats.reused += 1
-                return idle.pop()
+                self.stats.idle_bytes -= 2 * kept.snapshot.memory_bytes
+        for stale in freed:
+            stale.instance.close()
+        if kept is not None:
+            return kept
         instance = Instance.start(prepared, new_store())
         kept = Kept(instance, Snapshot(instance), memory_cap)
         with self._lock:
@@ -189,22 +239,22 @@ class InstancePool:
 
     def give_back(self, module: wasmtime.Module, kept: Kept) -> None:
         """Restore ``kept`` after a call that returned normally and keep it idle; drop it when its memory grew
-        or the pool already holds enough idle instances of this module."""
-        with self._lock:
-            full = len(self._idle.get(module, {}).get(kept.memory_cap, ())) >= self._max_idle
+        or the pool is full."""
         try:
-            restored = not full and kept.snapshot.restore(kept.instance)
+            restored = kept.snapshot.restore(kept.instance)
         except BaseException:
             self.drop(kept)
             raise
         if not restored:
             self.drop(kept)
             return
+        cost = 2 * kept.snapshot.memory_bytes
         with self._lock:
             self.stats.restored += 1
-            idle = self._idle.setdefault(module, {}).setdefault(kept.memory_cap, [])
-            if len(idle) < self._max_idle:
+            idle = self._idle.setdefault((self._token(module), kept.memory_cap), [])
+            if len(idle) < self._max_idle and self.stats.idle_bytes + cost <= self._max_idle_bytes:
                 idle.append(kept)
+                self.stats.idle_bytes += cost
                 return
         self.drop(kept)
 
