@@ -1,8 +1,15 @@
 """Runner and gateway benchmarks on the local stack (moto, the Chalice app, the runner).
 
-- ``execute_vs_bare``: warm ``RunnerService.execute`` p50 / a bare wasmtime-py call of
-  the same guest (encode the request, new Store, instantiate, alloc + write + handler,
-  read and decode the response).
+The hello guest's warm call (``RunnerService.execute``: every call starts from the post-instantiation
+state) is measured against peers in interleaved rounds (``ROUNDS`` × ``PER_ROUND`` calls each, p50 and
+p99 of all of them), each with its isolation stated in ``isolation``:
+
+- ``execute_vs_bare``: against a bare wasmtime-py call of the same guest (encode the request, new
+  Store, instantiate, alloc + write + handler, read and decode the response);
+- ``execute_vs_extism_fresh``: against the Extism Python host running the same guest code as a
+  plug-in with a fresh ``Plugin`` per call (:mod:`bench.extism_peer`);
+- ``execute_vs_extism_reuse``: against Extism keeping one ``Plugin`` for every call (its default,
+  which shares guest memory between calls).
 - ``cold_cwasm_vs_compile``: compiling a ≥ 5 MB module / fetching its stored
   ``.cwasm`` from S3 and deserializing it (what a cold runner does instead).
 - ``gateway_added_ms_p50``: p50 of a call through the API gateway minus p50 of the
@@ -24,6 +31,7 @@ import requests
 import wasmtime
 
 from bench.common import MiB
+from bench.extism_peer import build_plugin, extism_calls
 from chalicelib.bundles.pack import pack_project
 from chalicelib.config import Settings, load_settings
 from chalicelib.storage.s3 import make_s3_client
@@ -64,6 +72,73 @@ def _runner(settings: Settings) -> tuple[RunnerService, WasmEngine, S3BundleStor
         BundleCache(store, engine, settings, None), engine, settings, EgressPolicy.from_settings(settings)
     )
     return service, engine, store
+
+
+ROUNDS = 10
+PER_ROUND = 300
+ISOLATION = {
+    "execute": "post-instantiation state every call (kept instance restored from its snapshot)",
+    "execute_unlogged": "the same, without cap:log.emit (the guest's log line is not written)",
+    "bare": "fresh wasmtime instance per call",
+    "extism_fresh": "fresh Extism Plugin per call",
+    "extism_reuse": "one Extism Plugin for all calls: guest memory and globals carry over",
+}
+
+
+def _interleaved(calls: dict[str, Callable[[], object]]) -> dict[str, list[float]]:
+    """Per-call times of each of ``calls``, measured in alternating rounds so drift hits all alike."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for call in calls.values():
+        for _ in range(50):
+            call()
+    for _ in range(ROUNDS):
+        for name, call in calls.items():
+            samples = times[name]
+            for _ in range(PER_ROUND):
+                start = time.perf_counter()
+                call()
+                samples.append(time.perf_counter() - start)
+    return times
+
+
+def _percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+def _peers(engine: wasmtime.Engine, request: dict[str, Any]) -> tuple[dict[str, Callable[[], object]], str | None]:
+    """The bare wasmtime call and, when Extism and clang are here, the two Extism calls (else why not)."""
+    module = wasmtime.Module(engine, (TEMPLATE / "dist" / "main.wasm").read_bytes())
+    peers: dict[str, Callable[[], object]] = {"bare": _bare_call(engine, module, request)}
+    try:
+        extism = extism_calls(build_plugin(), request)
+    except Exception as exc:  # ImportError without the package, ExtError without clang: report, don't fail
+        return peers, f"{type(exc).__name__}: {exc}"
+    peers.update({"extism_fresh": extism["fresh"], "extism_reuse": extism["reuse"]})
+    return peers, None
+
+
+def _call_figures(
+    execute: Callable[[], object], unlogged: Callable[[], object], engine: wasmtime.Engine, request: dict[str, Any]
+) -> dict[str, Any]:
+    peers, missing = _peers(engine, request)
+    times = _interleaved({"execute": execute, "execute_unlogged": unlogged, **peers})
+    p50 = {name: statistics.median(samples) for name, samples in times.items()}
+    figures: dict[str, Any] = {f"execute_vs_{name}": round(p50["execute"] / p50[name], 3) for name in peers}
+    figures.update(
+        {
+            "execute_p50_us": round(p50["execute"] * 1e6, 1),
+            "execute_p99_us": round(_percentile(times["execute"], 0.99) * 1e6, 1),
+            **{f"{name}_p50_us": round(p50[name] * 1e6, 1) for name in peers},
+            **{f"{name}_p99_us": round(_percentile(times[name], 0.99) * 1e6, 1) for name in peers},
+            "log_line_us": round((p50["execute"] - p50["execute_unlogged"]) * 1e6, 1),
+            "calls_per_side": ROUNDS * PER_ROUND,
+            "isolation": {name: ISOLATION[name] for name in ("execute", "execute_unlogged", *peers)},
+        }
+    )
+    if missing is not None:
+        figures["extism"] = f"not measured: {missing}"
+    return figures
 
 
 def _p50(samples: int, func: Callable[[], object]) -> float:
@@ -187,35 +262,39 @@ def run() -> dict[str, Any]:
             }
             settings = load_settings().replace(runner_cache_dir=str(work / "inproc-cache"))
             service, wasm_engine, _ = _runner(settings)
-            warm = _p50(300, lambda: service.execute(payload))
-            engine = wasm_engine.engine
-            module = wasmtime.Module(engine, (TEMPLATE / "dist" / "main.wasm").read_bytes())
-            bare = _p50(300, _bare_call(engine, module, request))
-
-            session = requests.Session()
-            runner_headers = {"Authorization": f"Bearer {settings.runner_auth_token}"}
-            gateway_headers = {"Authorization": f"Bearer {urls.token}"}
-            direct = _p50(
-                200,
-                lambda: session.post(
-                    f"{urls.runner}/v1/execute", json=payload, headers=runner_headers, timeout=30
-                ).raise_for_status(),
-            )
-            through = _p50(
-                200,
-                lambda: session.get(
-                    f"{urls.api}/api/ext/com.example.hello/hello?name=bench", headers=gateway_headers, timeout=30
-                ).raise_for_status(),
-            )
-            results = {
-                "execute_vs_bare": round(warm / bare, 3),
-                "execute_p50_us": round(warm * 1e6, 1),
-                "bare_p50_us": round(bare * 1e6, 1),
-                "gateway_added_ms_p50": round((through - direct) * 1000, 2),
-                "gateway_p50_ms": round(through * 1000, 2),
-                "runner_direct_p50_ms": round(direct * 1000, 2),
-            }
+            service.execute(payload)  # fetches, verifies and compiles the bundle while the stack is up
+            results = _gateway_figures(urls, settings, payload)
             results.update(_cold_vs_compile(urls, work))
-            return results
         finally:
             stack.stop()
+        # The stack's servers and pump run in this process: with them stopped they no longer compete for
+        # the GIL with the calls measured below, which need nothing from them once the bundle is cached.
+        unlogged = {**payload, "granted_capabilities": []}
+        calls = _call_figures(
+            lambda: service.execute(payload), lambda: service.execute(unlogged), wasm_engine.engine, request
+        )
+        wasm_engine.close()
+        return {**calls, **results}
+
+
+def _gateway_figures(urls: StackUrls, settings: Settings, payload: dict[str, Any]) -> dict[str, Any]:
+    session = requests.Session()
+    runner_headers = {"Authorization": f"Bearer {settings.runner_auth_token}"}
+    gateway_headers = {"Authorization": f"Bearer {urls.token}"}
+    direct = _p50(
+        200,
+        lambda: session.post(
+            f"{urls.runner}/v1/execute", json=payload, headers=runner_headers, timeout=30
+        ).raise_for_status(),
+    )
+    through = _p50(
+        200,
+        lambda: session.get(
+            f"{urls.api}/api/ext/com.example.hello/hello?name=bench", headers=gateway_headers, timeout=30
+        ).raise_for_status(),
+    )
+    return {
+        "gateway_added_ms_p50": round((through - direct) * 1000, 2),
+        "gateway_p50_ms": round(through * 1000, 2),
+        "runner_direct_p50_ms": round(direct * 1000, 2),
+    }

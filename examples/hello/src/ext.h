@@ -2,7 +2,7 @@
  * ext.h: the plumbing of the wasm-core@1 ABI that every guest needs.
  *
  * The host (the platform's runner) drives a guest like this, once per request and
- * always on a fresh instance:
+ * always from the state the module had right after instantiation:
  *
  *   1. alloc(size)                     the guest hands out memory for the request JSON
  *                                      and an 8-byte answer slot `out` (one block or two),
@@ -40,7 +40,7 @@ typedef enum {
 
 /*
  * Returns `size` bytes of fresh memory, aligned to 8 bytes.  Nothing is ever freed:
- * the host throws the whole instance away after one request.  Running out of memory
+ * the next request starts from the memory as it was before the first.  Running out of memory
  * traps, which fails this request only (the host answers 502 EXTENSION_FAILED).
  */
 void *ext_alloc(size_t size);
