@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
+import pytest
 import wasmtime
 
 from runner_container.instances import InstancePool, Snapshot, memory_address
@@ -14,8 +15,12 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "wat"
 PAGE = 65536
 
 
-def prepared(engine: wasmtime.Engine, name: str = "carry_memory") -> tuple[wasmtime.Module, wasmtime.InstancePre]:
-    wasm, plan = plan_module(bytes(wasmtime.wat2wasm((FIXTURES / f"{name}.wat").read_text())))
+def prepared(
+    engine: wasmtime.Engine, name: str = "carry_memory", pages: int = 1
+) -> tuple[wasmtime.Module, wasmtime.InstancePre]:
+    wat = (FIXTURES / f"{name}.wat").read_text()
+    wat = wat.replace('(memory (export "memory") 1)', f'(memory (export "memory") {pages})')
+    wasm, plan = plan_module(bytes(wasmtime.wat2wasm(wat)))
     assert plan.restorable
     module = wasmtime.Module(engine, wasm)
     linker = wasmtime.Linker(engine)
@@ -58,17 +63,19 @@ def test_idle_instances_are_bounded_per_module_and_in_bytes():
     assert (tight.stats.dropped, tight.stats.idle_bytes) == (1, 0)
 
 
-def test_restore_writes_only_the_blocks_that_differ():
+@pytest.mark.parametrize("pages", [1, 3, 32, 64], ids=["64KiB", "192KiB", "2MiB", "4MiB"])
+def test_restore_puts_back_every_byte_whatever_the_block_size(pages):
     engine = wasmtime.Engine()
-    module, pre = prepared(engine)
-    kept = InstancePool().lend(module, pre, PAGE, new_store(engine))
+    module, pre = prepared(engine, pages=pages)
+    size = pages * PAGE
+    kept = InstancePool().lend(module, pre, size, new_store(engine))
     store, memory = kept.instance.store, kept.instance.memory
     address = memory_address(memory, store)
-    original = bytes(memory.read(store, 0, PAGE))
-    memory.write(store, b"\x01", 2000)
-    memory.write(store, b"\x09", PAGE - 1)
+    original = bytes(memory.read(store, 0, size))
+    for offset in (0, 2000, 3000, size // 2, size - 1):  # zero blocks, the data segment, the last byte
+        memory.write(store, b"\xee", offset)
     assert kept.snapshot.restore(kept.instance)
-    assert bytes(memory.read(store, 0, PAGE)) == original
+    assert bytes(memory.read(store, 0, size)) == original
     # A second snapshot of the restored instance is the first one: nothing else moved.
     assert Snapshot(kept.instance).memory_bytes == kept.snapshot.memory_bytes
     assert memory_address(memory, store) == address
