@@ -548,11 +548,11 @@ class WasmEngine:
         rewritten, plan = plan_module(original)
         try:
             module = self._compile_bytes(rewritten)
-        except WasmInvalid:
+        except WasmInvalid as exc:
             if rewritten is original:
                 raise
             # The rewrite touches exports only, so this is a bug in it: run the module fresh, as written.
-            log_event("runner.restore_plan_rewrite_failed", level=logging.WARNING)
+            log_event("runner.restore_plan_rewrite_failed", level=logging.WARNING, reason=exc.message)
             module, restorable = self._compile_bytes(original), False
         else:
             restorable = plan.restorable
@@ -604,7 +604,9 @@ class WasmEngine:
             self.validate_abi(module)
         except WasmInvalid as exc:
             raise ExtensionFailed(f"module does not implement {ABI}: {exc.message}") from None
-        restorable = module in self._own_modules and _is_marked(module) and _initial_memory(module) <= _RESTORE_LIMIT
+        restorable = (
+            module in self._own_modules and _is_marked(module) and _initial_memory(module) <= RESTORE_MAX_MEMORY_BYTES
+        )
         prepared = _Prepared(self._linker.instantiate_pre(module), restorable)
         with self._prepared_lock:
             self._prepared[module] = prepared
@@ -727,7 +729,6 @@ class _Prepared:
     restorable: bool
 
 
-_RESTORE_LIMIT = RESTORE_MAX_MEMORY_BYTES
 _WASM_PAGE = 65536
 
 

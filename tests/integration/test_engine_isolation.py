@@ -279,3 +279,14 @@ def test_module_with_a_large_initial_memory_gets_fresh_instances(engine):
     module = engine.compile(bytes(wasmtime.wat2wasm(large)))
     assert not engine.keeps_instances(module)
     assert [status(engine, module) for _ in range(2)] == [200, 200]
+
+
+def test_rewrite_that_does_not_compile_falls_back_to_fresh_instances_of_the_module_as_written(engine, monkeypatch):
+    import runner_container.engine as engine_module
+    from runner_container.restore_plan import RestorePlan
+
+    # Stands in for a bug in the export rewrite: bytes that are not a module, claimed restorable.
+    monkeypatch.setattr(engine_module, "plan_module", lambda raw: (raw[:-1], RestorePlan(True)))
+    module = engine.compile(wasm("carry_memory"))
+    assert not engine.keeps_instances(module)
+    assert [status(engine, module) for _ in range(2)] == [200, 200]
