@@ -191,7 +191,7 @@ def trust_fingerprint(trust: TrustBundle | None) -> str:
     """Names a trust configuration: entries verified under another one are verified again."""
     if trust is None:
         return "none"
-    described = sorted((key.key_id, key.scope, str(key.valid_from), str(key.valid_until)) for key in trust.keys)
+    described = sorted((key.key_id, key.scope, [str(window) for window in key.validity]) for key in trust.keys)
     return "sha256:" + hashlib.sha256(json.dumps(described).encode()).hexdigest()
 
 

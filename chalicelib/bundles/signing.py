@@ -7,8 +7,10 @@ against the keys it trusts before anything is stored or run.
   (exact field set, types, syntax, size), so an envelope object is always well formed.
 - :func:`sign_content_hash` signs ``b"ext-bundle-signature/v1\\n" + content_hash`` with an Ed25519 or
   EC P-256 key; :func:`load_private_key` and :func:`generate_ed25519_keypair` supply keys.
-- :class:`TrustBundle` is the set of keys the platform trusts, read from PEM text whose ``# name:`` and
-  ``# scope:`` comment lines give each :class:`TrustedKey` a label and :class:`NamePattern` scope.
+- :class:`TrustBundle` is the set of keys the platform trusts, read from PEM text whose ``# name:``,
+  ``# scope:`` and ``# publisher:`` comment lines give each :class:`TrustedKey` a label, a
+  :class:`NamePattern` scope and the publisher it signs for.  A key may appear in several certificates
+  (renewals); it is then trusted at any moment one of them is valid.
 - :func:`verify_signature` runs the checks in a fixed, numbered order and fails closed: every failure,
   expected or not, is a :class:`~chalicelib.errors.SignatureError`.
 """
@@ -22,7 +24,7 @@ import hmac
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import Enum, StrEnum
 from pathlib import Path
@@ -58,6 +60,7 @@ __all__ = [
     "SignatureStatus",
     "TrustBundle",
     "TrustedKey",
+    "Validity",
     "generate_ed25519_keypair",
     "key_id_for",
     "load_private_key",
@@ -73,6 +76,7 @@ PublicKey: TypeAlias = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
 PrivateKey: TypeAlias = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 
 _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+_PUBLISHER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _DIGEST_RULE = "'sha256:' followed by 64 lowercase hex digits"
 _ENVELOPE_FIELDS = frozenset({"format", "content_hash", "algorithm", "key_id", "signature"})
 
@@ -402,17 +406,32 @@ class NamePattern:
 ANY_NAME = NamePattern(PatternKind.ANY)
 
 
+@dataclass(frozen=True, order=True)
+class Validity:
+    """The dates of one certificate: valid from ``not_before`` to ``not_after``, both included."""
+
+    not_before: datetime
+    not_after: datetime
+
+    def contains(self, moment: datetime) -> bool:
+        return self.not_before <= moment <= self.not_after
+
+
 @dataclass(frozen=True)
 class TrustedKey:
-    """A public key the platform trusts, for the names its patterns allow, within an optional validity
-    window (set when the key came from a certificate)."""
+    """A public key the platform trusts, for the names its patterns allow.
+
+    ``validity`` holds the dates of the certificates the key came in (several when a certificate was
+    renewed); a bare public key has none and is valid at any time.  ``publisher`` is the ``# publisher:``
+    annotation: keys with the same one sign for the same publisher (see :attr:`publisher_id`).
+    """
 
     key_id: str
     public_key: PublicKey
     patterns: tuple[NamePattern, ...] = (ANY_NAME,)
     label: str | None = None
-    valid_from: datetime | None = None
-    valid_until: datetime | None = None
+    validity: tuple[Validity, ...] = ()
+    publisher: str | None = None
 
     def __post_init__(self) -> None:
         if not _is_supported(self.public_key):
@@ -422,6 +441,11 @@ class TrustedKey:
         if not self.patterns:
             # An empty scope would be a key that signs nothing: almost certainly a mistake, so say so.
             raise ConfigInvalid(f"trusted key {self.key_id} has an empty scope")
+        if self.publisher is not None and not _PUBLISHER_RE.fullmatch(self.publisher):
+            raise ConfigInvalid(
+                f"'# publisher:' {_show(self.publisher)} must be 1 to 64 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
 
     @classmethod
     def for_key(
@@ -430,15 +454,24 @@ class TrustedKey:
         patterns: Iterable[NamePattern] = (ANY_NAME,),
         label: str | None = None,
         *,
-        valid_from: datetime | None = None,
-        valid_until: datetime | None = None,
+        validity: Iterable[Validity] = (),
+        publisher: str | None = None,
     ) -> TrustedKey:
         """A trusted key whose id is computed from ``public_key``."""
-        return cls(key_id_for(public_key), public_key, tuple(patterns), label, valid_from, valid_until)
+        return cls(key_id_for(public_key), public_key, tuple(patterns), label, tuple(sorted(validity)), publisher)
+
+    @property
+    def publisher_id(self) -> str:
+        """Who this key signs for: its ``# publisher:`` annotation, else the key itself (its key id)."""
+        return self.publisher or self.key_id
 
     def allows(self, name: str) -> bool:
         """Whether this key may sign the extension ``name``."""
         return any(pattern.matches(name) for pattern in self.patterns)
+
+    def valid_at(self, moment: datetime) -> bool:
+        """Whether one of the key's certificates (if it came in any) is valid at ``moment``."""
+        return not self.validity or any(window.contains(moment) for window in self.validity)
 
     @property
     def scope(self) -> str:
@@ -452,7 +485,7 @@ class TrustedKey:
 
 
 _PEM_BLOCK_RE = re.compile(r"^-----BEGIN (?P<kind>[A-Z0-9 ]+)-----$.*?^-----END (?P=kind)-----$", re.M | re.S)
-_PREAMBLE_KEYS = frozenset({"name", "scope"})
+_PREAMBLE_KEYS = frozenset({"name", "scope", "publisher"})
 
 
 def _line_of(text: str, position: int) -> int:
@@ -460,7 +493,8 @@ def _line_of(text: str, position: int) -> int:
 
 
 def _read_preamble(text: str, start: int, end: int) -> dict[str, str]:
-    """The ``# name:`` / ``# scope:`` lines between two PEM blocks; anything but comments is an error."""
+    """The ``# name:`` / ``# scope:`` / ``# publisher:`` lines between two PEM blocks; anything but comments is
+    an error."""
     found: dict[str, str] = {}
     first_line = _line_of(text, start)
     for number, line in enumerate(text[start:end].split("\n"), start=first_line):
@@ -490,37 +524,70 @@ def _read_scope(number: int, scope: str | None) -> tuple[NamePattern, ...]:
         raise ConfigInvalid(f"trust bundle block {number}: {exc.message}") from exc
 
 
-def _read_block_key(number: int, kind: str, pem: bytes) -> tuple[PublicKeyTypes, datetime | None, datetime | None]:
+def _read_block_key(number: int, kind: str, pem: bytes) -> tuple[PublicKeyTypes, Validity | None]:
     try:
         if kind == "PUBLIC KEY":
-            return serialization.load_pem_public_key(pem), None, None
+            return serialization.load_pem_public_key(pem), None
         if kind == "CERTIFICATE":
             cert = x509.load_pem_x509_certificate(pem)
-            return cert.public_key(), cert.not_valid_before_utc, cert.not_valid_after_utc
+            return cert.public_key(), Validity(cert.not_valid_before_utc, cert.not_valid_after_utc)
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise ConfigInvalid(f"trust bundle block {number} ({kind}) cannot be parsed: {exc}") from exc
     raise ConfigInvalid(f"trust bundle block {number} is a {kind}; only PUBLIC KEY and CERTIFICATE blocks are allowed")
 
 
-def _trusted_key(number: int, kind: str, pem: bytes, preamble: Mapping[str, str]) -> TrustedKey:
-    public_key, valid_from, valid_until = _read_block_key(number, kind, pem)
+@dataclass(frozen=True)
+class _Block:
+    """One PEM block of a trust bundle, read: its key and, for a certificate, its dates."""
+
+    number: int
+    key: TrustedKey
+    validity: Validity | None
+
+
+def _read_block(number: int, kind: str, pem: bytes, preamble: Mapping[str, str]) -> _Block:
+    public_key, validity = _read_block_key(number, kind, pem)
     if not (isinstance(public_key, ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey) and _is_supported(public_key)):
         raise ConfigInvalid(f"trust bundle block {number}: {_unsupported(public_key)}")
     patterns = _read_scope(number, preamble.get("scope"))
     label = preamble.get("name") or None
-    return TrustedKey(key_id_for(public_key), public_key, patterns, label, valid_from, valid_until)
+    try:
+        key = TrustedKey(key_id_for(public_key), public_key, patterns, label, (), preamble.get("publisher"))
+    except ConfigInvalid as exc:
+        raise ConfigInvalid(f"trust bundle block {number}: {exc.message}") from exc
+    return _Block(number, key, validity)
 
 
-def _unique(keys: list[TrustedKey]) -> tuple[TrustedKey, ...]:
-    first_block: dict[str, int] = {}
-    for number, key in enumerate(keys, start=1):
-        if key.key_id in first_block:
-            raise ConfigInvalid(
-                f"trust bundle block {number} repeats the key of block {first_block[key.key_id]} ({key.key_id}); "
-                "list each key once"
-            )
-        first_block[key.key_id] = number
-    return tuple(keys)
+def _merge_renewal(first: _Block, block: _Block, merged: TrustedKey) -> TrustedKey:
+    """Add ``block``, another certificate of ``first``'s key, to the key ``merged`` so far."""
+    if first.validity is None or block.validity is None:
+        raise ConfigInvalid(
+            f"trust bundle block {block.number} repeats the key of block {first.number} ({merged.key_id}); "
+            "list each key once (only certificates of one key, such as renewals, may repeat it)"
+        )
+    if block.validity in merged.validity:
+        raise ConfigInvalid(f"trust bundle block {block.number} repeats the certificate of block {first.number}")
+    if (block.key.patterns, block.key.publisher) != (merged.patterns, merged.publisher):
+        raise ConfigInvalid(
+            f"trust bundle block {block.number} is another certificate of the key of block {first.number} "
+            f"({merged.key_id}) with another '# scope:' or '# publisher:'; give every certificate of one key the same"
+        )
+    return replace(merged, validity=tuple(sorted((*merged.validity, block.validity))))
+
+
+def _merge(blocks: list[_Block]) -> tuple[TrustedKey, ...]:
+    """One :class:`TrustedKey` per key id, in order of first appearance; a key's certificates pool their dates."""
+    first: dict[str, _Block] = {}
+    merged: dict[str, TrustedKey] = {}
+    for block in blocks:
+        key_id = block.key.key_id
+        if key_id not in first:
+            first[key_id] = block
+            dates = (block.validity,) if block.validity is not None else ()
+            merged[key_id] = replace(block.key, validity=dates)
+        else:
+            merged[key_id] = _merge_renewal(first[key_id], block, merged[key_id])
+    return tuple(merged.values())
 
 
 @dataclass(frozen=True)
@@ -531,20 +598,23 @@ class TrustBundle:
 
     @classmethod
     def parse(cls, pem_text: str) -> TrustBundle:
-        """Read PEM text of ``PUBLIC KEY`` / ``CERTIFICATE`` blocks, each optionally preceded by ``# name:``
-        and ``# scope:`` lines.  Raises :class:`ConfigInvalid` naming the line or block at fault."""
+        """Read PEM text of ``PUBLIC KEY`` / ``CERTIFICATE`` blocks, each optionally preceded by ``# name:``,
+        ``# scope:`` and ``# publisher:`` lines.  Raises :class:`ConfigInvalid` naming the line or block at
+        fault."""
         text = "\n".join(line.strip() for line in pem_text.splitlines())
-        keys: list[TrustedKey] = []
+        blocks: list[_Block] = []
         position = 0
         for number, block in enumerate(_PEM_BLOCK_RE.finditer(text), start=1):
             preamble = _read_preamble(text, position, block.start())
-            keys.append(_trusted_key(number, block["kind"], block[0].encode("utf-8"), preamble))
+            blocks.append(_read_block(number, block["kind"], block[0].encode("utf-8"), preamble))
             position = block.end()
         if _read_preamble(text, position, len(text)):
-            raise ConfigInvalid("trust bundle: '# name:' / '# scope:' lines after the last block apply to no key")
-        if not keys:
+            raise ConfigInvalid(
+                "trust bundle: '# name:' / '# scope:' / '# publisher:' lines after the last block apply to no key"
+            )
+        if not blocks:
             raise ConfigInvalid("trust bundle holds no PUBLIC KEY or CERTIFICATE blocks")
-        return cls(_unique(keys))
+        return cls(_merge(blocks))
 
     @classmethod
     def load(cls, source: str) -> TrustBundle:
@@ -572,17 +642,29 @@ class TrustBundle:
         """The trusted key with this id, if any."""
         return next((key for key in self.keys if key.key_id == key_id), None)
 
+    def publisher_of(self, key_id: str) -> str | None:
+        """The publisher the key ``key_id`` signs for, or None when the key is not trusted."""
+        key = self.find(key_id)
+        return key.publisher_id if key is not None else None
+
+    @property
+    def publishers(self) -> frozenset[str]:
+        """Every publisher some key signs for (see :attr:`TrustedKey.publisher_id`)."""
+        return frozenset(key.publisher_id for key in self.keys)
+
 
 # --- verification -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class SignatureCheck:
-    """The outcome of a verification that did not raise."""
+    """The outcome of a verification that did not raise; ``publisher`` is the verifying key's
+    :attr:`~TrustedKey.publisher_id` (``VERIFIED`` only)."""
 
     status: SignatureStatus
     key_id: str | None
     key_label: str | None
+    publisher: str | None = None
 
 
 def _check_content_hash(envelope: SignatureEnvelope, content_hash: str) -> None:
@@ -594,11 +676,14 @@ def _find_trusted_key(trust: TrustBundle, key_id: str, now: datetime) -> Trusted
     key = trust.find(key_id)
     if key is None:
         raise SignatureUntrusted(f"signing key {key_id} is not in the trust bundle")
-    if key.valid_from is not None and now < key.valid_from:
-        raise SignatureUntrusted(f"certificate of key {key.display} is not valid before {key.valid_from.isoformat()}")
-    if key.valid_until is not None and now > key.valid_until:
-        raise SignatureUntrusted(f"certificate of key {key.display} expired at {key.valid_until.isoformat()}")
-    return key
+    if key.valid_at(now):
+        return key
+    checked = f"(checked as of {now.isoformat()})"
+    ended = [window.not_after for window in key.validity if window.not_after < now]
+    if ended:
+        raise SignatureUntrusted(f"certificate of key {key.display} expired at {max(ended).isoformat()} {checked}")
+    start = min(window.not_before for window in key.validity)
+    raise SignatureUntrusted(f"certificate of key {key.display} is not valid before {start.isoformat()} {checked}")
 
 
 def _check_algorithm(key: TrustedKey, envelope: SignatureEnvelope) -> None:
@@ -653,7 +738,7 @@ def _verify(
     # (8) the key must be allowed to sign this name.
     _check_scope(key, extension_name)
     # (9) every check passed.
-    return SignatureCheck(SignatureStatus.VERIFIED, key.key_id, key.label)
+    return SignatureCheck(SignatureStatus.VERIFIED, key.key_id, key.label, key.publisher_id)
 
 
 def verify_signature(
@@ -672,11 +757,15 @@ def verify_signature(
     2. the envelope is for another content hash → :class:`SignatureInvalid` (even without a trust bundle);
     3. no trust bundle → ``UNVERIFIED`` (the envelope's key id is reported, not checked);
     4. no envelope → :class:`SignatureMissing`;
-    5. key id not in the trust bundle, or its certificate not valid at ``now`` → :class:`SignatureUntrusted`;
+    5. key id not in the trust bundle, or none of its certificates valid at ``now`` → :class:`SignatureUntrusted`;
     6. algorithm differs from the trusted key's → :class:`SignatureInvalid`;
     7. the signature does not verify → :class:`SignatureInvalid`;
     8. the key's scope does not allow ``extension_name`` → :class:`SignatureScope`;
     9. otherwise ``VERIFIED``.
+
+    ``now`` (default: the current time) is the moment certificates must be valid at: finalize checks at
+    the time of publishing, and the runner at the publish time finalize recorded, so a certificate that
+    expires later does not stop what it signed (removing the key from the trust bundle does).
 
     Fails closed: any unexpected exception along the way becomes :class:`SignatureInvalid`.
     """

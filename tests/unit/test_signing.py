@@ -312,6 +312,42 @@ def test_a_naive_clock_fails_closed_rather_than_skipping_the_validity_check(ed_k
         verify_signature(BUNDLE_HASH, NAME, envelope, trust_of(cert), now=datetime(2030, 1, 1))
 
 
+def test_a_renewed_certificate_of_the_same_key_keeps_what_the_old_one_signed_verifiable(ed_key):
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    old = self_signed_cert(ed_key, start, start + timedelta(days=365))
+    renewed = self_signed_cert(ed_key, start + timedelta(days=400), start + timedelta(days=800))
+    trust = TrustBundle.parse("# scope: com.acme.*\n" + old + "# scope: com.acme.*\n" + renewed)
+    envelope = sign_content_hash(BUNDLE_HASH, ed_key)
+
+    (key,) = trust.keys
+    assert [window.not_before for window in key.validity] == [start, start + timedelta(days=400)]
+    for moment in (start + timedelta(days=10), start + timedelta(days=500)):
+        assert verify_signature(BUNDLE_HASH, NAME, envelope, trust, now=moment).status is SignatureStatus.VERIFIED
+    with pytest.raises(SignatureUntrusted, match="expired at 2024-12-31"):
+        verify_signature(BUNDLE_HASH, NAME, envelope, trust, now=start + timedelta(days=380))
+    with pytest.raises(SignatureUntrusted, match="is not valid before 2024-01-01"):
+        verify_signature(BUNDLE_HASH, NAME, envelope, trust, now=start - timedelta(days=1))
+
+
+@pytest.mark.parametrize(
+    ("second_block", "expected"),
+    [
+        (lambda cert, pem: cert, "block 2 repeats the certificate of block 1"),
+        (lambda cert, pem: pem, "block 2 repeats the key of block 1"),
+        (lambda cert, pem: "# scope: com.other.*\n" + cert, "with another '# scope:'"),
+    ],
+    ids=["same certificate", "certificate and bare key", "renewal with another scope"],
+)
+def test_a_key_may_repeat_only_in_renewed_certificates_with_the_same_scope(ed_key, second_block, expected):
+    now = datetime.now(UTC)
+    cert = self_signed_cert(ed_key, now - timedelta(days=1), now + timedelta(days=1))
+    renewal = self_signed_cert(ed_key, now, now + timedelta(days=30))
+    text = cert + second_block(cert if "repeats the certificate" in expected else renewal, public_pem(ed_key))
+    with pytest.raises(ConfigInvalid) as caught:
+        TrustBundle.parse(text)
+    assert expected in caught.value.message
+
+
 def test_a_trust_bundle_with_an_rsa_certificate_is_rejected(ed_key, rsa_key):
     now = datetime.now(UTC)
     cert = self_signed_cert(rsa_key, now, now + timedelta(days=1))
@@ -490,6 +526,34 @@ def test_comment_keys_are_case_insensitive_and_windows_line_endings_parse(ed_key
     text = "#Scope:  com.acme  \r\n#  NAME: acme\r\n" + public_pem(ed_key).replace("\n", "\r\n")
     (key,) = TrustBundle.parse(text).keys
     assert (key.label, key.scope) == ("acme", "com.acme")
+
+
+def test_a_publisher_annotation_names_who_a_key_signs_for(ed_key, p256_key):
+    other = ed25519.Ed25519PrivateKey.generate()
+    text = (
+        "# publisher: acme\n# scope: com.acme.*\n"
+        + public_pem(ed_key)
+        + "# publisher: acme\n# scope: com.acme.*\n"
+        + public_pem(p256_key)
+        + public_pem(other)
+    )
+    trust = TrustBundle.parse(text)
+
+    assert [key.publisher for key in trust.keys] == ["acme", "acme", None]
+    assert trust.publisher_of(key_id_for(p256_key.public_key())) == "acme"
+    assert trust.publisher_of(key_id_for(other.public_key())) == key_id_for(other.public_key())
+    assert trust.publisher_of("sha256:" + "0" * 64) is None
+    assert trust.publishers == {"acme", key_id_for(other.public_key())}
+    check = verify_signature(BUNDLE_HASH, NAME, sign_content_hash(BUNDLE_HASH, p256_key), trust)
+    assert check.publisher == "acme"
+    unsigned = verify_signature(BUNDLE_HASH, NAME, None, None)
+    assert unsigned.publisher is None
+
+
+@pytest.mark.parametrize("publisher", ["Acme Inc.", "-acme", "acme:x", "a" * 65, ""])
+def test_a_malformed_publisher_annotation_is_rejected_naming_the_block(ed_key, publisher):
+    with pytest.raises(ConfigInvalid, match="trust bundle block 1: '# publisher:'"):
+        TrustBundle.parse(f"# publisher: {publisher}\n" + public_pem(ed_key))
 
 
 @pytest.mark.parametrize(
