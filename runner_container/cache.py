@@ -6,9 +6,11 @@ only, so concurrent cold requests for one hash fetch and compile it once while o
 1. known: the hash is in the disk index (built from ``<cache>/*/`` at start, kept in memory) → use it;
 2. fetch: stream ``<hex>/bundle.tar.zst`` from the store through :func:`verify_bundle` with the expected
    hash, unpacking into a temp dir inside the cache dir in the same pass; check ``signature.json``
-   against the trust bundle (fail closed when one is configured); write ``index.json`` (the verified
-   files and their sha256); only then ``os.replace`` the temp dir to ``<cache>/<hex>/``.  Any failure
-   deletes the temp dir, so nothing unverified is ever used or left behind;
+   against the trust bundle (fail closed when one is configured), with certificates judged at the
+   publish time finalize recorded in ``published.json`` (expiry is not revocation; removing a key is);
+   write ``index.json`` (the verified files and their sha256); only then ``os.replace`` the temp dir to
+   ``<cache>/<hex>/``.  Any failure deletes the temp dir, so nothing unverified is ever used or left
+   behind;
 3. module (bundles with an ``api``): the in-memory LRU, else ``<cache>/<hex>/<fingerprint>.cwasm``, else
    the platform's ``precompiled/<fingerprint>.cwasm`` from the store, else compile the entry, keep the
    serialized code locally and publish it to the store.  A ``.cwasm`` is never taken from a bundle:
@@ -49,6 +51,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
@@ -57,6 +60,7 @@ from typing import Any, BinaryIO, Protocol, cast
 import wasmtime
 
 from chalicelib.bundles.manifest import Manifest
+from chalicelib.bundles.publication import MAX_PUBLISH_RECORD_BYTES, PublishRecord
 from chalicelib.bundles.signing import (
     MAX_ENVELOPE_BYTES,
     SignatureCheck,
@@ -71,6 +75,7 @@ from chalicelib.errors import ExtError, NotFound, StorageError
 from chalicelib.logs import log_event
 from chalicelib.storage.store import (
     BUNDLE_OBJECT,
+    PUBLISH_RECORD_OBJECT,
     SIGNATURE_OBJECT,
     ObjectInfo,
     PutOutcome,
@@ -484,19 +489,38 @@ class BundleCache:
             stream.close()
 
     def _check_signature(self, content_hash: str, extension_name: str) -> SignatureCheck:
-        return verify_signature(content_hash, extension_name, self._read_envelope(content_hash), self._trust)
+        envelope = self._read_envelope(content_hash)
+        published_at = None
+        if envelope is not None and self._trust is not None:
+            published_at = self._published_at(content_hash, extension_name)
+        return verify_signature(content_hash, extension_name, envelope, self._trust, now=published_at)
 
-    def _read_envelope(self, content_hash: str) -> SignatureEnvelope | None:
+    def _read_small(self, content_hash: str, name: str, cap: int) -> bytes | None:
+        """At most ``cap + 1`` bytes of a small object beside the bundle, or None when there is none."""
         try:
-            stream = self._store.open_stream(self._store.object_key(content_hash, SIGNATURE_OBJECT))
+            stream = self._store.open_stream(self._store.object_key(content_hash, name))
         except NotFound:
             return None
         try:
-            raw = _read_capped(stream, MAX_ENVELOPE_BYTES)
+            return _read_capped(stream, cap)
         finally:
             stream.close()
+
+    def _read_envelope(self, content_hash: str) -> SignatureEnvelope | None:
+        raw = self._read_small(content_hash, SIGNATURE_OBJECT, MAX_ENVELOPE_BYTES)
         # An envelope past the cap fails parsing with SIGNATURE_INVALID, as any other malformed one.
-        return SignatureEnvelope.parse(raw)
+        return SignatureEnvelope.parse(raw) if raw is not None else None
+
+    def _published_at(self, content_hash: str, extension_name: str) -> datetime | None:
+        """When finalize checked the signature, from the publish record only the platform writes; None for a
+        bundle published before records existed (its certificate is then checked at the current time)."""
+        raw = self._read_small(content_hash, PUBLISH_RECORD_OBJECT, MAX_PUBLISH_RECORD_BYTES)
+        if raw is None:
+            log_event("runner.publish_record_missing", content_hash=content_hash)
+            return None
+        record = PublishRecord.parse(raw)
+        record.check(content_hash, extension_name, now=datetime.now(UTC))
+        return record.published_at
 
     def _write_index(self, path: Path, verified: VerifiedBundle, check: SignatureCheck) -> None:
         index = {

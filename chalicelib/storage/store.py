@@ -2,7 +2,8 @@
 
 Layout (DESIGN §2)::
 
-    <base><hex>/bundle.tar.zst | manifest.json | signature.json | entry.wasm | precompiled/<fingerprint>.cwasm
+    <base><hex>/bundle.tar.zst | manifest.json | signature.json | entry.wasm | published.json
+    <base><hex>/precompiled/<fingerprint>.cwasm
     <staging><tenant>/<upload_id>/bundle.tar.zst
 
 Objects under the base are written once: every write is conditional on the key
@@ -36,6 +37,7 @@ __all__ = [
     "BUNDLE_OBJECT",
     "ENTRY_OBJECT",
     "MANIFEST_OBJECT",
+    "PUBLISH_RECORD_OBJECT",
     "SIGNATURE_OBJECT",
     "BundleStore",
     "ObjectInfo",
@@ -49,7 +51,9 @@ BUNDLE_OBJECT = "bundle.tar.zst"
 MANIFEST_OBJECT = "manifest.json"
 SIGNATURE_OBJECT = "signature.json"
 ENTRY_OBJECT = "entry.wasm"
-_FIXED_OBJECTS = frozenset({BUNDLE_OBJECT, MANIFEST_OBJECT, SIGNATURE_OBJECT, ENTRY_OBJECT})
+PUBLISH_RECORD_OBJECT = "published.json"
+"""When and how finalize published the bundle (:mod:`chalicelib.bundles.publication`)."""
+_FIXED_OBJECTS = frozenset({BUNDLE_OBJECT, MANIFEST_OBJECT, SIGNATURE_OBJECT, ENTRY_OBJECT, PUBLISH_RECORD_OBJECT})
 
 _CONTENT_HASH = re.compile(r"sha256:([0-9a-f]{64})")
 _FINGERPRINT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")

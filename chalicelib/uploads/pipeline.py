@@ -11,9 +11,10 @@ ObjectCreated event (S3 → SQS → worker).  Its stages:
 2. complete the multipart upload, if any;
 3. compare the real object size with the declared one;
 4. verify the bundle in one streaming pass (hash, archive, manifest, wasm);
-5. check the signature against ``SIGNING_TRUST_BUNDLE`` (fail closed when set);
+5. check the signature against ``SIGNING_TRUST_BUNDLE`` (fail closed when set), at the clock's time;
 6. check name ownership and whether the version exists (same | conflict | new);
-7. copy the bundle and its manifest, signature and entry to ``sha256/<hex>/``;
+7. copy the bundle and its manifest, signature and entry to ``sha256/<hex>/``, then the publish record
+   (``published.json``: when the signature was checked, which the runner checks certificates against);
 8. register the version in one DynamoDB transaction;
 9. record the result, delete staging, and ask the runner to precompile.
 
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from chalicelib.auth import Identity
+from chalicelib.bundles.publication import PublishRecord
 from chalicelib.bundles.signing import SignatureCheck, SignatureEnvelope, TrustBundle, verify_signature
 from chalicelib.bundles.verify import VerifiedBundle, verify_bundle
 from chalicelib.config import Settings
@@ -74,6 +76,7 @@ from chalicelib.storage.presign import (
 from chalicelib.storage.store import (
     ENTRY_OBJECT,
     MANIFEST_OBJECT,
+    PUBLISH_RECORD_OBJECT,
     SIGNATURE_OBJECT,
     S3BundleStore,
 )
@@ -389,7 +392,8 @@ class UploadPipeline:
             manifest = verified.manifest
             with stage("finalize.signature", **ids) as found:
                 chosen = envelope or (SignatureEnvelope.parse(session.signature) if session.signature else None)
-                check = verify_signature(verified.content_hash, manifest.name, chosen, self._trust)
+                checked_at = self._clock()
+                check = verify_signature(verified.content_hash, manifest.name, chosen, self._trust, now=checked_at)
                 found["signature_status"] = str(check.status)
             with stage("finalize.ownership", **ids):
                 self._registry.check_name_owner(manifest.name, session.tenant, manifest.publisher)
@@ -402,6 +406,7 @@ class UploadPipeline:
             if state == "new":
                 with stage("finalize.store", **ids):
                     self._store_canonical(session, etag, verified, chosen if check.key_id else None, Path(scratch))
+                    self._store_publish_record(verified, check, checked_at)
             with stage("finalize.register", **ids):
                 outcome = self._register(session, verified, chosen, check)
         status = "already_finalized" if state == "same" or outcome == "already" else "finalized"
@@ -472,6 +477,26 @@ class UploadPipeline:
         if verified.manifest.needs_entry:
             with (scratch / verified.manifest.entry).open("rb") as entry:
                 store.put_immutable(store.object_key(content_hash, ENTRY_OBJECT), entry, "application/wasm")
+
+    def _store_publish_record(self, verified: VerifiedBundle, check: SignatureCheck, checked_at: datetime) -> None:
+        """Write ``published.json`` once: a record left by an earlier attempt (or a concurrent finalize of the
+        same bytes) keeps its time, which is also one at which the signature was checked."""
+        key = self._store.object_key(verified.content_hash, PUBLISH_RECORD_OBJECT)
+        if self._store.head(key) is not None:
+            return
+        record = PublishRecord(
+            content_hash=verified.content_hash,
+            extension=verified.manifest.name,
+            version=verified.manifest.version,
+            published_at=checked_at,
+            signature_status=check.status,
+            key_id=check.key_id,
+        )
+        try:
+            self._store.put_immutable(key, record.to_json(), "application/json")
+        except StorageError:
+            if self._store.head(key) is None:
+                raise
 
     def _register(
         self,

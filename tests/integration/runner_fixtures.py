@@ -17,17 +17,24 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cache
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import pytest
 import wasmtime
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.x509.oid import NameOID
 from moto import mock_aws
 
 from chalicelib.bundles.pack import pack_project
+from chalicelib.bundles.publication import PublishRecord
 from chalicelib.bundles.signing import (
     PrivateKey,
+    SignatureStatus,
     TrustBundle,
     generate_ed25519_keypair,
     load_private_key,
@@ -39,6 +46,7 @@ from chalicelib.storage.s3 import ensure_bucket, make_s3_client
 from chalicelib.storage.store import (
     BUNDLE_OBJECT,
     MANIFEST_OBJECT,
+    PUBLISH_RECORD_OBJECT,
     SIGNATURE_OBJECT,
     ObjectInfo,
     PutOutcome,
@@ -112,6 +120,27 @@ def make_signer(scope: str = "*") -> Signer:
     return Signer(load_private_key(private_pem), TrustBundle.parse(f"# scope: {scope}\n{public_pem.decode()}"))
 
 
+def certificate_pem(key: ed25519.Ed25519PrivateKey, not_before: datetime, not_after: datetime) -> str:
+    """A self-signed certificate of ``key``, valid from ``not_before`` to ``not_after``."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "acme release")])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+    )
+    return builder.sign(key, None).public_bytes(serialization.Encoding.PEM).decode()
+
+
+def make_certificate_signer(not_before: datetime, not_after: datetime, scope: str = "*") -> Signer:
+    """A publisher key whose trust bundle entry is a certificate valid from ``not_before`` to ``not_after``."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    return Signer(key, TrustBundle.parse(f"# scope: {scope}\n{certificate_pem(key, not_before, not_after)}"))
+
+
 # --- S3 and the cache ----------------------------------------------------------------------
 
 
@@ -124,8 +153,11 @@ class RunnerEnv:
     client: Any
     store: S3BundleStore
 
-    def publish(self, data: bytes, *, signature: bytes | None = None) -> str:
-        """Write a bundle under ``sha256/<hex>/`` the way finalize does; returns its content hash."""
+    def publish(self, data: bytes, *, signature: bytes | None = None, published_at: datetime | None = None) -> str:
+        """Write a bundle under ``sha256/<hex>/`` the way finalize does; returns its content hash.
+
+        ``published_at`` also writes the publish record finalize leaves beside the bundle.
+        """
         content_hash = content_hash_of(data)
         verified = verify_bundle(io.BytesIO(data), expected_hash=content_hash)
         self.store.put_immutable(self.store.object_key(content_hash, BUNDLE_OBJECT), data, "application/zstd")
@@ -135,6 +167,13 @@ class RunnerEnv:
             self.store.put_immutable(
                 self.store.object_key(content_hash, SIGNATURE_OBJECT), signature, "application/json"
             )
+        if published_at is not None:
+            status = SignatureStatus.UNSIGNED if signature is None else SignatureStatus.VERIFIED
+            record = PublishRecord(
+                content_hash, verified.manifest.name, verified.manifest.version, published_at, status, None
+            )
+            key = self.store.object_key(content_hash, PUBLISH_RECORD_OBJECT)
+            self.store.put_immutable(key, record.to_json(), "application/json")
         return content_hash
 
     def overwrite(self, key: str, data: bytes) -> None:

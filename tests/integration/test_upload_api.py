@@ -33,7 +33,7 @@ def test_publish_through_a_presigned_put_registers_the_version(stack: AwsStack) 
     assert result.json["signature_status"] == "unsigned"
     hex_digest = content_hash(data).split(":")[1]
     assert stack.keys("sha256/") == [
-        f"sha256/{hex_digest}/{n}" for n in ("bundle.tar.zst", "entry.wasm", "manifest.json")
+        f"sha256/{hex_digest}/{n}" for n in ("bundle.tar.zst", "entry.wasm", "manifest.json", "published.json")
     ]
     assert stack.keys("staging/") == []
     stored = stack.s3.get_object(Bucket=BUCKET, Key=f"sha256/{hex_digest}/bundle.tar.zst")["Body"].read()

@@ -9,13 +9,21 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from chalicelib.bundles.signing import SignatureStatus
-from chalicelib.errors import BadRequest, HashMismatch, NotFound, SignatureInvalid, SignatureMissing
-from chalicelib.storage.store import BUNDLE_OBJECT, SIGNATURE_OBJECT
+from chalicelib.errors import (
+    BadRequest,
+    HashMismatch,
+    NotFound,
+    SignatureInvalid,
+    SignatureMissing,
+    SignatureUntrusted,
+)
+from chalicelib.storage.store import BUNDLE_OBJECT, PUBLISH_RECORD_OBJECT, SIGNATURE_OBJECT
 from runner_container.cache import ModuleSource
 from runner_container.engine import WasmEngine
 from tests.integration.runner_fixtures import (
@@ -24,6 +32,7 @@ from tests.integration.runner_fixtures import (
     RunnerEnv,
     content_hash_of,
     example_bundle,
+    make_certificate_signer,
     make_signer,
     ui_bundle,
 )
@@ -181,6 +190,85 @@ def test_a_good_signature_is_accepted_and_recorded(env: RunnerEnv, engine: WasmE
 
     with cache.lease(content_hash) as cached:
         assert cached.signature_status is SignatureStatus.VERIFIED
+
+
+# --- certificates: checked at the publish time finalize recorded (issue 9, item 6) -------------
+
+
+def days_ago(days: float) -> datetime:
+    return datetime.now(UTC) - timedelta(days=days)
+
+
+def test_a_bundle_signed_under_a_certificate_keeps_loading_after_the_certificate_expires(
+    env: RunnerEnv, engine: WasmEngine
+) -> None:
+    signer = make_certificate_signer(days_ago(30), days_ago(1))
+    data = ui_bundle()
+    content_hash = env.publish(data, signature=signer.sign(content_hash_of(data)), published_at=days_ago(10))
+
+    with env.cache(engine, trust=signer.trust).lease(content_hash) as cached:
+        assert cached.signature_status is SignatureStatus.VERIFIED
+
+
+def test_a_certificate_that_was_not_yet_valid_at_publish_time_is_refused(env: RunnerEnv, engine: WasmEngine) -> None:
+    signer = make_certificate_signer(days_ago(5), days_ago(-30))
+    data = ui_bundle()
+    content_hash = env.publish(data, signature=signer.sign(content_hash_of(data)), published_at=days_ago(10))
+
+    with pytest.raises(SignatureUntrusted, match="is not valid before"):
+        env.cache(engine, trust=signer.trust).get(content_hash)
+    assert cache_entries(env.root / "cache") == []
+
+
+def test_removing_the_key_from_the_trust_bundle_stops_its_bundles_loading(env: RunnerEnv, engine: WasmEngine) -> None:
+    signer = make_certificate_signer(days_ago(30), days_ago(1))
+    data = ui_bundle()
+    content_hash = env.publish(data, signature=signer.sign(content_hash_of(data)), published_at=days_ago(10))
+    env.cache(engine, trust=signer.trust).get(content_hash)
+
+    # The runner restarts with a trust bundle that no longer holds the key: the cached entry is not reused.
+    with pytest.raises(SignatureUntrusted, match="is not in the trust bundle"):
+        env.cache(engine, trust=make_signer().trust).get(content_hash)
+    assert cache_entries(env.root / "cache") == []
+
+
+def test_without_a_publish_record_a_certificate_is_checked_at_the_current_time(
+    env: RunnerEnv, engine: WasmEngine
+) -> None:
+    signer = make_certificate_signer(days_ago(30), days_ago(1))
+    data = ui_bundle()
+    content_hash = env.publish(data, signature=signer.sign(content_hash_of(data)))
+
+    with pytest.raises(SignatureUntrusted, match="expired at"):
+        env.cache(engine, trust=signer.trust).get(content_hash)
+
+
+def test_a_publish_record_of_another_bundle_is_refused(env: RunnerEnv, engine: WasmEngine) -> None:
+    signer = make_certificate_signer(days_ago(30), days_ago(1))
+    data, other = ui_bundle(), ui_bundle("com.acme.other")
+    content_hash = env.publish(data, signature=signer.sign(content_hash_of(data)))
+    other_hash = env.publish(other, published_at=days_ago(10))
+    copied = env.store.get_bytes(env.store.object_key(other_hash, PUBLISH_RECORD_OBJECT), 64 * 1024)
+    env.overwrite(env.store.object_key(content_hash, PUBLISH_RECORD_OBJECT), copied)
+
+    with pytest.raises(SignatureInvalid, match="publish record"):
+        env.cache(engine, trust=signer.trust).get(content_hash)
+    assert cache_entries(env.root / "cache") == []
+
+
+@pytest.mark.parametrize(
+    "record",
+    [b"not json", b"[]", b'{"format": "ext-publish-record/v1"}', b"{" + b" " * 70_000 + b"}"],
+    ids=["not json", "not an object", "fields missing", "too large"],
+)
+def test_a_malformed_publish_record_is_refused(env: RunnerEnv, engine: WasmEngine, record: bytes) -> None:
+    signer = make_certificate_signer(days_ago(30), days_ago(1))
+    data = ui_bundle()
+    content_hash = env.publish(data, signature=signer.sign(content_hash_of(data)))
+    env.overwrite(env.store.object_key(content_hash, PUBLISH_RECORD_OBJECT), record)
+
+    with pytest.raises(SignatureInvalid, match="publish record"):
+        env.cache(engine, trust=signer.trust).get(content_hash)
 
 
 def test_without_a_trust_bundle_an_unsigned_bundle_is_accepted_as_unsigned(env: RunnerEnv, engine: WasmEngine) -> None:
