@@ -26,6 +26,7 @@ from chalicelib.errors import BadRequest, ExtError, Internal
 from chalicelib.gateway.service import GatewayRequest
 from chalicelib.logs import LOGGER, bind, configure_logging, log_event
 from chalicelib.openapi import openapi_document
+from chalicelib.registry import Actor, TransferRequest
 from chalicelib.services import Services
 from chalicelib.uploads.events import created_objects
 
@@ -105,6 +106,12 @@ def caller() -> Identity:
 def admin() -> Identity:
     identity = caller()
     identity.require_admin()
+    return identity
+
+
+def operator() -> Identity:
+    identity = caller()
+    identity.require_operator()
     return identity
 
 
@@ -222,6 +229,26 @@ def get_extension(name: str) -> dict[str, Any]:
         "owned": extension.owner_tenant == identity.tenant,
         "versions": [v.to_json() for v in versions],
     }
+
+
+@app.route("/extensions/{name}/transfer", methods=["POST"])
+@api
+def transfer_extension(name: str) -> dict[str, Any]:
+    identity, body = operator(), json_body()
+    extension, event = services().registry.transfer(
+        name, TransferRequest.parse(body), actor=Actor(identity.tenant, identity.sub), request_id=_request_id()
+    )
+    return {
+        "extension": {**extension.to_json(), "owned": extension.owner_tenant == identity.tenant},
+        "event": event.to_json(),
+    }
+
+
+@app.route("/extensions/{name}/audit", methods=["GET"])
+@api
+def extension_audit(name: str) -> dict[str, Any]:
+    operator()
+    return {"events": [event.to_json() for event in services().registry.audit_events(name)]}
 
 
 @app.route("/extensions/{name}/versions", methods=["GET"])

@@ -1,7 +1,8 @@
 """Bearer tokens: verify a JWT and turn it into an :class:`Identity`.
 
 Tokens carry ``sub``, ``tenant`` and ``roles`` (``user``; ``admin`` may also upload
-and manage installs).  Development and tests sign them with HS256 and
+and manage installs; ``operator``, the platform's own staff, may transfer extension
+names between owners).  Development and tests sign them with HS256 and
 ``EXT_AUTH_SECRET``; production verifies RS256/ES256 against a JWKS
 (``EXT_AUTH_JWKS``: inline JSON, a file path, or an https URL), and then also
 requires the ``iss`` and ``aud`` claims to be ``EXT_AUTH_ISSUER`` and
@@ -27,11 +28,12 @@ import jwt
 from chalicelib.config import Settings, check_combinations
 from chalicelib.errors import ConfigInvalid, Forbidden, Unauthenticated
 
-__all__ = ["ADMIN", "USER", "Identity", "TokenVerifier", "issue_token"]
+__all__ = ["ADMIN", "OPERATOR", "USER", "Identity", "TokenVerifier", "issue_token"]
 
 USER = "user"
 ADMIN = "admin"
-_KNOWN_ROLES = frozenset({USER, ADMIN})
+OPERATOR = "operator"
+_KNOWN_ROLES = frozenset({USER, ADMIN, OPERATOR})
 _TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _ASYMMETRIC = ["RS256", "ES256"]
 _LEEWAY_SECONDS = 30
@@ -55,6 +57,10 @@ class Identity:
     def require_admin(self) -> None:
         if not self.is_admin:
             raise Forbidden("this action needs the admin role")
+
+    def require_operator(self) -> None:
+        if OPERATOR not in self.roles:
+            raise Forbidden("this action needs the operator role (the platform's operators only)")
 
 
 def _bearer(header: str | None) -> str:

@@ -106,9 +106,45 @@ _SCHEMAS: dict[str, Any] = {
         ["name", "publisher"],
         name=_STR,
         publisher=_STR,
+        owner_publisher={
+            "type": ["string", "null"],
+            "description": "With a trust bundle: the trusted publisher (the signing keys' `# publisher:`) "
+            "that owns the name; null for a name a tenant owns.",
+        },
         latest_version=_STR,
-        owned=_BOOL,
+        owned={
+            "type": "boolean",
+            "description": "Whether the caller's tenant owns the name (never, for a name a trusted publisher owns).",
+        },
         versions={"type": "array", "items": _ref("Version"), "description": "highest first"},
+    ),
+    "Owner": {
+        "type": "object",
+        "minProperties": 1,
+        "maxProperties": 1,
+        "properties": {"tenant": _STR, "publisher": _STR},
+    },
+    "Transfer": {
+        "type": "object",
+        "required": ["reason"],
+        "additionalProperties": False,
+        "properties": {
+            "to_publisher": {**_STR, "description": "With a trust bundle: one of its publishers."},
+            "to_tenant": {**_STR, "description": "Without a trust bundle: a tenant id."},
+            "reason": {"type": "string", "minLength": 1, "maxLength": 1000},
+        },
+        "oneOf": [{"required": ["to_publisher"]}, {"required": ["to_tenant"]}],
+    },
+    "AuditEvent": _obj(
+        ["action", "at", "actor", "from", "to", "reason"],
+        subject=_STR,
+        event_id=_STR,
+        action={"enum": ["name.transfer", "name.adopt"]},
+        at={"type": "string", "format": "date-time"},
+        actor=_obj(["tenant", "sub"], tenant=_STR, sub=_STR),
+        **{"from": _ref("Owner"), "to": _ref("Owner")},
+        reason=_STR,
+        request_id={"type": ["string", "null"]},
     ),
     "Version": _obj(
         ["name", "version", "content_hash"],
@@ -210,6 +246,36 @@ def _paths() -> dict[str, Any]:
             "get": {
                 **_op(
                     "One extension with its versions", {**_ok("extension", _ref("Extension")), **_errors(404)}, tag=ext
+                ),
+                "parameters": [_NAME_PARAM],
+            }
+        },
+        "/extensions/{name}/transfer": {
+            "post": {
+                **_op(
+                    "Operators: give the name to another owner (audited)",
+                    {
+                        **_ok(
+                            "transferred",
+                            _obj(["extension", "event"], extension=_ref("Extension"), event=_ref("AuditEvent")),
+                        ),
+                        **_errors(400, 404, 503),
+                    },
+                    body=_ref("Transfer"),
+                    tag=ext,
+                ),
+                "parameters": [_NAME_PARAM],
+            }
+        },
+        "/extensions/{name}/audit": {
+            "get": {
+                **_op(
+                    "Operators: every change of the name's owner, oldest first",
+                    {
+                        **_ok("events", _obj(["events"], events={"type": "array", "items": _ref("AuditEvent")})),
+                        **_errors(404),
+                    },
+                    tag=ext,
                 ),
                 "parameters": [_NAME_PARAM],
             }

@@ -57,7 +57,7 @@ class Services:
 
     @cached_property
     def registry(self) -> RegistryService:
-        return RegistryService(self.models, utc_now)
+        return RegistryService(self.models, utc_now, self.trust)
 
     @cached_property
     def installs(self) -> InstallService:

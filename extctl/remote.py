@@ -61,6 +61,21 @@ def add_commands(sub: Any) -> None:
     _common(p)
     p.set_defaults(handler=_installs)
 
+    p = sub.add_parser("transfer", help="operators: give an extension name to another owner (audited)")
+    p.add_argument("name")
+    owner = p.add_mutually_exclusive_group(required=True)
+    owner.add_argument("--to-publisher", help="a publisher of the trust bundle (when one is configured)")
+    owner.add_argument("--to-tenant", help="a tenant id (when no trust bundle is configured)")
+    p.add_argument("--reason", required=True, help="why the name changes hands; kept in the audit log")
+    _common(p)
+    p.set_defaults(handler=_transfer)
+
+    p = sub.add_parser("audit", help="operators: every change of an extension name's owner")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true")
+    _common(p)
+    p.set_defaults(handler=_audit)
+
 
 def _publish(args: argparse.Namespace, out: TextIO) -> None:
     api = _client(args)
@@ -123,3 +138,24 @@ def _installs(args: argparse.Namespace, out: TextIO) -> None:
     for item in installs:
         state = "enabled" if item["enabled"] else "disabled"
         print(f"{item['extension']}\t{item['version']}\t{state}\t{item['content_hash']}", file=out)
+
+
+def _transfer(args: argparse.Namespace, out: TextIO) -> None:
+    target = {"to_publisher": args.to_publisher} if args.to_publisher else {"to_tenant": args.to_tenant}
+    answer = _client(args).post(f"/extensions/{args.name}/transfer", {**target, "reason": args.reason})
+    print(dumps(answer), file=out)
+
+
+def _owner(owner: dict[str, str]) -> str:
+    return next(f"{kind} {value}" for kind, value in owner.items())
+
+
+def _audit(args: argparse.Namespace, out: TextIO) -> None:
+    events = _client(args).get(f"/extensions/{args.name}/audit")["events"]
+    if args.json:
+        print(dumps(events), file=out)
+        return
+    for event in events:
+        actor = f"{event['actor']['sub']}@{event['actor']['tenant']}"
+        change = f"{_owner(event['from'])} -> {_owner(event['to'])}"
+        print(f"{event['at']}\t{event['action']}\t{actor}\t{change}\t{event['reason']}", file=out)

@@ -23,17 +23,19 @@ Typical wiring::
 
 from __future__ import annotations
 
-from chalicelib.registry.extensions import RegistryService
+from chalicelib.registry.extensions import RegistryService, TransferRequest
 from chalicelib.registry.installs import InstallService
 from chalicelib.registry.models import Models, create_tables, make_models, semver_sort_key
 from chalicelib.registry.ratelimit import RateLimiter
 from chalicelib.registry.records import (
     Actor,
+    AuditEvent,
     Claim,
     ClaimKind,
     ExtensionRecord,
     HistoryEntry,
     InstallRecord,
+    Owner,
     SignatureStatus,
     UploadSession,
     UploadState,
@@ -45,6 +47,7 @@ from chalicelib.registry.uploads import UploadService
 
 __all__ = [
     "Actor",
+    "AuditEvent",
     "Claim",
     "ClaimKind",
     "ExtensionRecord",
@@ -52,9 +55,11 @@ __all__ = [
     "InstallRecord",
     "InstallService",
     "Models",
+    "Owner",
     "RateLimiter",
     "RegistryService",
     "SignatureStatus",
+    "TransferRequest",
     "UploadService",
     "UploadSession",
     "UploadState",

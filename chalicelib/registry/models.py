@@ -8,11 +8,12 @@ works without code changes.
 
 | table | key | what |
 | --- | --- | --- |
-| extensions | ``name`` | who owns a name (tenant, publisher), signing keys seen, latest version |
+| extensions | ``name`` | who owns a name (a tenant, or a trusted publisher), signing keys seen, latest version |
 | versions | ``name`` + ``version``, GSI ``by_hash`` | one published, immutable version |
 | installs | ``tenant`` + ``name`` | a tenant's install: version, enabled, config, history |
 | uploads | ``upload_id`` | an upload session and its finalize claim (expires by TTL) |
 | ratelimits | ``key`` | fixed-window counters (expire by TTL) |
+| audit | ``subject`` + ``event_id`` | ownership changes (operator transfers), written once, never changed |
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from pynamodb.models import Model
 from chalicelib.config import Settings
 
 __all__ = [
+    "AuditModel",
     "ExtensionModel",
     "InstallModel",
     "Models",
@@ -100,11 +102,14 @@ def _json_map(**kwargs: Any) -> MapAttribute[str, Any]:
 
 
 class ExtensionModel(Model):
-    """One extension name and who owns it."""
+    """One extension name and who owns it: a tenant (``owner_tenant``, names published without a trust bundle)
+    or a trusted publisher (``owner_publisher``, names published under one); exactly one of the two is set."""
 
     name = UnicodeAttribute(hash_key=True)
     publisher = UnicodeAttribute()
-    owner_tenant = UnicodeAttribute()
+    """The ``publisher`` of the latest version's manifest (a display name, not an identity)."""
+    owner_tenant = UnicodeAttribute(null=True)
+    owner_publisher = UnicodeAttribute(null=True)
     key_ids = UnicodeSetAttribute(null=True)
     latest_version = UnicodeAttribute(null=True)
     latest_version_sort = UnicodeAttribute(null=True)
@@ -200,6 +205,24 @@ class RateLimitModel(Model):
     ttl = TTLAttribute()
 
 
+class AuditModel(Model):
+    """One change of who owns a name; written once (in the transaction that made the change), never changed."""
+
+    subject = UnicodeAttribute(hash_key=True)
+    """What changed: ``extension:<name>``."""
+    event_id = UnicodeAttribute(range_key=True)
+    """``<ISO 8601 time>#<random hex>``: events of one subject sort by time."""
+    action = UnicodeAttribute()
+    at = UTCDateTimeAttribute()
+    actor = _json_map()
+    """``{"tenant": …, "sub": …}`` of whoever made the change."""
+    from_owner = _json_map()
+    to_owner = _json_map()
+    """``{"tenant": …}`` or ``{"publisher": …}``."""
+    reason = UnicodeAttribute()
+    request_id = UnicodeAttribute(null=True)
+
+
 _M = TypeVar("_M", bound=Model)
 
 
@@ -211,17 +234,18 @@ def _bind(base: type[_M], table_name: str, region: str) -> type[_M]:
 
 @dataclass(frozen=True)
 class Models:
-    """The five model classes of one deployment, bound to its table names and region."""
+    """The model classes of one deployment, bound to its table names and region."""
 
     extensions: type[ExtensionModel]
     versions: type[VersionModel]
     installs: type[InstallModel]
     uploads: type[UploadModel]
     ratelimits: type[RateLimitModel]
+    audit: type[AuditModel]
     region: str
 
     def all(self) -> tuple[type[Model], ...]:
-        return (self.extensions, self.versions, self.installs, self.uploads, self.ratelimits)
+        return (self.extensions, self.versions, self.installs, self.uploads, self.ratelimits, self.audit)
 
     @functools.cached_property
     def connection(self) -> Connection:
@@ -246,6 +270,7 @@ def make_models(settings: Settings) -> Models:
         installs=_bind(InstallModel, f"{prefix}installs", region),
         uploads=_bind(UploadModel, f"{prefix}uploads", region),
         ratelimits=_bind(RateLimitModel, f"{prefix}ratelimits", region),
+        audit=_bind(AuditModel, f"{prefix}audit", region),
         region=region,
     )
 

@@ -19,6 +19,7 @@ from chalicelib.errors import (
     StorageError,
 )
 from chalicelib.registry.models import (
+    AuditModel,
     ExtensionModel,
     InstallModel,
     UploadModel,
@@ -30,6 +31,7 @@ __all__ = [
     "HISTORY_LIMIT",
     "MAX_CONFIG_BYTES",
     "Actor",
+    "AuditEvent",
     "Claim",
     "ClaimKind",
     "Clock",
@@ -37,6 +39,7 @@ __all__ = [
     "ExtensionRecord",
     "HistoryEntry",
     "InstallRecord",
+    "Owner",
     "RegisterOutcome",
     "SignatureStatus",
     "UploadSession",
@@ -136,26 +139,85 @@ class Actor:
 
 
 @dataclass(frozen=True)
+class Owner:
+    """Who holds an extension name: a tenant (names published without a trust bundle) or a trusted publisher
+    (names published under one: the ``# publisher:`` of the signing key, else its key id).  Exactly one is set."""
+
+    tenant: str | None = None
+    publisher: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.tenant is None) == (self.publisher is None):
+            raise ValueError("an owner is either a tenant or a publisher")
+
+    def to_json(self) -> dict[str, str]:
+        """``{"tenant": …}`` or ``{"publisher": …}``."""
+        return {"tenant": self.tenant} if self.tenant is not None else {"publisher": str(self.publisher)}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Owner:
+        plain = _plain(data)
+        return cls(tenant=plain.get("tenant"), publisher=plain.get("publisher"))
+
+    def __str__(self) -> str:
+        return f"tenant {self.tenant!r}" if self.tenant is not None else f"publisher {self.publisher!r}"
+
+
+@dataclass(frozen=True)
 class ExtensionRecord:
-    """An extension name, its owner and its highest version."""
+    """An extension name, its owner (``owner_tenant`` or ``owner_publisher``) and its highest version."""
 
     name: str
     publisher: str
-    owner_tenant: str
+    owner_tenant: str | None
     key_ids: frozenset[str]
     latest_version: str | None
     created_at: datetime
     updated_at: datetime
+    owner_publisher: str | None = None
+
+    @property
+    def owner(self) -> Owner:
+        return Owner(tenant=self.owner_tenant, publisher=self.owner_publisher)
 
     def to_json(self) -> dict[str, Any]:
-        """The public view (the owner's tenant id stays private)."""
+        """The public view: the owning publisher is shown, an owning tenant's id stays private."""
         return {
             "name": self.name,
             "publisher": self.publisher,
+            "owner_publisher": self.owner_publisher,
             "latest_version": self.latest_version,
             "key_ids": sorted(self.key_ids),
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at),
+        }
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """A change of a name's owner: what, when, by whom, from whom to whom, and why."""
+
+    subject: str
+    event_id: str
+    action: str
+    at: datetime
+    actor: Actor
+    from_owner: Owner
+    to_owner: Owner
+    reason: str
+    request_id: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "subject": self.subject,
+            "event_id": self.event_id,
+            "action": self.action,
+            "at": _iso(self.at),
+            "actor": {"tenant": self.actor.tenant, "sub": self.actor.sub},
+            "from": self.from_owner.to_json(),
+            "to": self.to_owner.to_json(),
+            "reason": self.reason,
+            "request_id": self.request_id,
         }
 
 
@@ -344,6 +406,22 @@ def _extension_record(item: ExtensionModel) -> ExtensionRecord:
         latest_version=item.latest_version,
         created_at=item.created_at,
         updated_at=item.updated_at,
+        owner_publisher=item.owner_publisher,
+    )
+
+
+def _audit_event(item: AuditModel) -> AuditEvent:
+    actor = _plain(item.actor)
+    return AuditEvent(
+        subject=item.subject,
+        event_id=item.event_id,
+        action=item.action,
+        at=item.at,
+        actor=Actor(tenant=actor["tenant"], sub=actor["sub"]),
+        from_owner=Owner.from_json(item.from_owner),
+        to_owner=Owner.from_json(item.to_owner),
+        reason=item.reason,
+        request_id=item.request_id,
     )
 
 

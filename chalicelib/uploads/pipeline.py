@@ -12,7 +12,8 @@ ObjectCreated event (S3 → SQS → worker).  Its stages:
 3. compare the real object size with the declared one;
 4. verify the bundle in one streaming pass (hash, archive, manifest, wasm);
 5. check the signature against ``SIGNING_TRUST_BUNDLE`` (fail closed when set), at the clock's time;
-6. check name ownership and whether the version exists (same | conflict | new);
+6. check name ownership (by the signing key's publisher when a trust bundle is set, else by tenant) and
+   whether the version exists (same | conflict | new);
 7. copy the bundle and its manifest, signature and entry to ``sha256/<hex>/``, then the publish record
    (``published.json``: when the signature was checked, which the runner checks certificates against);
 8. register the version in one DynamoDB transaction;
@@ -396,7 +397,9 @@ class UploadPipeline:
                 check = verify_signature(verified.content_hash, manifest.name, chosen, self._trust, now=checked_at)
                 found["signature_status"] = str(check.status)
             with stage("finalize.ownership", **ids):
-                self._registry.check_name_owner(manifest.name, session.tenant, manifest.publisher)
+                self._registry.check_name_owner(
+                    manifest.name, session.tenant, manifest.publisher, trusted_publisher=check.publisher
+                )
                 state = self._registry.existing_state(manifest.name, manifest.version, verified.content_hash)
                 if state == "conflict":
                     raise VersionExists(
@@ -515,7 +518,7 @@ class UploadPipeline:
             created_at=self._clock(),
             created_by=Actor(tenant=session.tenant, sub=session.sub),
         )
-        return self._registry.register_version(record, session.tenant, check.key_id)
+        return self._registry.register_version(record, session.tenant, check.key_id, trusted_publisher=check.publisher)
 
     def _release(self, staged: _Staged) -> None:
         if staged.claim_id is None:

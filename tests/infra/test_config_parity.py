@@ -103,7 +103,7 @@ def test_the_registry_prefix_names_the_tables(template: dict[str, Any]) -> None:
     for function in ("APIHandler", "FinalizeWorker"):
         settings = load_settings(stack.resolve(stack.resources[function]["Properties"]["Environment"]["Variables"]))
         suffixes = {name.removeprefix(settings.registry_table_prefix) for name in tables}
-        assert suffixes == {"extensions", "versions", "installs", "uploads", "ratelimits"}
+        assert suffixes == {"extensions", "versions", "installs", "uploads", "ratelimits", "audit"}
 
 
 def setting_parameters(stack: Stack) -> Iterator[tuple[Setting, str, dict[str, Any]]]:

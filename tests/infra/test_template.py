@@ -29,7 +29,7 @@ HEX = "ab" * 32
 CANONICAL_OBJECTS = ("bundle.tar.zst", "manifest.json", "signature.json", "entry.wasm", "published.json")
 PRECOMPILED = f"{BUCKET_ARN}/sha256/{HEX}/precompiled/wasmtime-50.0.1-x86_64-linux-0123abcd.cwasm"
 STAGED = f"{BUCKET_ARN}/staging/tenant-1/upload-1/bundle.tar.zst"
-TABLES = ("extensions", "versions", "installs", "uploads", "ratelimits")
+TABLES = ("extensions", "versions", "installs", "uploads", "ratelimits", "audit")
 FUNCTIONS = ("APIHandler", "FinalizeWorker", "Runner")
 
 
@@ -404,7 +404,7 @@ def test_missing_objects_read_as_404_for_every_function_but_listings_stay_in_its
 
 def test_each_function_reaches_only_its_own_tables(stack: Stack) -> None:
     expected = {
-        "APIHandler": set(TABLES),
+        "APIHandler": set(TABLES) - {"audit"},
         "FinalizeWorker": {"extensions", "versions", "uploads"},
         "Runner": set(),
     }
@@ -416,6 +416,17 @@ def test_each_function_reaches_only_its_own_tables(stack: Stack) -> None:
     assert not can(stack, "FinalizeWorker", "dynamodb:DeleteItem", table_arn("uploads"))
     for function in FUNCTIONS:
         assert not can(stack, function, "dynamodb:DeleteTable", table_arn("versions"))
+
+
+def test_the_audit_log_can_be_appended_to_and_read_but_never_changed(stack: Stack) -> None:
+    audit = table_arn("audit")
+    assert can(stack, "APIHandler", "dynamodb:PutItem", audit)
+    assert can(stack, "APIHandler", "dynamodb:Query", audit)
+    assert can(stack, "FinalizeWorker", "dynamodb:PutItem", audit)
+    for function in FUNCTIONS:
+        for action in ("dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem"):
+            assert not can(stack, function, action, audit), (function, action)
+    assert not can(stack, "Runner", "dynamodb:PutItem", audit)
 
 
 def test_only_the_worker_consumes_the_finalize_queue(stack: Stack) -> None:

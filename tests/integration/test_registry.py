@@ -9,10 +9,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from moto import mock_aws
 from moto.core.botocore_stubber import BotocoreStubber
 from pynamodb.signals import pre_dynamodb_send
 
+from chalicelib.bundles.signing import NamePattern, TrustBundle, TrustedKey, key_id_for
 from chalicelib.config import load_settings
 from chalicelib.errors import (
     BadRequest,
@@ -29,9 +31,11 @@ from chalicelib.registry import (
     Actor,
     ClaimKind,
     InstallService,
+    Owner,
     RateLimiter,
     RegistryService,
     SignatureStatus,
+    TransferRequest,
     UploadService,
     UploadState,
     VersionRecord,
@@ -240,6 +244,169 @@ def test_the_owner_cannot_change_the_publisher_of_a_name(registry):
 
 def test_a_free_name_passes_the_owner_check(registry):
     registry.check_name_owner("com.free.name", "anyone", "Anyone")
+
+
+# --- ownership with a trust bundle: names belong to publishers (issue 9, item 3) ----------------
+
+
+ACME_KEY = ed25519.Ed25519PrivateKey.generate().public_key()
+EVIL_KEY = ed25519.Ed25519PrivateKey.generate().public_key()
+TRUST = TrustBundle(
+    (
+        TrustedKey.for_key(ACME_KEY, (NamePattern.parse("com.acme.*"),), publisher="acme"),
+        TrustedKey.for_key(EVIL_KEY, (NamePattern.parse("com.evil.*"),), publisher="evilcorp"),
+    )
+)
+
+
+@pytest.fixture
+def trusted(models, clock):
+    """The registry of a deployment with a trust bundle."""
+    return RegistryService(models, clock, TRUST)
+
+
+def test_with_a_trust_bundle_the_first_signed_version_gives_the_name_to_its_publisher_not_its_tenant(trusted):
+    assert trusted.register_version(version_record(tenant="evil"), "evil", None, trusted_publisher="acme") == "created"
+
+    extension = trusted.get_extension(NAME)
+    assert (extension.owner_publisher, extension.owner_tenant) == ("acme", None)
+    assert extension.to_json()["owner_publisher"] == "acme"
+    assert trusted.list_extensions("evil") == []
+
+
+def test_a_publisher_owned_name_takes_its_publishers_versions_from_any_tenant_and_no_other_publishers(trusted):
+    trusted.register_version(version_record(tenant="evil"), "evil", None, trusted_publisher="acme")
+
+    trusted.check_name_owner(NAME, "acme", "Acme Corp", trusted_publisher="acme")
+    renamed = version_record("1.1.0", digest="bb", publisher="Acme Corp")
+    assert trusted.register_version(renamed, "acme", None, trusted_publisher="acme") == "created"
+    with pytest.raises(
+        NameOwned, match="belongs to publisher 'acme', and this bundle is signed for publisher 'evilcorp'"
+    ):
+        trusted.register_version(version_record("1.2.0", digest="cc"), "evil", None, trusted_publisher="evilcorp")
+    with pytest.raises(NameOwned, match="only bundles signed by its keys"):
+        trusted.check_name_owner(NAME, "acme", "Acme Corp")
+    assert trusted.get_extension(NAME).publisher == "Acme Corp"
+
+
+def test_a_name_squatted_before_passes_to_the_publisher_its_versions_were_signed_for(registry, trusted):
+    # Before ownership followed keys: tenant "evil" uploaded Acme's signed bundle first and owned the name.
+    registry.register_version(version_record(tenant="evil"), "evil", key_id_for(ACME_KEY))
+    assert registry.get_extension(NAME).owner_tenant == "evil"
+    with pytest.raises(NameOwned):
+        trusted.check_name_owner(NAME, "evil", "Acme", trusted_publisher="evilcorp")
+
+    record = version_record("1.1.0", digest="bb")
+    assert trusted.register_version(record, "acme", key_id_for(ACME_KEY), trusted_publisher="acme") == "created"
+
+    extension = trusted.get_extension(NAME)
+    assert (extension.owner_publisher, extension.owner_tenant, extension.latest_version) == ("acme", None, "1.1.0")
+    [event] = trusted.audit_events(NAME)
+    assert (event.action, event.actor, event.from_owner, event.to_owner) == (
+        "name.adopt",
+        Actor("acme", "dev@acme"),
+        Owner(tenant="evil"),
+        Owner(publisher="acme"),
+    )
+
+
+def test_a_tenant_owned_name_without_trusted_signatures_passes_only_from_its_own_tenant(registry, trusted):
+    registry.register_version(version_record(), "acme", None)
+
+    with pytest.raises(NameOwned, match="belongs to another publisher"):
+        trusted.register_version(version_record("1.1.0", digest="bb"), "globex", None, trusted_publisher="acme")
+    trusted.register_version(version_record("1.1.0", digest="bb"), "acme", None, trusted_publisher="acme")
+
+    assert trusted.get_extension(NAME).owner == Owner(publisher="acme")
+    assert [event.action for event in trusted.audit_events(NAME)] == ["name.adopt"]
+
+
+def test_re_registering_identical_bytes_under_a_trust_bundle_changes_nothing(trusted, clock):
+    trusted.register_version(version_record(), "acme", None, trusted_publisher="acme")
+    before = trusted.get_extension(NAME)
+    clock.advance(60)
+
+    assert trusted.register_version(version_record(tenant="evil"), "evil", None, trusted_publisher="acme") == "already"
+
+    assert trusted.get_extension(NAME) == before
+    assert trusted.get_version(NAME, "1.0.0").created_by == Actor("acme", "dev@acme")
+
+
+def test_a_transfer_moves_the_name_and_records_who_when_from_to_and_why(trusted, clock):
+    trusted.register_version(version_record(), "acme", None, trusted_publisher="acme")
+    clock.advance(3600)
+    request = TransferRequest.parse({"to_publisher": "evilcorp", "reason": "  court order 7  "})
+
+    extension, event = trusted.transfer(NAME, request, actor=Actor("ops", "olivia"), request_id="req-9")
+
+    assert extension.owner == Owner(publisher="evilcorp")
+    assert trusted.audit_events(NAME) == [event]
+    assert event.to_json() == {
+        "subject": f"extension:{NAME}",
+        "event_id": event.event_id,
+        "action": "name.transfer",
+        "at": "2026-11-26T13:00:30Z",
+        "actor": {"tenant": "ops", "sub": "olivia"},
+        "from": {"publisher": "acme"},
+        "to": {"publisher": "evilcorp"},
+        "reason": "court order 7",
+        "request_id": "req-9",
+    }
+    trusted.register_version(version_record("1.1.0", digest="bb"), "evil", None, trusted_publisher="evilcorp")
+    with pytest.raises(NameOwned):
+        trusted.check_name_owner(NAME, "acme", "Acme", trusted_publisher="acme")
+
+
+def test_a_transfer_is_refused_for_unknown_names_owners_that_cannot_hold_it_and_no_change(registry, trusted):
+    trusted.register_version(version_record(), "acme", None, trusted_publisher="acme")
+    actor = Actor("ops", "olivia")
+    to = TransferRequest.parse
+
+    with pytest.raises(NotFound):
+        trusted.transfer("com.acme.nothing", to({"to_publisher": "acme", "reason": "r"}), actor=actor)
+    with pytest.raises(BadRequest, match="already belongs to publisher 'acme'"):
+        trusted.transfer(NAME, to({"to_publisher": "acme", "reason": "r"}), actor=actor)
+    with pytest.raises(BadRequest, match="its publishers: acme, evilcorp"):
+        trusted.transfer(NAME, to({"to_publisher": "nobody", "reason": "r"}), actor=actor)
+    with pytest.raises(BadRequest, match="send `to_publisher`"):
+        trusted.transfer(NAME, to({"to_tenant": "globex", "reason": "r"}), actor=actor)
+    with pytest.raises(BadRequest, match="send `to_tenant`"):
+        registry.transfer(NAME, to({"to_publisher": "acme", "reason": "r"}), actor=actor)
+    assert trusted.audit_events(NAME) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"reason": "r"}, "exactly one of"),
+        ({"to_publisher": "a", "to_tenant": "b", "reason": "r"}, "exactly one of"),
+        ({"to_publisher": "a"}, "`reason` is required"),
+        ({"to_publisher": "a", "reason": "   "}, "`reason` is required"),
+        ({"to_publisher": "a", "reason": "x" * 1001}, "longer than 1000"),
+        ({"to_tenant": "no spaces", "reason": "r"}, "is not a tenant id"),
+        ({"to_publisher": 7, "reason": "r"}, "must be a non-empty string"),
+        ({"to_publisher": "a", "reason": "r", "force": True}, "unknown field(s) force"),
+    ],
+)
+def test_a_malformed_transfer_request_is_a_bad_request(body, message):
+    with pytest.raises(BadRequest) as caught:
+        TransferRequest.parse(body)
+    assert message in caught.value.message
+
+
+def test_concurrent_transfers_each_leave_one_audit_event_and_the_last_owner_wins(trusted):
+    trusted.register_version(version_record(), "acme", None, trusted_publisher="acme")
+    actor = Actor("ops", "olivia")
+
+    results = in_threads(
+        lambda: trusted.transfer(NAME, TransferRequest.parse({"to_publisher": "evilcorp", "reason": "a"}), actor=actor),
+        lambda: trusted.transfer(NAME, TransferRequest.parse({"to_publisher": "evilcorp", "reason": "b"}), actor=actor),
+    )
+
+    moved = [result for result in results if not isinstance(result, Exception)]
+    assert len(moved) == 1
+    assert any(isinstance(result, BadRequest) for result in results)
+    assert [event.reason for event in trusted.audit_events(NAME)] == [moved[0][1].reason]
 
 
 def test_latest_version_follows_semver_not_publish_order(registry):

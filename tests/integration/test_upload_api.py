@@ -6,14 +6,18 @@ import hashlib
 import json
 import os
 import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+import boto3
 import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from chalicelib.admin_ui import MODULES
+from chalicelib.bundles.publication import PublishRecord
 from chalicelib.bundles.signing import sign_content_hash
 from chalicelib.errors import error_texts
 from chalicelib.openapi import openapi_document
@@ -273,6 +277,166 @@ def test_the_event_path_waits_for_a_signature_when_trust_is_configured(
     envelope = sign_content_hash(content_hash(data), signing_key).to_dict()
     result = stack.call("POST", "/ext-bundles/finalize", {"upload_id": target["upload_id"], "signature": envelope})
     assert result.json["signature_status"] == "verified"
+
+
+# --- name ownership under a trust bundle (issue 9, item 3) -------------------------------------
+
+
+def public_pem(key: Ed25519PrivateKey) -> str:
+    return key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+@dataclass(frozen=True)
+class Publishers:
+    """Keys the trust bundle knows, by publisher: ``acme`` (com.acme.*), ``evilcorp`` (com.evil.*) and
+    ``platform`` (any name)."""
+
+    acme: Ed25519PrivateKey
+    evilcorp: Ed25519PrivateKey
+    platform: Ed25519PrivateKey
+
+
+@pytest.fixture
+def publishers(stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Publishers:
+    keys = Publishers(Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate())
+    trust = (
+        f"# publisher: acme\n# scope: com.acme.*\n{public_pem(keys.acme)}"
+        f"# publisher: evilcorp\n# scope: com.evil.*\n{public_pem(keys.evilcorp)}"
+        f"# publisher: platform\n{public_pem(keys.platform)}"
+    )
+    monkeypatch.setenv("SIGNING_TRUST_BUNDLE", trust)
+    return keys
+
+
+def signed(data: bytes, key: Ed25519PrivateKey) -> dict[str, Any]:
+    return {"signature": sign_content_hash(content_hash(data), key).to_dict()}
+
+
+def operator() -> dict[str, str]:
+    return auth("ops", ("operator",))
+
+
+def test_a_squatter_uploading_the_publishers_signed_bundle_first_does_not_take_the_name(
+    publishers: Publishers, request: pytest.FixtureRequest
+) -> None:
+    stack: AwsStack = request.getfixturevalue("stack")
+    v100, v110 = bundle(), bundle(good_files(version="1.1.0"))
+
+    squatted = publish(stack, v100, tenant="evil", extra=signed(v100, publishers.acme))
+    assert squatted.status_code == 200 and squatted.json["status"] == "finalized", squatted.json
+    legitimate = publish(stack, v110, tenant="acme", extra=signed(v110, publishers.acme))
+    assert legitimate.status_code == 200, legitimate.json
+    assert legitimate.json["status"] == "finalized"
+
+    # The squatter cannot publish a version of its own: it holds no key that may sign the name.
+    own = bundle(good_files(version="1.2.0", publisher="Evil Ltd"))
+    attempts = {
+        "SIGNATURE_MISSING": {},
+        "SIGNATURE_UNTRUSTED": signed(own, Ed25519PrivateKey.generate()),
+        "SIGNATURE_SCOPE": signed(own, publishers.evilcorp),
+    }
+    for code, extra in attempts.items():
+        refused = publish(stack, own, tenant="evil", extra=extra)
+        assert refused.json["error"]["code"] == code
+    # Uploading the publisher's signed bytes again changes nothing.
+    again = publish(stack, v110, tenant="evil", extra=signed(v110, publishers.acme))
+    assert again.status_code == 200 and again.json["status"] == "already_finalized"
+
+    versions = stack.call("GET", "/extensions/com.acme.tools/versions", headers=auth("evil")).json["versions"]
+    assert [v["version"] for v in versions] == ["1.1.0", "1.0.0"]
+    for tenant in ("evil", "acme"):
+        extension = stack.call("GET", "/extensions/com.acme.tools", headers=auth(tenant)).json
+        assert (extension["owner_publisher"], extension["owned"], extension["latest_version"]) == (
+            "acme",
+            False,
+            "1.1.0",
+        )
+
+
+def test_where_scopes_overlap_the_first_publisher_keeps_the_name(
+    publishers: Publishers, request: pytest.FixtureRequest
+) -> None:
+    stack: AwsStack = request.getfixturevalue("stack")
+    v100, v110 = bundle(), bundle(good_files(version="1.1.0"))
+    assert publish(stack, v100, extra=signed(v100, publishers.acme)).status_code == 200
+
+    other = publish(stack, v110, extra=signed(v110, publishers.platform))
+
+    assert other.status_code == 409
+    assert other.json["error"]["code"] == "NAME_OWNED"
+    assert "'acme'" in other.json["error"]["message"]
+
+
+def test_an_operator_transfers_a_name_and_the_transfer_is_audited(
+    publishers: Publishers, request: pytest.FixtureRequest
+) -> None:
+    stack: AwsStack = request.getfixturevalue("stack")
+    v100 = bundle()
+    assert publish(stack, v100, extra=signed(v100, publishers.acme)).status_code == 200
+    path = "/extensions/com.acme.tools/transfer"
+    body = {"to_publisher": "platform", "reason": "Acme sold the product to the platform (ticket 42)"}
+
+    assert stack.call("POST", path, body).json["error"]["code"] == "FORBIDDEN"
+    assert stack.call("POST", path, {**body, "to_publisher": "nobody"}, operator()).status_code == 400
+    assert stack.call("POST", path, {"to_publisher": "platform"}, operator()).status_code == 400
+    missing = stack.call("POST", "/extensions/com.acme.nothing/transfer", body, operator())
+    assert missing.status_code == 404
+    moved = stack.call("POST", path, body, operator())
+
+    assert moved.status_code == 200, moved.json
+    assert moved.json["extension"]["owner_publisher"] == "platform"
+    v110, v120 = bundle(good_files(version="1.1.0")), bundle(good_files(version="1.2.0"))
+    assert publish(stack, v110, extra=signed(v110, publishers.platform)).json["status"] == "finalized"
+    assert publish(stack, v120, extra=signed(v120, publishers.acme)).json["error"]["code"] == "NAME_OWNED"
+    assert stack.call("GET", "/extensions/com.acme.tools/audit").json["error"]["code"] == "FORBIDDEN"
+    events = stack.call("GET", "/extensions/com.acme.tools/audit", headers=operator()).json["events"]
+    assert [(e["action"], e["actor"], e["from"], e["to"], e["reason"]) for e in events] == [
+        (
+            "name.transfer",
+            {"tenant": "ops", "sub": "alice"},
+            {"publisher": "acme"},
+            {"publisher": "platform"},
+            body["reason"],
+        )
+    ]
+    assert events[0]["at"] and events[0]["request_id"]
+    stored = boto3.client("dynamodb", endpoint_url=stack.endpoint, region_name="us-east-1").scan(TableName="it-audit")
+    assert stored["Count"] == 1
+
+
+def test_without_a_trust_bundle_the_first_tenant_keeps_a_name_until_an_operator_transfers_it(stack: AwsStack) -> None:
+    assert publish(stack, bundle()).status_code == 200
+    v200 = bundle(good_files(version="2.0.0"))
+    assert publish(stack, v200, tenant="globex").json["error"]["code"] == "NAME_OWNED"
+    path = "/extensions/com.acme.tools/transfer"
+    assert stack.call("POST", path, {"to_publisher": "acme", "reason": "r"}, operator()).status_code == 400
+
+    moved = stack.call("POST", path, {"to_tenant": "globex", "reason": "acme asked us to"}, operator())
+
+    assert moved.status_code == 200, moved.json
+    assert publish(stack, v200, tenant="globex").json["status"] == "finalized"
+    v300 = bundle(good_files(version="3.0.0"))
+    assert publish(stack, v300, tenant="acme").json["error"]["code"] == "NAME_OWNED"
+    assert stack.call("GET", "/extensions/com.acme.tools", headers=auth("globex")).json["owned"] is True
+    assert stack.call("GET", "/extensions/com.acme.tools", headers=auth("acme")).json["owned"] is False
+    [event] = stack.call("GET", "/extensions/com.acme.tools/audit", headers=operator()).json["events"]
+    assert (event["from"], event["to"]) == ({"tenant": "acme"}, {"tenant": "globex"})
+
+
+def test_finalize_records_the_publish_time_beside_the_bundle(
+    publishers: Publishers, request: pytest.FixtureRequest
+) -> None:
+    stack: AwsStack = request.getfixturevalue("stack")
+    data = bundle()
+    before = datetime.now(UTC)
+    assert publish(stack, data, extra=signed(data, publishers.acme)).status_code == 200
+    after = datetime.now(UTC)
+
+    hex_digest = content_hash(data).split(":")[1]
+    raw = stack.s3.get_object(Bucket=BUCKET, Key=f"sha256/{hex_digest}/published.json")["Body"].read()
+    record = PublishRecord.parse(raw)
+    assert (record.content_hash, record.extension, record.version) == (content_hash(data), "com.acme.tools", "1.0.0")
+    assert before <= record.published_at <= after
 
 
 def test_malformed_signatures_are_refused_at_initiate(stack: AwsStack) -> None:

@@ -1,0 +1,80 @@
+"""An operator moves an extension name to another publisher with `extctl transfer` and reads the audit log
+with `extctl audit`, against the local stack with a trust bundle of two publishers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from chalicelib.auth import issue_token
+from chalicelib.bundles.pack import pack_project
+from chalicelib.bundles.signing import sign_content_hash
+from extctl.api import ApiClient
+from extctl.localstack import LocalStack, StackUrls
+from extctl.publish import publish_bundle
+from tests.bundle_factory import good_files, write_project
+
+EXTCTL = str(Path(sys.executable).parent / "extctl")
+ACME = Ed25519PrivateKey.generate()
+PLATFORM = Ed25519PrivateKey.generate()
+
+
+def public_pem(key: Ed25519PrivateKey) -> str:
+    return key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackUrls]:
+    trust = f"# publisher: acme\n# scope: com.acme.*\n{public_pem(ACME)}# publisher: platform\n{public_pem(PLATFORM)}"
+    stack = LocalStack(port=0, trust_bundle=trust, cache_dir=tmp_path_factory.mktemp("runner-cache"))
+    urls = stack.start()
+    yield urls
+    stack.stop()
+
+
+def signed_bundle(tmp_path: Path, version: str, key: Ed25519PrivateKey) -> Path:
+    project = write_project(tmp_path / version, good_files(version=version))
+    packed = pack_project(project, tmp_path / f"{version}.tar.zst")
+    packed.output.with_name(packed.output.name + ".sig").write_text(
+        sign_content_hash(packed.content_hash, key).to_json()
+    )
+    return packed.output
+
+
+def extctl(*args: str, token: str, api: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [EXTCTL, *args, "--api", api, "--token", token], capture_output=True, text=True, timeout=120, env=os.environ
+    )
+
+
+def test_an_operator_transfers_a_name_with_extctl_and_the_audit_shows_it(local: StackUrls, tmp_path: Path) -> None:
+    admin = ApiClient(local.api, local.token)
+    assert publish_bundle(admin, signed_bundle(tmp_path, "1.0.0", ACME)).result["status"] == "finalized"
+    # The stack's own signing secret mints the token an identity provider would give a platform operator.
+    operator = issue_token(os.environ["EXT_AUTH_SECRET"], sub="olivia", tenant="ops", roles=["operator"])
+    reason = "Acme handed the product over to the platform team"
+
+    refused = extctl(
+        "transfer", "com.acme.tools", "--to-publisher", "platform", "--reason", reason, token=local.token, api=local.api
+    )
+    moved = extctl(
+        "transfer", "com.acme.tools", "--to-publisher", "platform", "--reason", reason, token=operator, api=local.api
+    )
+    audit = extctl("audit", "com.acme.tools", token=operator, api=local.api)
+
+    assert refused.returncode == 1 and refused.stderr.startswith("error: FORBIDDEN: "), refused.stderr
+    assert moved.returncode == 0, moved.stderr
+    assert json.loads(moved.stdout)["extension"]["owner_publisher"] == "platform"
+    assert audit.returncode == 0, audit.stderr
+    [line] = audit.stdout.splitlines()
+    assert line.split("\t")[1:] == ["name.transfer", "olivia@ops", "publisher acme -> publisher platform", reason]
+    v110 = publish_bundle(admin, signed_bundle(tmp_path, "1.1.0", PLATFORM))
+    assert v110.result["status"] == "finalized"
