@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC
 from enum import Enum
 from typing import Any
 
@@ -55,7 +56,6 @@ from chalicelib.registry.records import (
     VersionRecord,
     _audit_event,
     _extension_record,
-    _iso,
     _plain,
     _storage_errors,
     _version_record,
@@ -435,7 +435,8 @@ class RegistryService:
         at = self._clock()
         return AuditEvent(
             subject=_subject(name),
-            event_id=f"{_iso(at)}#{uuid.uuid4().hex}",
+            # Fixed width (microseconds always present), so the sort key's string order is time order.
+            event_id=f"{at.astimezone(UTC):%Y-%m-%dT%H:%M:%S.%fZ}#{uuid.uuid4().hex}",
             action=action,
             at=at,
             actor=actor,

@@ -394,6 +394,17 @@ def test_a_malformed_transfer_request_is_a_bad_request(body, message):
     assert message in caught.value.message
 
 
+def test_audit_events_read_back_in_time_order_within_one_second(trusted, clock):
+    trusted.register_version(version_record(), "acme", None, trusted_publisher="acme")
+    actor = Actor("ops", "olivia")
+    clock.now = T0.replace(microsecond=0)
+    trusted.transfer(NAME, TransferRequest.parse({"to_publisher": "evilcorp", "reason": "first"}), actor=actor)
+    clock.now = T0.replace(microsecond=500)
+    trusted.transfer(NAME, TransferRequest.parse({"to_publisher": "acme", "reason": "second"}), actor=actor)
+
+    assert [event.reason for event in trusted.audit_events(NAME)] == ["first", "second"]
+
+
 def test_concurrent_transfers_each_leave_one_audit_event_and_the_last_owner_wins(trusted):
     trusted.register_version(version_record(), "acme", None, trusted_publisher="acme")
     actor = Actor("ops", "olivia")
