@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -23,6 +24,8 @@ from extctl.publish import publish_bundle
 from tests.bundle_factory import good_files, write_project
 
 EXTCTL = str(Path(sys.executable).parent / "extctl")
+NAME = "com.acme.operated"
+"""Not the name other e2e modules publish: they may share this process's moto state."""
 ACME = Ed25519PrivateKey.generate()
 PLATFORM = Ed25519PrivateKey.generate()
 
@@ -37,11 +40,13 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackUrls]:
     stack = LocalStack(port=0, trust_bundle=trust, cache_dir=tmp_path_factory.mktemp("runner-cache"))
     urls = stack.start()
     yield urls
+    # moto keeps its state per process, shared by every moto server in it: leave no owned names behind.
+    requests.post(f"{urls.moto}/moto-api/reset", timeout=10).raise_for_status()
     stack.stop()
 
 
 def signed_bundle(tmp_path: Path, version: str, key: Ed25519PrivateKey) -> Path:
-    project = write_project(tmp_path / version, good_files(version=version))
+    project = write_project(tmp_path / version, good_files(name=NAME, version=version))
     packed = pack_project(project, tmp_path / f"{version}.tar.zst")
     packed.output.with_name(packed.output.name + ".sig").write_text(
         sign_content_hash(packed.content_hash, key).to_json()
@@ -63,12 +68,10 @@ def test_an_operator_transfers_a_name_with_extctl_and_the_audit_shows_it(local: 
     reason = "Acme handed the product over to the platform team"
 
     refused = extctl(
-        "transfer", "com.acme.tools", "--to-publisher", "platform", "--reason", reason, token=local.token, api=local.api
+        "transfer", NAME, "--to-publisher", "platform", "--reason", reason, token=local.token, api=local.api
     )
-    moved = extctl(
-        "transfer", "com.acme.tools", "--to-publisher", "platform", "--reason", reason, token=operator, api=local.api
-    )
-    audit = extctl("audit", "com.acme.tools", token=operator, api=local.api)
+    moved = extctl("transfer", NAME, "--to-publisher", "platform", "--reason", reason, token=operator, api=local.api)
+    audit = extctl("audit", NAME, token=operator, api=local.api)
 
     assert refused.returncode == 1 and refused.stderr.startswith("error: FORBIDDEN: "), refused.stderr
     assert moved.returncode == 0, moved.stderr

@@ -7,7 +7,7 @@ import json
 import os
 import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -22,6 +22,7 @@ from chalicelib.bundles.signing import sign_content_hash
 from chalicelib.errors import error_texts
 from chalicelib.openapi import openapi_document
 from tests.bundle_factory import bundle, good_files, manifest_bytes
+from tests.integration.runner_fixtures import certificate_pem
 from tests.integration.stack import BUCKET, AwsStack, auth, content_hash, fresh_rate_window, publish, token, upload
 
 MiB = 1024 * 1024
@@ -437,6 +438,24 @@ def test_finalize_records_the_publish_time_beside_the_bundle(
     record = PublishRecord.parse(raw)
     assert (record.content_hash, record.extension, record.version) == (content_hash(data), "com.acme.tools", "1.0.0")
     assert before <= record.published_at <= after
+
+
+def test_finalize_refuses_a_certificate_that_is_not_valid_at_publish_time(
+    stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    key = Ed25519PrivateKey.generate()
+    now = datetime.now(UTC)
+    expired = certificate_pem(key, now - timedelta(days=30), now - timedelta(days=1))
+    monkeypatch.setenv("SIGNING_TRUST_BUNDLE", f"# publisher: acme\n# scope: com.acme.*\n{expired}")
+    stack: AwsStack = request.getfixturevalue("stack")
+    data = bundle()
+
+    refused = publish(stack, data, extra=signed(data, key))
+
+    assert refused.status_code == 403, refused.json
+    assert refused.json["error"]["code"] == "SIGNATURE_UNTRUSTED"
+    assert "expired at" in refused.json["error"]["message"]
+    assert stack.keys("sha256/") == []
 
 
 def test_malformed_signatures_are_refused_at_initiate(stack: AwsStack) -> None:
