@@ -159,6 +159,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Gateway calls per tenant and extension per minute (0 = off).",
     ),
     _row(
+        "EXT_GATEWAY_TENANT_CONCURRENCY",
+        _parse_int,
+        10,
+        "Runner calls one tenant may have in flight at once, across every gateway instance (0 = no cap); "
+        "more get `503 RUNNER_BUSY`. Keep it well below the runner's reserved concurrency.",
+    ),
+    _row(
         "EXT_GATEWAY_INSTALL_CACHE_MS",
         _parse_int,
         1000,
@@ -184,6 +191,56 @@ SETTINGS: tuple[Setting, ...] = (
     _row("RUNNER_DEFAULT_MEMORY_MB", _parse_int, 128, "Per-call linear memory cap when the manifest asks for none.", 1),
     _row("RUNNER_MAX_MEMORY_MB", _parse_int, 512, "Platform maximum for manifest `limits.memory_mb`.", 1),
     _row("RUNNER_FUEL", _parse_int, 0, "Fuel (instructions) per call; 0 turns fuel metering off."),
+    _row(
+        "RUNNER_MAX_CONCURRENT_CALLS",
+        _parse_int,
+        32,
+        "Calls one runner process executes at once in HTTP mode; more get `503 RUNNER_BUSY` (Lambda runs one).",
+        1,
+    ),
+    # compile jobs (runner_container/compiler.py)
+    _row(
+        "RUNNER_COMPILE_FUNCTION_NAME",
+        _parse_str,
+        "",
+        "Lambda that runs compile jobs (AWS); the finalize worker and the runner invoke it asynchronously. "
+        "Empty: the runner runs them itself, in the background.",
+    ),
+    _row(
+        "RUNNER_COMPILE_MAX_WASM_BYTES",
+        _parse_int,
+        32 * MiB,
+        "Largest WebAssembly code a compile job accepts; larger code is recorded as failed.",
+        1024,
+    ),
+    _row(
+        "RUNNER_COMPILE_TIMEOUT_MS",
+        _parse_int,
+        120_000,
+        "Wall-clock limit of one compile job (its child process is killed past it; CPU time is capped too).",
+        100,
+    ),
+    _row(
+        "RUNNER_COMPILE_MEMORY_MB",
+        _parse_int,
+        2048,
+        "Address-space limit of one compile job's child process.",
+        64,
+    ),
+    _row(
+        "RUNNER_COMPILE_CONCURRENCY",
+        _parse_int,
+        1,
+        "Compile jobs one runner process runs at once (each may use `RUNNER_COMPILE_MEMORY_MB`).",
+        1,
+    ),
+    _row(
+        "RUNNER_INLINE_COMPILE_MAX_BYTES",
+        _parse_int,
+        1 * MiB,
+        "Code up to this size with no compile outcome yet may compile during a call, within half of "
+        "the call's remaining time; larger code answers `503 EXTENSION_NOT_READY` while a compile job runs (0 = never).",
+    ),
     _row(
         "RUNNER_MAX_RESPONSE_BYTES",
         _parse_int,

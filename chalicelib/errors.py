@@ -27,6 +27,7 @@ __all__ = [
     "EndpointNotFound",
     "ExtError",
     "ExtensionFailed",
+    "ExtensionNotReady",
     "ExtensionTimeout",
     "Forbidden",
     "HashMismatch",
@@ -40,6 +41,7 @@ __all__ = [
     "NotInstalled",
     "PayloadTooLarge",
     "RateLimited",
+    "RunnerBusy",
     "SignatureError",
     "SignatureInvalid",
     "SignatureMissing",
@@ -349,11 +351,25 @@ class ExtensionTimeout(ExtError):
 
 
 class ExtensionFailed(ExtError):
-    """The extension trapped, ran out of memory or fuel, or answered badly."""
+    """The extension trapped, ran out of memory or fuel, answered badly, or its code did not compile."""
 
     code = "EXTENSION_FAILED"
     user_message = "The extension failed while answering."
     http_status = 502
+
+
+class ExtensionNotReady(ExtError):
+    """The extension's code is still being compiled; retry after the `Retry-After` seconds."""
+
+    code = "EXTENSION_NOT_READY"
+    http_status = 503
+
+
+class RunnerBusy(ExtError):
+    """The runner is at capacity (the tenant's concurrent calls, or the runner's); retry after `Retry-After`."""
+
+    code = "RUNNER_BUSY"
+    http_status = 503
 
 
 # --- operational and local ----------------------------------------------------------
@@ -435,12 +451,12 @@ ALL_ERRORS: tuple[type[ExtError], ...] = (ExtError, *_all_subclasses(ExtError))
 """Every error class; a test proves the DESIGN §4 codes are all among them."""
 
 
-def error_for_code(code: str, message: str) -> ExtError:
-    """Rebuild a recorded error (for example a failed upload's) from its code."""
+def error_for_code(code: str, message: str, **details: Any) -> ExtError:
+    """Rebuild a recorded or relayed error (a failed upload's, the runner's) from its code and details."""
     for cls in ALL_ERRORS:
         if cls.code == code and cls not in (BundleError, SignatureError):
-            return cls(message)
-    return Internal(message)
+            return cls(message, **details)
+    return Internal(message, **details)
 
 
 def errors_by_code() -> dict[str, type[ExtError]]:
