@@ -12,9 +12,14 @@ only, so concurrent cold requests for one hash fetch and compile it once while o
    ``<cache>/<hex>/``.  Any failure deletes the temp dir, so nothing unverified is ever used or left
    behind;
 3. module (bundles with an ``api``): the in-memory LRU, else ``<cache>/<hex>/<fingerprint>.cwasm``, else
-   the platform's ``precompiled/<fingerprint>.cwasm`` from the store, else compile the entry, keep the
-   serialized code locally and publish it to the store.  A ``.cwasm`` is never taken from a bundle:
-   deserializing one is running native code;
+   the platform's ``precompiled/<fingerprint>.cwasm`` from the store, else the recorded compile failure
+   (``EXTENSION_FAILED`` at once, never compiled again), else a compile.  Compiles run only in bounded
+   child processes (:mod:`runner_container.compiler`): a compile job (:meth:`BundleCache.precompile`,
+   after publish or when a call asks for one, :mod:`runner_container.compile_jobs`) with the full limits,
+   or, inside a call, small code within half of the call's remaining time; otherwise the call
+   answers ``EXTENSION_NOT_READY``.  A job's outcome (the ``.cwasm``, or a failure record) goes to the
+   store, so every runner sees it.  A ``.cwasm`` is never taken from a bundle: deserializing one is
+   running native code;
 4. evict: past ``RUNNER_CACHE_MAX_BYTES`` the least recently used hashes are removed, never one in use.
 
 Layout::
@@ -22,7 +27,7 @@ Layout::
     <cache>/<hex>/index.json            verified file list, signature status, trust fingerprint
     <cache>/<hex>/bundle/…              the unpacked bundle
     <cache>/<hex>/<fingerprint>.cwasm   compiled code (this runner's, or downloaded from the store)
-    <cache>/.incoming/                  loads in progress (cleared on start)
+    <cache>/.incoming/                  loads and compiles in progress (cleared on start)
     <cache>/.trash/                     evicted entries being deleted (cleared on start)
 
 Removing files under a loaded module is safe: wasmtime mmaps a ``.cwasm``, so one is never rewritten in
@@ -40,6 +45,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -71,8 +77,8 @@ from chalicelib.bundles.signing import (
 )
 from chalicelib.bundles.verify import BundleFile, VerifiedBundle, verify_bundle
 from chalicelib.config import Settings
-from chalicelib.errors import ExtError, NotFound, StorageError
-from chalicelib.logs import log_event
+from chalicelib.errors import ExtensionNotReady, ExtError, NotFound, StorageError, WasmInvalid
+from chalicelib.logs import log_event, stage
 from chalicelib.storage.store import (
     BUNDLE_OBJECT,
     PUBLISH_RECORD_OBJECT,
@@ -82,6 +88,15 @@ from chalicelib.storage.store import (
     ReadableStream,
     content_hash_hex,
 )
+from runner_container.compile_jobs import BackgroundJobs, CompileJobs
+from runner_container.compiler import (
+    MAX_FAILURE_RECORD_BYTES,
+    CompileFailure,
+    CompileLimits,
+    Compiler,
+    CompileResult,
+    FailureKind,
+)
 from runner_container.engine import WasmEngine
 
 __all__ = [
@@ -89,6 +104,7 @@ __all__ = [
     "BundleCache",
     "CacheStats",
     "CachedBundle",
+    "CompileStatus",
     "LoadedBundle",
     "ModuleSource",
     "PrecompileResult",
@@ -105,6 +121,11 @@ _CHUNK = 1024 * 1024
 _HEX = re.compile(r"[0-9a-f]{64}")
 _INCOMING = ".incoming"
 _TRASH = ".trash"
+MiB = 1024 * 1024
+INLINE_SHARE = 0.5
+"""Share of a call's remaining time an inline compile may take: the rest is left for the call."""
+_MIN_INLINE_BUDGET_S = 0.05
+_FAILURES_KEPT = 1024
 
 
 class RunnerStore(Protocol):
@@ -113,6 +134,8 @@ class RunnerStore(Protocol):
     def object_key(self, content_hash: str, name: str) -> str: ...
 
     def precompiled_key(self, content_hash: str, fingerprint: str) -> str: ...
+
+    def compile_failure_key(self, content_hash: str, fingerprint: str, limits_id: str) -> str: ...
 
     def open_stream(self, key: str) -> ReadableStream: ...
 
@@ -157,14 +180,29 @@ class LoadedBundle:
     module_source: ModuleSource | None
 
 
+class CompileStatus(StrEnum):
+    """Where a compile job left the code: compiled, failed (recorded), or being compiled by another job."""
+
+    READY = "ready"
+    FAILED = "failed"
+    COMPILING = "compiling"
+
+
 @dataclass(frozen=True)
 class PrecompileResult:
-    """What :meth:`BundleCache.precompile` did; ``key`` and ``source`` are None for a bundle without ``api``."""
+    """What :meth:`BundleCache.precompile` found or did.
+
+    ``key`` and ``source`` are None for a bundle without ``api``; ``source`` is None unless the code is
+    ready; ``failure`` says why it is not; ``stats`` are the costs of a compile this call ran.
+    """
 
     content_hash: str
     fingerprint: str
     key: str | None
     source: ModuleSource | None
+    status: CompileStatus = CompileStatus.READY
+    failure: CompileFailure | None = None
+    stats: CompileResult | None = None
 
     @property
     def compiled(self) -> bool:
@@ -172,24 +210,39 @@ class PrecompileResult:
         return self.source is ModuleSource.COMPILED
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        answer: dict[str, Any] = {
             "content_hash": self.content_hash,
             "fingerprint": self.fingerprint,
             "key": self.key,
             "source": None if self.source is None else self.source.value,
             "compiled": self.compiled,
+            "status": self.status.value,
         }
+        if self.failure is not None:
+            answer["failure"] = {"kind": self.failure.kind.value, "reason": self.failure.reason}
+        if self.stats is not None:
+            answer["compile"] = self.stats.log_fields()
+        return answer
 
 
 @dataclass(frozen=True)
 class CacheStats:
+    """The cache's state; ``compiles`` counts the compiler processes this runner started (jobs and inline)."""
+
     entries: int
     bytes: int
     max_bytes: int
     modules: int
+    compiles: int = 0
 
     def to_dict(self) -> dict[str, int]:
-        return {"entries": self.entries, "bytes": self.bytes, "max_bytes": self.max_bytes, "modules": self.modules}
+        return {
+            "entries": self.entries,
+            "bytes": self.bytes,
+            "max_bytes": self.max_bytes,
+            "modules": self.modules,
+            "compiles": self.compiles,
+        }
 
 
 def trust_fingerprint(trust: TrustBundle | None) -> str:
@@ -278,7 +331,15 @@ class BundleCache:
     local development only).  Safe to share between threads.
     """
 
-    def __init__(self, store: RunnerStore, engine: WasmEngine, settings: Settings, trust: TrustBundle | None) -> None:
+    def __init__(
+        self,
+        store: RunnerStore,
+        engine: WasmEngine,
+        settings: Settings,
+        trust: TrustBundle | None,
+        *,
+        compile_jobs: CompileJobs | None = None,
+    ) -> None:
         self._store = store
         self._engine = engine
         self._trust = trust
@@ -294,17 +355,31 @@ class BundleCache:
         self._total = 0
         self._pins: Counter[str] = Counter()
         self._modules: OrderedDict[str, wasmtime.Module] = OrderedDict()
+        self._failures: OrderedDict[str, CompileFailure] = OrderedDict()
+        self._compiling: set[str] = set()
+        self._compiled = threading.Condition(self._state)
+        self._compile_limits = CompileLimits.from_settings(settings)
+        self._inline_max_bytes = int(settings.runner_inline_compile_max_bytes)
+        self._compiler = Compiler(engine.config_settings, int(settings.runner_compile_concurrency))
+        self._jobs: CompileJobs = compile_jobs or BackgroundJobs(
+            self.precompile, workers=int(settings.runner_compile_concurrency)
+        )
         self._incoming = self._root / _INCOMING
         self._trash = self._root / _TRASH
         self._start()
 
     # --- public ---------------------------------------------------------------------------
 
-    def get(self, content_hash: str) -> LoadedBundle:
-        """The verified bundle ``content_hash`` with its compiled module, fetching and compiling on a miss.
+    def get(self, content_hash: str, *, budget_s: float | None = None) -> LoadedBundle:
+        """The verified bundle ``content_hash`` with its compiled module, fetching it on a miss.
 
-        Raises ``BadRequest`` for a malformed hash, ``NotFound`` when the store does not hold it, and the
-        verification error (``HASH_MISMATCH``, ``SIGNATURE_*``, ``BUNDLE_*``…) when it fails a check.
+        Code with no compile outcome yet compiles here only when it is small enough
+        (``RUNNER_INLINE_COMPILE_MAX_BYTES``) and does so within half of ``budget_s``, the seconds the
+        caller has left (None: never); otherwise a compile job is requested.
+
+        Raises ``BadRequest`` for a malformed hash, ``NotFound`` when the store does not hold it, the
+        verification error (``HASH_MISMATCH``, ``SIGNATURE_*``, ``BUNDLE_*``…) when it fails a check,
+        ``EXTENSION_FAILED`` when its code did not compile, ``EXTENSION_NOT_READY`` while it is compiled.
         """
         hex_digest = content_hash_hex(content_hash)
         with self._pinned(hex_digest):
@@ -312,7 +387,7 @@ class BundleCache:
             module: wasmtime.Module | None = None
             source: ModuleSource | None = None
             if bundle.manifest.has_api:
-                module, source = self._module(bundle, hex_digest)
+                module, source = self._module(bundle, hex_digest, budget_s)
             with self._state:
                 size = self._sizes.get(hex_digest, 0)
             return LoadedBundle(
@@ -333,23 +408,28 @@ class BundleCache:
             yield self._bundle(content_hash, hex_digest)
 
     def precompile(self, content_hash: str) -> PrecompileResult:
-        """Make sure the store holds this engine's compiled code for ``content_hash`` (used after publish).
+        """The compile job: make sure the store holds this engine's outcome for ``content_hash``.
 
-        Loads the module the way :meth:`get` does; unlike :meth:`get`, failing to store the artifact
-        raises ``StorageError`` instead of being logged.
+        Finds compiled code (uploading a local copy the store lacks) or a recorded failure, else compiles
+        under the full limits and records the ``.cwasm`` or the failure; returns ``COMPILING`` when another
+        job of this process is on it.  What the code does is never an error; failing to store the outcome
+        raises ``StorageError``.
         """
         hex_digest = content_hash_hex(content_hash)
         fingerprint = self._engine.fingerprint
+        key = self._store.precompiled_key(content_hash, fingerprint)
+        # A job asked for twice (publish and a call, two runners) finds the outcome without fetching anything.
+        if self._store.head(key) is not None:
+            source = ModuleSource.MEMORY if self._cached_module(hex_digest) is not None else ModuleSource.STORED
+            return PrecompileResult(content_hash, fingerprint, key, source)
+        failure = self._recorded_failure(content_hash, hex_digest)
+        if failure is not None:
+            return PrecompileResult(content_hash, fingerprint, key, None, CompileStatus.FAILED, failure)
         with self._pinned(hex_digest):
             bundle = self._bundle(content_hash, hex_digest)
             if not bundle.manifest.has_api:
                 return PrecompileResult(content_hash, fingerprint, None, None)
-            key = self._store.precompiled_key(content_hash, fingerprint)
-            with self._locks.hold(hex_digest):
-                module, source = self._module_locked(bundle, hex_digest, strict=True)
-                if source in (ModuleSource.MEMORY, ModuleSource.LOCAL) and self._store.head(key) is None:
-                    self._store.put_immutable(key, self._engine.serialize(module), CWASM_CONTENT_TYPE)
-            return PrecompileResult(content_hash, fingerprint, key, source)
+            return self._job(bundle, hex_digest)
 
     def stats(self) -> CacheStats:
         with self._state:
@@ -358,6 +438,7 @@ class BundleCache:
                 bytes=self._total,
                 max_bytes=self._max_bytes,
                 modules=len(self._modules),
+                compiles=self._compiler.started,
             )
 
     # --- start: rebuild the index from disk --------------------------------------------------
@@ -599,16 +680,116 @@ class BundleCache:
             while len(self._modules) > self._module_capacity:
                 self._modules.popitem(last=False)
 
-    def _module(self, bundle: CachedBundle, hex_digest: str) -> tuple[wasmtime.Module, ModuleSource]:
+    def _module(
+        self, bundle: CachedBundle, hex_digest: str, budget_s: float | None
+    ) -> tuple[wasmtime.Module, ModuleSource]:
+        """The request path: compiled code found, or compiled inline within a share of ``budget_s``.
+
+        Raises ``EXTENSION_FAILED`` when a compile of this code failed (recorded, never repeated) and
+        ``EXTENSION_NOT_READY`` when a compile job has to run first (it is requested here).
+        """
         module = self._cached_module(hex_digest)
         if module is not None:
             return module, ModuleSource.MEMORY
-        with self._locks.hold(hex_digest):
-            return self._module_locked(bundle, hex_digest, strict=False)
+        inline = self._may_inline(bundle, budget_s)
+        share_s = (budget_s or 0.0) * INLINE_SHARE
+        started = time.monotonic()
+        while True:
+            with self._locks.hold(hex_digest):
+                found = self._find_compiled(bundle, hex_digest)
+                if found is not None:
+                    return found
+                failure = self._recorded_failure(bundle.content_hash, hex_digest)
+                if failure is not None:
+                    raise failure.error()
+                with self._state:
+                    compiling = hex_digest in self._compiling
+                left_s = share_s - (time.monotonic() - started)
+                if inline and not compiling:
+                    return self._compile_inline(bundle, hex_digest, left_s)
+            if not (inline and compiling and left_s > 0):
+                break
+            # A job of this process is compiling small code (right after publish): its result is near.
+            with self._compiled:
+                self._compiled.wait_for(lambda: hex_digest not in self._compiling, timeout=left_s)
+            inline = False
+        raise self._not_ready(bundle)
 
-    def _module_locked(
-        self, bundle: CachedBundle, hex_digest: str, *, strict: bool
+    def _compile_inline(
+        self, bundle: CachedBundle, hex_digest: str, within_s: float
     ) -> tuple[wasmtime.Module, ModuleSource]:
+        """Compile small code during a call, within ``within_s``; a permanent failure is recorded."""
+        result = self._run_job(bundle, hex_digest, self._compile_limits.inline(within_s), within_s)
+        if result is not None and result.artifact is not None:
+            installed = self._install_compiled(bundle, hex_digest, result, strict=False)
+            if isinstance(installed, CompileFailure):
+                raise installed.error()
+            return installed, ModuleSource.COMPILED
+        if result is not None and result.failure is not None and result.failure.permanent:
+            self._record_failure(bundle.content_hash, hex_digest, result.failure, strict=False)
+            raise result.failure.error()
+        # Over the call's share of time or memory, or no compile slot: a job gets the full limits.
+        raise self._not_ready(bundle)
+
+    def _not_ready(self, bundle: CachedBundle) -> ExtensionNotReady:
+        """Request a compile job, and the call's answer meanwhile."""
+        self._jobs.request(bundle.content_hash)
+        retry_after = _retry_after(self._entry_size(bundle))
+        return ExtensionNotReady(
+            f"{bundle.manifest.name} {bundle.manifest.version}: its code is being compiled; retry in {retry_after} s",
+            retry_after=retry_after,
+        )
+
+    def _may_inline(self, bundle: CachedBundle, budget_s: float | None) -> bool:
+        if budget_s is None or budget_s * INLINE_SHARE < _MIN_INLINE_BUDGET_S:
+            return False
+        return 0 < self._entry_size(bundle) <= self._inline_max_bytes
+
+    def _entry_size(self, bundle: CachedBundle) -> int:
+        entry = bundle.files.get(bundle.manifest.entry)
+        return entry.size if entry is not None else 0
+
+    def _job(self, bundle: CachedBundle, hex_digest: str) -> PrecompileResult:
+        """The compile job: the outcome for this engine, from the store when recorded, else compiled now."""
+        content_hash, fingerprint = bundle.content_hash, self._engine.fingerprint
+        key = self._store.precompiled_key(content_hash, fingerprint)
+        with self._locks.hold(hex_digest):
+            found = self._find_compiled(bundle, hex_digest)
+            if found is not None:
+                module, source = found
+                if source in (ModuleSource.MEMORY, ModuleSource.LOCAL) and self._store.head(key) is None:
+                    self._store.put_immutable(key, self._engine.serialize(module), CWASM_CONTENT_TYPE)
+                return PrecompileResult(content_hash, fingerprint, key, source, CompileStatus.READY)
+            failure = self._recorded_failure(content_hash, hex_digest)
+            if failure is not None:
+                return PrecompileResult(content_hash, fingerprint, key, None, CompileStatus.FAILED, failure)
+            with self._state:
+                if hex_digest in self._compiling:
+                    return PrecompileResult(content_hash, fingerprint, key, None, CompileStatus.COMPILING)
+                self._compiling.add(hex_digest)
+        try:
+            result = self._run_job(bundle, hex_digest, self._compile_limits, None)
+            assert result is not None  # no wait limit: a slot always comes
+            with self._locks.hold(hex_digest):
+                if result.artifact is not None:
+                    installed = self._install_compiled(bundle, hex_digest, result, strict=True)
+                    if not isinstance(installed, CompileFailure):
+                        return PrecompileResult(
+                            content_hash, fingerprint, key, ModuleSource.COMPILED, CompileStatus.READY, stats=result
+                        )
+                    failure = installed
+                else:
+                    assert result.failure is not None
+                    failure = result.failure
+                    self._record_failure(content_hash, hex_digest, failure, strict=True)
+                return PrecompileResult(content_hash, fingerprint, key, None, CompileStatus.FAILED, failure, result)
+        finally:
+            with self._compiled:
+                self._compiling.discard(hex_digest)
+                self._compiled.notify_all()
+
+    def _find_compiled(self, bundle: CachedBundle, hex_digest: str) -> tuple[wasmtime.Module, ModuleSource] | None:
+        """Compiled code from memory, the local ``.cwasm`` or the store's, without compiling."""
         module = self._cached_module(hex_digest)
         if module is not None:
             return module, ModuleSource.MEMORY
@@ -619,8 +800,7 @@ class BundleCache:
             module = self._deserialize(local, hex_digest)
             source = ModuleSource.STORED
         if module is None:
-            module = self._compile(bundle, local, hex_digest, strict=strict)
-            source = ModuleSource.COMPILED
+            return None
         self._remember_module(hex_digest, module)
         return module, source
 
@@ -662,29 +842,107 @@ class BundleCache:
         self._grow(hex_digest, size)
         return True
 
-    def _compile(self, bundle: CachedBundle, local: Path, hex_digest: str, *, strict: bool) -> wasmtime.Module:
-        started = time.perf_counter()
-        module = self._engine.compile((bundle.root / bundle.manifest.entry).read_bytes())
-        self._engine.validate_abi(module)
-        artifact = self._engine.serialize(module)
-        log_event(
-            "runner.module_compiled",
-            content_hash=bundle.content_hash,
-            cwasm_bytes=len(artifact),
-            duration_ms=round((time.perf_counter() - started) * 1000, 1),
-        )
+    def _run_job(
+        self, bundle: CachedBundle, hex_digest: str, limits: CompileLimits, within_s: float | None
+    ) -> CompileResult | None:
+        """One bounded compile of the bundle's entry into ``.incoming/``; None when no compile slot came free.
+
+        ``within_s`` (inline compiles) bounds the wait for a slot and the compile together.
+        """
+        output = self._incoming / f"{hex_digest}.{uuid.uuid4().hex}.cwasm"
+        with stage("runner.module_compiled", content_hash=bundle.content_hash, inline=within_s is not None) as learned:
+            result = self._compiler.run(bundle.root / bundle.manifest.entry, output, limits, within_s=within_s)
+            learned.update(result.log_fields() if result is not None else {"failure": "no_compile_slot"})
+        return result
+
+    def _install_compiled(
+        self, bundle: CachedBundle, hex_digest: str, result: CompileResult, *, strict: bool
+    ) -> wasmtime.Module | CompileFailure:
+        """Move a job's artifact next to the bundle, load it, check its ABI, keep it, and publish it.
+
+        Code that compiles but does not implement the ABI is a recorded failure, returned.
+        """
+        assert result.artifact is not None
+        local = bundle.root.parent / f"{self._engine.fingerprint}.cwasm"
+        size = result.artifact.stat().st_size
+        # A new inode: anything mapping an earlier file at this path keeps its bytes.
+        os.replace(result.artifact, local)
+        self._grow(hex_digest, size)
+        module = self._engine.deserialize_file(local)
         try:
-            self._grow(hex_digest, _write_atomic(local, [artifact], self._max_bytes))
-        except (OSError, ExtError) as exc:
-            log_event("runner.precompiled_local_write_failed", level=logging.WARNING, path=str(local), reason=str(exc))
-        self._publish(bundle.content_hash, artifact, strict=strict)
+            self._engine.validate_abi(module)
+        except WasmInvalid as exc:
+            local.unlink(missing_ok=True)
+            self._grow(hex_digest, -size)
+            failure = CompileFailure(FailureKind.INVALID, exc.message, self._compile_limits)
+            self._record_failure(bundle.content_hash, hex_digest, failure, strict=strict)
+            return failure
+        self._remember_module(hex_digest, module)
+        self._publish(bundle.content_hash, local, strict=strict)
         return module
 
-    def _publish(self, content_hash: str, artifact: bytes, *, strict: bool) -> None:
+    def _publish(self, content_hash: str, artifact: Path, *, strict: bool) -> None:
         key = self._store.precompiled_key(content_hash, self._engine.fingerprint)
         try:
-            self._store.put_immutable(key, artifact, CWASM_CONTENT_TYPE)
+            with artifact.open("rb") as body:
+                self._store.put_immutable(key, body, CWASM_CONTENT_TYPE)
+        except (ExtError, OSError) as exc:
+            if strict:
+                raise
+            log_event("runner.precompiled_upload_failed", level=logging.WARNING, key=key, reason=str(exc))
+
+    # --- compile failures, recorded beside the compiled code ------------------------------------
+
+    def _failure_key(self, content_hash: str) -> str:
+        return self._store.compile_failure_key(content_hash, self._engine.fingerprint, self._compile_limits.limits_id)
+
+    def _recorded_failure(self, content_hash: str, hex_digest: str) -> CompileFailure | None:
+        with self._state:
+            failure = self._failures.get(hex_digest)
+        if failure is not None:
+            return failure
+        key = self._failure_key(content_hash)
+        try:
+            stream = self._store.open_stream(key)
+        except NotFound:
+            return None
+        except ExtError as exc:
+            log_event("runner.compile_failure_unreadable", level=logging.WARNING, key=key, reason=exc.message)
+            return None
+        try:
+            failure = CompileFailure.parse(_read_capped(stream, MAX_FAILURE_RECORD_BYTES))
+        except (ValueError, ExtError, OSError) as exc:
+            log_event("runner.compile_failure_unreadable", level=logging.WARNING, key=key, reason=str(exc))
+            return None
+        finally:
+            stream.close()
+        self._remember_failure(hex_digest, failure)
+        return failure
+
+    def _remember_failure(self, hex_digest: str, failure: CompileFailure) -> None:
+        with self._state:
+            self._failures[hex_digest] = failure
+            while len(self._failures) > _FAILURES_KEPT:
+                self._failures.popitem(last=False)
+
+    def _record_failure(self, content_hash: str, hex_digest: str, failure: CompileFailure, *, strict: bool) -> None:
+        self._remember_failure(hex_digest, failure)
+        key = self._failure_key(content_hash)
+        log_event(
+            "runner.compile_failed",
+            level=logging.WARNING,
+            content_hash=content_hash,
+            failure=failure.kind.value,
+            reason=failure.reason,
+        )
+        try:
+            self._store.put_immutable(key, failure.to_json(content_hash, self._engine.fingerprint), "application/json")
         except ExtError as exc:
             if strict:
                 raise
-            log_event("runner.precompiled_upload_failed", level=logging.WARNING, key=key, reason=exc.message)
+            log_event("runner.compile_failure_upload_failed", level=logging.WARNING, key=key, reason=exc.message)
+
+
+def _retry_after(wasm_bytes: int) -> int:
+    """Seconds a caller should wait for a compile job: about one per MiB of code, from 2 to 30."""
+    return min(30, max(2, math.ceil(wasm_bytes / MiB)))

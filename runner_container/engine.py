@@ -528,6 +528,12 @@ class WasmEngine:
         """
         return self._fingerprint
 
+    @property
+    def config_settings(self) -> dict[str, bool]:
+        """The :class:`wasmtime.Config` attributes this engine sets: a compile job in another process sets
+        the same ones, so the code it produces loads here."""
+        return dict(self._settings)
+
     def _compute_fingerprint(self) -> str:
         described = json.dumps({**self._settings, "cpu": sorted(_cpu_flags())}, sort_keys=True)
         digest = hashlib.sha256(described.encode()).hexdigest()[:12]

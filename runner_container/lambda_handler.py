@@ -4,9 +4,11 @@ Two kinds of events reach it:
 
 - direct invokes from the gateway (IAM ``lambda:InvokeFunction``), whose JSON is the payload itself:
   ``{"action": "execute", "content_hash", "extension", "granted_capabilities", "request"}`` or
-  ``{"action": "precompile", "content_hash"}``.  The answer is ``{"ok": true, "response": {...}}`` or
-  ``{"ok": false, "error": {"code", "message", "request_id"}, "status": <HTTP status>}``; errors are
-  answers, not Lambda function errors, so the gateway maps them the same way as in HTTP mode;
+  ``{"action": "precompile", "content_hash"}`` (the compile job: the compile function's only work, invoked
+  asynchronously by the finalize worker and by runners that meet code with no compile outcome).  The answer
+  is ``{"ok": true, "response": {...}}`` or ``{"ok": false, "error": {"code", "message", "request_id"},
+  "status": <HTTP status>, "retry_after"?: <seconds>}``; errors are answers, not Lambda function errors, so
+  the gateway maps them the same way as in HTTP mode;
 - HTTP events from a Function URL or API Gateway (payload formats 1.0 and 2.0) for the public routes,
   ``GET|HEAD /ext-ui/…`` and ``/healthz``, answered as ``{"statusCode", "headers", "body",
   "isBase64Encoded"}``.
@@ -25,6 +27,7 @@ from typing import Any
 from chalicelib.config import load_settings
 from chalicelib.errors import BadRequest, ExtError, Internal, NotFound
 from chalicelib.logs import LOGGER
+from runner_container.compile_jobs import LambdaJobs
 from runner_container.service import RunnerService, build_service, configure_process_logging
 from runner_container.ui import SAFE_METHODS, UI_PREFIX, HttpResponse, error_response, json_response, method_not_allowed
 
@@ -108,7 +111,10 @@ class RunnerLambda:
                 raise BadRequest("expected an invoke event with an 'action', or an HTTP event")
             return {"ok": True, "response": self._invoke(event)}
         except ExtError as exc:
-            return {"ok": False, "error": exc.to_dict(request_id)["error"], "status": exc.http_status}
+            answer = {"ok": False, "error": exc.to_dict(request_id)["error"], "status": exc.http_status}
+            if "retry_after" in exc.details:
+                answer["retry_after"] = exc.details["retry_after"]
+            return answer
         except Exception:
             LOGGER.exception("runner.unhandled_error", extra={"request_id": request_id})
             internal = Internal(f"unexpected runner error; report request id {request_id}")
@@ -153,7 +159,15 @@ class RunnerLambda:
 def _build() -> RunnerService:
     settings = load_settings()
     configure_process_logging(settings.log_level)
-    return build_service(settings)
+    jobs = None
+    if settings.runner_compile_function_name:
+        import boto3
+
+        # A request asks again only after a job had time to finish (its timeout, plus the fetch and upload).
+        cooldown_s = settings.runner_compile_timeout_ms / 1000 + 60
+        client = boto3.client("lambda", region_name=settings.storage_s3_region)
+        jobs = LambdaJobs(client, settings.runner_compile_function_name, cooldown_s=cooldown_s)
+    return build_service(settings, compile_jobs=jobs)
 
 
 APP = RunnerLambda(_build)

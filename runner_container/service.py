@@ -3,34 +3,42 @@
 ``execute`` is one gateway call:
 
 1. check the payload's shape (:func:`parse_execute_payload`); the ``request`` object goes to the guest as is;
+   take a call slot (``RUNNER_MAX_CONCURRENT_CALLS``, else ``RUNNER_BUSY``) and fix the call's deadline: what
+   the gateway has left (``deadline_ms``, ``deadline_at_ms``), so the runner never outlives its caller;
 2. load the bundle by content hash (:class:`~runner_container.cache.BundleCache`: verified, signature
-   checked, compiled or found compiled);
+   checked, compiled code found, or compiled within half of the time left when small;
+   ``EXTENSION_NOT_READY`` while a compile job runs, ``EXTENSION_FAILED`` when one failed);
 3. require the manifest's name to be the extension the gateway resolved (``BAD_REQUEST`` otherwise: the
    gateway and the registry disagree, and the call must not run someone else's code);
-4. derive the call's limits (manifest requests clamped to the platform maximum) and host services
-   (capabilities granted to the install **and** declared by the manifest; the manifest's egress list);
+4. derive the call's limits (manifest requests clamped to the platform maximum and to the time left) and
+   host services (capabilities granted to the install **and** declared by the manifest; the egress list);
 5. run the handler in a fresh store; a trap, timeout or OOM raises for this call only.
 
-``precompile`` makes sure the store holds the compiled module (after publish); ``health`` reports the
-engine fingerprint and the cache's state.
+``precompile`` is the compile job (after publish, or asked for by a call): it makes sure the store holds
+the compile outcome for this engine; ``health`` reports the engine fingerprint and the cache's state.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
-from collections.abc import Callable, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from chalicelib.bundles.signing import TrustBundle
 from chalicelib.bundles.verify import CONTENT_HASH_RE
 from chalicelib.config import Settings
-from chalicelib.errors import BadRequest, ConfigInvalid, EndpointNotFound
+from chalicelib.errors import BadRequest, ConfigInvalid, EndpointNotFound, ExtensionTimeout, RunnerBusy
 from chalicelib.logs import configure_logging, log_event
 from chalicelib.storage.s3 import make_s3_client
 from chalicelib.storage.store import S3BundleStore
 from runner_container.cache import BundleCache, PrecompileResult
+from runner_container.compile_jobs import CompileJobs
 from runner_container.egress import EgressPolicy
 from runner_container.engine import HostServices, LogLevel, LogRecord, WasmEngine, clamp_limits
 from runner_container.ui import UiServer
@@ -45,6 +53,8 @@ __all__ = [
 ]
 
 LOG_CAPABILITY = "cap:log.emit"
+_MAX_DEADLINE_MS = 15 * 60 * 1000
+_BUSY_RETRY_AFTER_S = 1
 _PYTHON_LEVELS = {
     LogLevel.DEBUG: logging.DEBUG,
     LogLevel.INFO: logging.INFO,
@@ -61,11 +71,21 @@ class ExecuteCall:
     extension: str
     granted_capabilities: frozenset[str]
     request: Mapping[str, Any]
+    deadline_ms: int | None = None
+    deadline_at_ms: int | None = None
 
     @property
     def request_id(self) -> str | None:
         value = self.request["context"].get("request_id")
         return value if isinstance(value, str) else None
+
+    def remaining_ms(self, default_ms: int) -> int:
+        """Milliseconds the caller still waits: ``deadline_ms`` from now, and no later than ``deadline_at_ms``
+        (Unix time, so time spent before the call arrived, a cold start, counts too); ``default_ms`` without."""
+        remaining = self.deadline_ms if self.deadline_ms is not None else default_ms
+        if self.deadline_at_ms is not None:
+            remaining = min(remaining, self.deadline_at_ms - int(time.time() * 1000))
+        return remaining
 
 
 @dataclass(frozen=True)
@@ -114,6 +134,14 @@ def _content_hash(value: object) -> str:
     return value
 
 
+def _deadline(value: object, what: str) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise BadRequest(f"{what} must be a positive integer of milliseconds")
+    return value
+
+
 def _capabilities(value: object) -> frozenset[str]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise BadRequest("granted_capabilities must be a list of strings")
@@ -147,14 +175,18 @@ def parse_execute_payload(payload: object) -> ExecuteCall:
     """Check the gateway's execute payload; raises ``BadRequest`` naming the first bad field.
 
     ``{"content_hash": "sha256:…", "extension": name, "granted_capabilities": [...],
-    "request": {"context": {...}, "endpoint": {...} | null, "http": {method, path, query, headers, body_b64}}}``
+    "request": {"context": {...}, "endpoint": {...} | null, "http": {method, path, query, headers, body_b64}},
+    "deadline_ms"?: int, "deadline_at_ms"?: int}``
     """
     document = _object(payload, "the execute payload")
+    deadline_ms = _deadline(document.get("deadline_ms"), "deadline_ms")
     return ExecuteCall(
         content_hash=_content_hash(document.get("content_hash")),
         extension=_string(document.get("extension"), "extension"),
         granted_capabilities=_capabilities(document.get("granted_capabilities", [])),
         request=_check_request(document.get("request")),
+        deadline_ms=None if deadline_ms is None else min(deadline_ms, _MAX_DEADLINE_MS),
+        deadline_at_ms=_deadline(document.get("deadline_at_ms"), "deadline_at_ms"),
     )
 
 
@@ -184,6 +216,7 @@ class RunnerService:
         self._engine = engine
         self._settings = settings
         self._egress = egress_policy
+        self._calls = threading.BoundedSemaphore(int(settings.runner_max_concurrent_calls))
         self.ui = UiServer(cache)
 
     @property
@@ -192,9 +225,30 @@ class RunnerService:
 
     def execute(self, payload: Mapping[str, Any]) -> ExecuteResponse:
         """Run one extension call; raises the ``ExtError`` of the first failure (``EXTENSION_TIMEOUT``,
-        ``EXTENSION_FAILED``, ``HASH_MISMATCH``, ``SIGNATURE_*``, ``BAD_REQUEST``…)."""
+        ``EXTENSION_FAILED``, ``EXTENSION_NOT_READY``, ``RUNNER_BUSY``, ``HASH_MISMATCH``, ``SIGNATURE_*``,
+        ``BAD_REQUEST``…)."""
         call = parse_execute_payload(payload)
-        loaded = self._cache.get(call.content_hash)
+        deadline = time.monotonic() + call.remaining_ms(int(self._settings.ext_gateway_timeout_ms)) / 1000
+        with self._call_slot():
+            return self._execute(call, deadline)
+
+    @contextmanager
+    def _call_slot(self) -> Iterator[None]:
+        if not self._calls.acquire(blocking=False):
+            limit = self._settings.runner_max_concurrent_calls
+            raise RunnerBusy(
+                f"the runner is running its limit of {limit} calls; retry in {_BUSY_RETRY_AFTER_S} s",
+                retry_after=_BUSY_RETRY_AFTER_S,
+            )
+        try:
+            yield
+        finally:
+            self._calls.release()
+
+    def _execute(self, call: ExecuteCall, deadline: float) -> ExecuteResponse:
+        if deadline <= time.monotonic():
+            raise ExtensionTimeout("the caller's deadline passed before the call reached the runner")
+        loaded = self._cache.get(call.content_hash, budget_s=deadline - time.monotonic())
         manifest = loaded.manifest
         if manifest.name != call.extension:
             raise BadRequest(f"bundle {call.content_hash} is {manifest.name!r}, not {call.extension!r}")
@@ -211,6 +265,11 @@ class RunnerService:
             log_sink=_guest_log_sink(call) if may_log else None,
         )
         limits = clamp_limits(manifest.limits, self._settings)
+        left_ms = int((deadline - time.monotonic()) * 1000)
+        if left_ms < 1:
+            raise ExtensionTimeout("the caller's deadline passed while the extension's code was loaded")
+        # The caller stops waiting at its deadline, so the guest stops there too.
+        limits = dataclasses.replace(limits, timeout_ms=min(limits.timeout_ms, left_ms))
         result = self._engine.execute(loaded.module, call.request, limits, host)
         return ExecuteResponse(
             status=result.status,
@@ -223,7 +282,7 @@ class RunnerService:
         )
 
     def precompile(self, content_hash: object) -> PrecompileResult:
-        """Verify the bundle and store its compiled module for this engine (right after publish)."""
+        """The compile job: verify the bundle and record its compile outcome for this engine in the store."""
         return self._cache.precompile(_content_hash(content_hash))
 
     def health(self) -> dict[str, Any]:
@@ -245,13 +304,14 @@ def configure_process_logging(level: str) -> None:
         raise ConfigInvalid(f"LOG_LEVEL={level!r} is not a logging level") from None
 
 
-def build_service(settings: Settings) -> RunnerService:
+def build_service(settings: Settings, *, compile_jobs: CompileJobs | None = None) -> RunnerService:
     """The runner as ``settings`` describe it: one engine, the S3 store, the trust bundle, the egress policy.
 
+    ``compile_jobs`` runs the compile jobs calls ask for (default: this process, in the background).
     Raises ``ConfigInvalid`` for an unreadable trust bundle, before anything is served.
     """
     trust = TrustBundle.from_setting(settings.signing_trust_bundle)
     engine = WasmEngine.from_settings(settings)
     store = S3BundleStore.from_settings(settings, make_s3_client(settings))
-    cache = BundleCache(store, engine, settings, trust)
+    cache = BundleCache(store, engine, settings, trust, compile_jobs=compile_jobs)
     return RunnerService(cache, engine, settings, EgressPolicy.from_settings(settings))

@@ -159,8 +159,10 @@ def json_error(
 
 
 def error_response(exc: ExtError, request_id: str | None = None) -> HttpResponse:
-    """``exc`` as its JSON error with its HTTP status."""
-    return json_error(exc.http_status, exc.code, exc.message, request_id)
+    """``exc`` as its JSON error with its HTTP status, and ``Retry-After`` when it says when to retry."""
+    retry_after = exc.details.get("retry_after")
+    headers = {"Retry-After": str(max(1, int(retry_after)))} if retry_after is not None else None
+    return json_error(exc.http_status, exc.code, exc.message, request_id, headers)
 
 
 def method_not_allowed(method: str, allowed: tuple[str, ...], request_id: str | None = None) -> HttpResponse:

@@ -147,3 +147,68 @@ def write_project(root: Path, files: dict[str, bytes]) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
     return root
+
+
+# --- code that is hostile to the compiler ------------------------------------------------------------
+
+
+def _leb128(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _section(section_id: int, payload: bytes) -> bytes:
+    return bytes([section_id]) + _leb128(len(payload)) + payload
+
+
+def _vector(items: list[bytes]) -> bytes:
+    return _leb128(len(items)) + b"".join(items)
+
+
+def _name(text: str) -> bytes:
+    return _leb128(len(text)) + text.encode()
+
+
+def slow_to_compile_wasm(additions: int) -> bytes:
+    """A valid ``wasm-core@1`` module whose ``handler`` is one function of ``additions`` ``i32.add``s.
+
+    Tiny to publish, costly to compile: Cranelift's time and memory grow with the size of one function
+    (100,000 additions, 300 KB, took 11 s and 540 MB here; 300,000 took 25 s and 1.9 GB).  Built as bytes:
+    the text format would take longer to assemble than the test has.
+    """
+    i32 = b"\x7f"
+    types = _vector([b"\x60" + _vector([i32]) + _vector([i32]), b"\x60" + _vector([i32] * 3) + _vector([i32])])
+    functions = _vector([_leb128(0), _leb128(1)])
+    memories = _vector([b"\x00" + _leb128(1)])
+    exports = _vector(
+        [_name("memory") + b"\x02\x00", _name("alloc") + b"\x00\x00", _name("handler") + b"\x00" + _leb128(1)]
+    )
+    alloc = b"\x00" + b"\x41" + _leb128(1024) + b"\x0b"
+    body = bytearray(b"\x00\x20\x00")  # no locals; local.get 0
+    for step in range(additions):
+        body += b"\x41" + _leb128(step & 0x3F) + b"\x6a"  # i32.const k; i32.add
+    body += b"\x0b"
+    code = _vector([_leb128(len(alloc)) + alloc, _leb128(len(body)) + bytes(body)])
+    return (
+        b"\0asm\x01\0\0\0"
+        + _section(1, types)
+        + _section(3, functions)
+        + _section(5, memories)
+        + _section(7, exports)
+        + _section(10, code)
+    )
+
+
+TYPE_MISMATCH_WAT = """
+(module
+  (memory (export "memory") 1)
+  (func (export "alloc") (param i32) (result i32) i32.const 1024)
+  (func (export "handler") (param i32 i32 i32) (result i32) i64.const 0))
+"""
+"""Imports and exports fit the ABI (publish checks only those); the body does not validate."""

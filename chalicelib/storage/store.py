@@ -100,6 +100,10 @@ class BundleStore(Protocol):
         """The key of the platform-compiled module for ``content_hash`` and an engine fingerprint."""
         ...
 
+    def compile_failure_key(self, content_hash: str, fingerprint: str, limits_id: str) -> str:
+        """The key of the record of a failed compile (engine fingerprint, compile limits id)."""
+        ...
+
     def staging_key(self, tenant: str, upload_id: str) -> str:
         """The key an upload session's bundle is staged under."""
         ...
@@ -221,6 +225,12 @@ class S3BundleStore:
         if not _FINGERPRINT.fullmatch(fingerprint):
             raise ValueError(f"engine fingerprint {fingerprint!r} is not a safe key segment")
         return f"{self._base}{content_hash_hex(content_hash)}/precompiled/{fingerprint}.cwasm"
+
+    def compile_failure_key(self, content_hash: str, fingerprint: str, limits_id: str) -> str:
+        """Where a failed compile of this code, for this engine and these compile limits, is recorded."""
+        if not _FINGERPRINT.match(fingerprint) or not _FINGERPRINT.match(limits_id):
+            raise ValueError(f"engine fingerprint {fingerprint!r} or limits id {limits_id!r} is not a safe key segment")
+        return f"{self._base}{content_hash_hex(content_hash)}/precompiled/{fingerprint}.failed-{limits_id}.json"
 
     def staging_key(self, tenant: str, upload_id: str) -> str:
         for label, segment in (("tenant", tenant), ("upload id", upload_id)):

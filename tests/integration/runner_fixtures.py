@@ -54,6 +54,7 @@ from chalicelib.storage.store import (
     S3BundleStore,
 )
 from runner_container.cache import BundleCache
+from runner_container.compile_jobs import CompileJobs
 from runner_container.egress import EgressPolicy
 from runner_container.engine import WasmEngine
 from runner_container.service import RunnerService
@@ -190,13 +191,23 @@ class RunnerEnv:
         trust: TrustBundle | None = None,
         store: Any = None,
         cache_dir: Path | None = None,
+        compile_jobs: CompileJobs | None = None,
         **settings: Any,
     ) -> BundleCache:
         changes = {"runner_cache_dir": str(cache_dir or self.root / "cache"), **settings}
-        return BundleCache(store or self.store, engine, self.settings.replace(**changes), trust)
+        return BundleCache(
+            store or self.store, engine, self.settings.replace(**changes), trust, compile_jobs=compile_jobs
+        )
 
-    def service(self, engine: WasmEngine, *, trust: TrustBundle | None = None, **settings: Any) -> RunnerService:
-        cache_ = self.cache(engine, trust=trust, **settings)
+    def service(
+        self,
+        engine: WasmEngine,
+        *,
+        trust: TrustBundle | None = None,
+        compile_jobs: CompileJobs | None = None,
+        **settings: Any,
+    ) -> RunnerService:
+        cache_ = self.cache(engine, trust=trust, compile_jobs=compile_jobs, **settings)
         return RunnerService(
             cache_, engine, self.settings.replace(**settings), EgressPolicy.from_settings(self.settings)
         )
@@ -228,6 +239,9 @@ class CountingStore:
     def precompiled_key(self, content_hash: str, fingerprint: str) -> str:
         return self.inner.precompiled_key(content_hash, fingerprint)
 
+    def compile_failure_key(self, content_hash: str, fingerprint: str, limits_id: str) -> str:
+        return self.inner.compile_failure_key(content_hash, fingerprint, limits_id)
+
     def open_stream(self, key: str) -> ReadableStream:
         with self._lock:
             self.opened[key] += 1
@@ -242,20 +256,6 @@ class CountingStore:
 
     def put_immutable(self, key: str, body: bytes | BinaryIO, content_type: str) -> PutOutcome:
         return self.inner.put_immutable(key, body, content_type)
-
-
-class CountingEngine(WasmEngine):
-    """A real engine that counts compiles."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.compiles = 0
-        self._count_lock = threading.Lock()
-
-    def compile(self, wasm: bytes) -> wasmtime.Module:
-        with self._count_lock:
-            self.compiles += 1
-        return super().compile(wasm)
 
 
 # --- execute payloads --------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -276,6 +277,11 @@ def ext_log() -> Iterator[Collected]:
 def test_each_request_logs_one_line_with_its_fields(client: Client, hello: str, ext_log: Collected) -> None:
     client.request("POST", "/v1/execute", execute_payload(hello), {**AUTH, "X-Request-Id": "log-1"})
 
+    # The server logs the request once its answer is sent, so the line may trail the answer a little.
+    deadline = time.monotonic() + 10
+    while not any(record.getMessage() == "runner.request" for record in ext_log.records):
+        assert time.monotonic() < deadline, "no runner.request line"
+        time.sleep(0.01)
     requests = [record for record in ext_log.records if record.getMessage() == "runner.request"]
     assert len(requests) == 1
     line = json.loads(JsonFormatter().format(requests[0]))

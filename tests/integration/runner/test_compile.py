@@ -1,0 +1,235 @@
+"""Compilation off the request path: bounded compile jobs, outcomes recorded once in the store, calls that
+wait at most a share of their time, and a runner that never outlives its caller's deadline.
+
+Regressions of issue 9 item 1: a call compiled any module inline with no time or memory bound and did not
+remember a failure, so every call compiled again.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import boto3
+import pytest
+
+from chalicelib.errors import ExtensionFailed, ExtensionNotReady, ExtensionTimeout, RunnerBusy
+from runner_container.cache import CompileStatus, ModuleSource
+from runner_container.compile_jobs import LambdaJobs
+from runner_container.compiler import CompileLimits, FailureKind
+from runner_container.engine import WasmEngine
+from runner_container.lambda_handler import RunnerLambda
+from runner_container.service import RunnerService
+from tests.bundle_factory import TYPE_MISMATCH_WAT, bundle, good_files, slow_to_compile_wasm, wasm
+from tests.integration.fake_lambda import FakeLambda
+from tests.integration.runner_fixtures import RunnerEnv, example_bundle, execute_payload, wat_bundle
+
+NAME = "com.acme.tools"
+T = TypeVar("T")
+
+
+def code_bundle(module: bytes, **manifest: Any) -> bytes:
+    files = good_files(**manifest)
+    files["dist/main.wasm"] = module
+    return bundle(files)
+
+
+def eventually(attempt: Callable[[], T], *, within_s: float = 120.0) -> T:
+    """``attempt()``'s first answer that is not ``EXTENSION_NOT_READY``: what a client retrying would get."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            return attempt()
+        except ExtensionNotReady:
+            assert time.monotonic() < deadline, "the compile job never finished"
+            time.sleep(0.1)
+
+
+def compiles(service: RunnerService) -> int:
+    return int(service.health()["cache"]["compiles"])
+
+
+@pytest.fixture
+def fake_lambda() -> Iterator[FakeLambda]:
+    with FakeLambda().running() as fake:
+        yield fake
+
+
+# --- code that is not compiled yet ------------------------------------------------------------------
+
+
+def test_code_over_the_inline_size_is_not_ready_until_its_compile_job_ran(env: RunnerEnv, engine: WasmEngine) -> None:
+    content_hash = env.publish(example_bundle())
+    service = env.service(engine, runner_inline_compile_max_bytes=1024)
+
+    with pytest.raises(ExtensionNotReady, match="being compiled") as raised:
+        service.execute(execute_payload(content_hash))
+
+    assert raised.value.details["retry_after"] >= 1
+    answer = eventually(lambda: service.execute(execute_payload(content_hash)))
+    assert answer.status == 200
+    assert env.object_exists(env.store.precompiled_key(content_hash, engine.fingerprint))
+
+
+def test_a_compile_bomb_small_enough_to_inline_is_cut_at_half_the_calls_time_and_fails_once_as_a_job(
+    env: RunnerEnv, engine: WasmEngine
+) -> None:
+    content_hash = env.publish(code_bundle(slow_to_compile_wasm(300_000)))
+    service = env.service(engine, runner_compile_timeout_ms=1000)
+    call = {**execute_payload(content_hash, extension=NAME), "deadline_ms": 1000}
+
+    # Unbounded, this compile takes ~25 s and ~2 GB; the call may spend half its second on it.
+    with pytest.raises(ExtensionNotReady):
+        service.execute(call)
+
+    with pytest.raises(ExtensionFailed, match="did not compile: compiling took longer than 1 s"):
+        eventually(lambda: service.execute(call))
+    failure_key = env.store.compile_failure_key(
+        content_hash, engine.fingerprint, CompileLimits.from_settings(service.settings).limits_id
+    )
+    assert env.object_exists(failure_key)
+
+
+def test_a_failed_compile_is_recorded_once_and_every_runner_answers_it_without_compiling(
+    env: RunnerEnv, engine: WasmEngine
+) -> None:
+    content_hash = env.publish(code_bundle(wasm(TYPE_MISMATCH_WAT)))
+    first = env.service(engine)
+
+    with pytest.raises(ExtensionFailed, match=r"did not compile: .*type mismatch"):
+        first.execute(execute_payload(content_hash, extension=NAME))
+    with pytest.raises(ExtensionFailed, match="type mismatch"):
+        first.execute(execute_payload(content_hash, extension=NAME))
+    other_runner = env.service(engine, runner_cache_dir=str(env.root / "other-runner"))
+    with pytest.raises(ExtensionFailed, match="type mismatch"):
+        other_runner.execute(execute_payload(content_hash, extension=NAME))
+
+    assert (compiles(first), compiles(other_runner)) == (1, 0)
+
+
+def test_a_compile_job_over_its_memory_limit_is_stopped_and_recorded(env: RunnerEnv, engine: WasmEngine) -> None:
+    content_hash = env.publish(code_bundle(slow_to_compile_wasm(100_000)))
+    cache = env.cache(engine, runner_compile_memory_mb=200)
+
+    first = cache.precompile(content_hash)
+    again = cache.precompile(content_hash)
+
+    assert first.status is CompileStatus.FAILED and first.failure is not None
+    assert first.failure.kind is FailureKind.MEMORY_LIMIT
+    assert "more than 200.0 MiB" in first.failure.reason
+    assert again.status is CompileStatus.FAILED
+    assert cache.stats().compiles == 1
+
+
+def test_code_over_the_compile_size_limit_fails_without_a_compiler_and_a_raised_limit_retries_it(
+    env: RunnerEnv, engine: WasmEngine
+) -> None:
+    content_hash = env.publish(example_bundle())
+    strict = env.cache(engine, runner_compile_max_wasm_bytes=1024)
+
+    refused = strict.precompile(content_hash)
+
+    assert refused.status is CompileStatus.FAILED and refused.failure is not None
+    assert refused.failure.kind is FailureKind.TOO_LARGE
+    assert "compile jobs take at most 1024 bytes" in refused.failure.reason
+    assert strict.stats().compiles == 0
+    relaxed = env.cache(engine, cache_dir=env.root / "relaxed").precompile(content_hash)
+    assert (relaxed.status, relaxed.source) == (CompileStatus.READY, ModuleSource.COMPILED)
+
+
+def test_a_compile_job_reports_what_it_cost(env: RunnerEnv, engine: WasmEngine) -> None:
+    content_hash = env.publish(example_bundle())
+
+    answer = env.cache(engine).precompile(content_hash).to_dict()
+
+    assert answer["status"] == "ready"
+    assert answer["compile"]["peak_rss_bytes"] > 0
+    assert answer["compile"]["cpu_ms"] > 0
+    assert answer["compile"]["wasm_bytes"] > 0
+
+
+def test_the_request_path_asks_the_compile_function_once_and_does_not_compile(
+    env: RunnerEnv, engine: WasmEngine, fake_lambda: FakeLambda
+) -> None:
+    content_hash = env.publish(example_bundle())
+    client = boto3.client("lambda", region_name="us-east-1", endpoint_url=fake_lambda.url)
+    jobs = LambdaJobs(client, "ext-compiler", cooldown_s=300)
+    service = env.service(engine, compile_jobs=jobs, runner_inline_compile_max_bytes=1024)
+
+    for _ in range(3):
+        with pytest.raises(ExtensionNotReady):
+            service.execute(execute_payload(content_hash))
+
+    asked = fake_lambda.invoked("Event")
+    assert [(i.function, i.payload) for i in asked] == [
+        ("ext-compiler", {"action": "precompile", "content_hash": content_hash})
+    ]
+    assert compiles(service) == 0
+
+
+def test_a_lambda_answer_while_the_code_compiles_carries_retry_after(env: RunnerEnv, engine: WasmEngine) -> None:
+    content_hash = env.publish(example_bundle())
+    app = RunnerLambda(lambda: env.service(engine, runner_inline_compile_max_bytes=1024))
+
+    answer = app({"action": "execute", **execute_payload(content_hash)}, None)
+
+    assert answer["ok"] is False
+    assert (answer["status"], answer["error"]["code"]) == (503, "EXTENSION_NOT_READY")
+    assert answer["retry_after"] >= 1
+
+
+# --- the caller's deadline and the runner's capacity ---------------------------------------------------
+
+
+def test_the_call_stops_at_the_callers_deadline_not_at_the_manifests_limit(env: RunnerEnv, engine: WasmEngine) -> None:
+    loop = env.publish(wat_bundle("infinite_loop.wat", name="com.acme.loop", limits={"timeout_ms": 5000}))
+    service = env.service(engine)
+    service.precompile(loop)
+
+    with pytest.raises(ExtensionTimeout) as raised:
+        service.execute({**execute_payload(loop, extension="com.acme.loop"), "deadline_ms": 1500})
+
+    limit_ms = int(re.search(r"time limit of (\d+) ms", raised.value.message).group(1))  # type: ignore[union-attr]
+    assert limit_ms <= 1500
+
+
+def test_a_call_whose_caller_already_gave_up_does_not_run(env: RunnerEnv, engine: WasmEngine) -> None:
+    content_hash = env.publish(example_bundle())
+    gone = int(time.time() * 1000) - 1000
+
+    with pytest.raises(ExtensionTimeout, match="deadline passed"):
+        env.service(engine).execute({**execute_payload(content_hash), "deadline_at_ms": gone})
+
+
+def test_a_runner_at_its_call_limit_answers_runner_busy(env: RunnerEnv, engine: WasmEngine) -> None:
+    hello = env.publish(example_bundle())
+    loop = env.publish(wat_bundle("infinite_loop.wat", name="com.acme.loop", limits={"timeout_ms": 3000}))
+    service = env.service(engine, runner_max_concurrent_calls=1)
+    service.execute(execute_payload(hello))
+
+    def slow_call() -> None:
+        while True:
+            try:
+                service.execute(execute_payload(loop, extension="com.acme.loop"))
+            except RunnerBusy:
+                continue
+            except ExtensionTimeout:
+                return
+
+    slow = threading.Thread(target=slow_call)
+    slow.start()
+    refused: RunnerBusy | None = None
+    deadline = time.monotonic() + 60
+    while refused is None and time.monotonic() < deadline:
+        try:
+            service.execute(execute_payload(hello))
+        except RunnerBusy as exc:
+            refused = exc
+    slow.join()
+
+    assert refused is not None, "a second call ran beside the first"
+    assert refused.details["retry_after"] == 1
+    assert service.execute(execute_payload(hello)).status == 200
