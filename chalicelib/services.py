@@ -7,6 +7,7 @@ code under test is the code that runs; tests point it at moto with
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -19,7 +20,9 @@ from chalicelib.config import Settings
 from chalicelib.errors import ConfigInvalid
 from chalicelib.gateway.runner_client import RunnerClient, make_runner_client
 from chalicelib.gateway.service import GatewayService
+from chalicelib.logs import log_event
 from chalicelib.registry import (
+    ConcurrencyLimiter,
     InstallService,
     Models,
     RateLimiter,
@@ -76,6 +79,10 @@ class Services:
         return RateLimiter(self.models)
 
     @cached_property
+    def concurrency(self) -> ConcurrencyLimiter:
+        return ConcurrencyLimiter(self.models)
+
+    @cached_property
     def tokens(self) -> TokenVerifier:
         return TokenVerifier(self.settings)
 
@@ -90,7 +97,16 @@ class Services:
     def _precompile(self, content_hash: str) -> None:
         if self.runner_override is None and not (self.settings.runner_function_name or self.settings.runner_base_url):
             return
-        self.runner.precompile(content_hash)
+        try:
+            self.runner.precompile(content_hash)
+        except Exception as exc:
+            # The version is published; without this job the first call asks for one itself.
+            log_event(
+                "upload.precompile_request_failed",
+                level=logging.WARNING,
+                content_hash=content_hash,
+                reason=f"{type(exc).__name__}: {exc}",
+            )
 
     @cached_property
     def pipeline(self) -> UploadPipeline:
@@ -125,6 +141,7 @@ class Services:
             installs=self.installs,
             registry=self.registry,
             limiter=self.limiter,
+            concurrency=self.concurrency,
             runner=lambda: self.runner,
             clock=utc_now,
         )

@@ -10,9 +10,14 @@ Stages of one call:
 5. the endpoint, matched against the version's manifest (``ENDPOINT_NOT_FOUND``);
 6. the normalized request: allowlisted headers only (never ``Authorization`` or
    ``Cookie``), the query, the body in base64, and the context;
-7. the runner call with ``EXT_GATEWAY_TIMEOUT_MS`` (``EXTENSION_TIMEOUT`` /
-   ``EXTENSION_FAILED``);
-8. the response: status and allowlisted headers (never ``Set-Cookie``), plus
+7. one of the tenant's ``EXT_GATEWAY_TENANT_CONCURRENCY`` slots, held across every
+   gateway instance for the runner call (``RUNNER_BUSY``), so one tenant cannot take
+   the runner's whole concurrency;
+8. the runner call within ``EXT_GATEWAY_TIMEOUT_MS`` of the request's start; the
+   payload carries what is left (``deadline_ms``, ``deadline_at_ms``) so the runner
+   stops before the gateway gives up (``EXTENSION_TIMEOUT`` / ``EXTENSION_FAILED`` /
+   ``EXTENSION_NOT_READY`` / ``RUNNER_BUSY``);
+9. the response: status and allowlisted headers (never ``Set-Cookie``), plus
    headers that keep an extension's answer from acting on the host's origin.
 """
 
@@ -33,10 +38,17 @@ from urllib.parse import quote, unquote
 from chalicelib.auth import Identity
 from chalicelib.bundles.manifest import Endpoint
 from chalicelib.config import Settings
-from chalicelib.errors import EndpointNotFound, ExtensionFailed, NotInstalled, PayloadTooLarge
+from chalicelib.errors import EndpointNotFound, ExtensionFailed, ExtensionTimeout, NotInstalled, PayloadTooLarge
 from chalicelib.gateway.runner_client import RunnerClient
 from chalicelib.headers import is_header_name
-from chalicelib.registry import InstallRecord, InstallService, RateLimiter, RegistryService, VersionRecord
+from chalicelib.registry import (
+    ConcurrencyLimiter,
+    InstallRecord,
+    InstallService,
+    RateLimiter,
+    RegistryService,
+    VersionRecord,
+)
 
 __all__ = ["GatewayRequest", "GatewayResponse", "GatewayService", "REQUEST_HEADERS", "RESPONSE_HEADERS"]
 
@@ -79,6 +91,9 @@ _SAFETY_HEADERS = {
 }
 _HEADER_VALUE = re.compile(r"[^\r\n\x00]*")
 _VERSION_CACHE_ENTRIES = 512
+RUNNER_MARGIN_MS = 250
+"""The runner's deadline is this much earlier than the gateway's, so its own timeout answer arrives in time."""
+_SLOT_LEASE_MARGIN_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -183,6 +198,7 @@ class GatewayService:
         installs: InstallService,
         registry: RegistryService,
         limiter: RateLimiter,
+        concurrency: ConcurrencyLimiter,
         runner: Callable[[], RunnerClient],
         clock: Callable[[], datetime],
     ) -> None:
@@ -190,10 +206,12 @@ class GatewayService:
         self._installs = _InstallCache(installs, settings.ext_gateway_install_cache_ms / 1000)
         self._versions = _VersionCache(registry)
         self._limiter = limiter
+        self._concurrency = concurrency
         self._runner = runner
         self._clock = clock
 
     def handle(self, identity: Identity, request: GatewayRequest) -> GatewayResponse:
+        started = time.monotonic()
         install = self._enabled_install(identity.tenant, request.extension)
         self._limiter.hit(
             f"gateway#{identity.tenant}#{request.extension}",
@@ -207,13 +225,22 @@ class GatewayService:
             )
         version = self._versions.get(install.name, install.version)
         endpoint, params = self._endpoint(version, request)
-        payload = {
+        payload: dict[str, Any] = {
             "content_hash": install.content_hash,
             "extension": install.name,
             "granted_capabilities": list(install.granted_capabilities),
             "request": self._guest_request(identity, install, request, endpoint, params),
         }
-        answer = self._runner().execute(payload, self._settings.ext_gateway_timeout_ms / 1000)
+        timeout_s = self._settings.ext_gateway_timeout_ms / 1000
+        lease_s = timeout_s + _SLOT_LEASE_MARGIN_S
+        with self._concurrency.slot(identity.tenant, self._settings.ext_gateway_tenant_concurrency, lease_s):
+            left_s = timeout_s - (time.monotonic() - started)
+            deadline_ms = int(left_s * 1000) - RUNNER_MARGIN_MS
+            if deadline_ms < 1:
+                raise ExtensionTimeout("the gateway's deadline passed before the runner was called")
+            payload["deadline_ms"] = deadline_ms
+            payload["deadline_at_ms"] = int(time.time() * 1000) + deadline_ms
+            answer = self._runner().execute(payload, left_s)
         return self._response(answer)
 
     def forget_install(self, tenant: str, name: str) -> None:

@@ -19,10 +19,12 @@ Typical wiring::
     installs = InstallService(models, registry)
     uploads = UploadService(models)
     limiter = RateLimiter(models)
+    concurrency = ConcurrencyLimiter(models)
 """
 
 from __future__ import annotations
 
+from chalicelib.registry.concurrency import ConcurrencyLimiter
 from chalicelib.registry.extensions import RegistryService, TransferRequest
 from chalicelib.registry.installs import InstallService
 from chalicelib.registry.models import Models, create_tables, make_models, semver_sort_key
@@ -50,6 +52,7 @@ __all__ = [
     "AuditEvent",
     "Claim",
     "ClaimKind",
+    "ConcurrencyLimiter",
     "ExtensionRecord",
     "HistoryEntry",
     "InstallRecord",

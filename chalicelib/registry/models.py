@@ -12,7 +12,7 @@ works without code changes.
 | versions | ``name`` + ``version``, GSI ``by_hash`` | one published, immutable version |
 | installs | ``tenant`` + ``name`` | a tenant's install: version, enabled, config, history |
 | uploads | ``upload_id`` | an upload session and its finalize claim (expires by TTL) |
-| ratelimits | ``key`` | fixed-window counters (expire by TTL) |
+| ratelimits | ``key`` | fixed-window counters and calls in flight per tenant (expire by TTL) |
 | audit | ``subject`` + ``event_id`` | ownership changes (operator transfers), written once, never changed |
 """
 
@@ -197,11 +197,12 @@ class UploadModel(Model):
 
 
 class RateLimitModel(Model):
-    """One fixed-window counter."""
+    """One fixed-window counter (``hits``), or one key's calls in flight (``calls``: call id → lease end)."""
 
     key = UnicodeAttribute(hash_key=True)
     # ``count`` in the table; ``Model.count`` is a pynamodb method, so the Python name differs.
     hits = NumberAttribute(attr_name="count", default=0)
+    calls = _json_map(null=True)
     ttl = TTLAttribute()
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -14,11 +16,15 @@ from typing import Any
 
 import pytest
 
+from chalicelib.auth import Identity
 from chalicelib.bundles.pack import pack_project
 from chalicelib.config import load_settings
-from runner_container.server import make_server
+from chalicelib.errors import ExtError, RunnerBusy
+from chalicelib.gateway.service import GatewayRequest
+from runner_container.server import RunnerHTTPServer, make_server
 from runner_container.service import build_service
-from tests.bundle_factory import bundle, good_files, manifest_bytes, wasm
+from tests.bundle_factory import TYPE_MISMATCH_WAT, bundle, good_files, manifest_bytes, slow_to_compile_wasm, wasm
+from tests.integration.fake_lambda import FakeLambda, runner_answer, throttled
 from tests.integration.stack import AwsStack, auth, fresh_rate_window, publish
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,9 +47,10 @@ def fixed_response_guest(response: dict[str, Any], code: int = 0) -> bytes:
 
 
 @pytest.fixture
-def gateway_stack(
-    stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[AwsStack]:
+def runner_server(
+    stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[RunnerHTTPServer]:
+    """The runner in HTTP mode, with the settings of the environment the test set up."""
     token = secrets.token_urlsafe(16)
     monkeypatch.setenv("RUNNER_AUTH_TOKEN", token)
     monkeypatch.setenv("RUNNER_CACHE_DIR", str(tmp_path / "runner-cache"))
@@ -52,8 +59,14 @@ def gateway_stack(
     thread.start()
     monkeypatch.setenv("RUNNER_BASE_URL", server.url)
     monkeypatch.setenv("RUNNER_PUBLIC_BASE", server.url)
-    yield request.getfixturevalue("stack")
+    yield server
     server.shutdown()
+
+
+@pytest.fixture
+def gateway_stack(runner_server: RunnerHTTPServer, request: pytest.FixtureRequest) -> AwsStack:
+    stack: AwsStack = request.getfixturevalue("stack")
+    return stack
 
 
 def install(stack: AwsStack, data: bytes, tenant: str = "acme") -> dict[str, Any]:
@@ -76,6 +89,20 @@ def hello(gateway_stack: AwsStack, tmp_path: Path) -> AwsStack:
 def call(
     stack: AwsStack, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
 ) -> Any:
+    """One call as a client retrying ``503 EXTENSION_NOT_READY`` makes it (its code may still compile)."""
+    deadline = time.monotonic() + 60
+    while True:
+        answer = send(stack, method, path, body, headers)
+        if answer.status_code != 503 or json.loads(answer.body)["error"]["code"] != "EXTENSION_NOT_READY":
+            return answer
+        assert time.monotonic() < deadline, "the extension's code never compiled"
+        time.sleep(0.2)
+
+
+def send(
+    stack: AwsStack, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> Any:
+    """One call, answered as it comes."""
     chosen = {**auth(), **(headers or {})}
     if body is None:
         chosen.pop("Content-Type", None)
@@ -333,3 +360,188 @@ def test_binary_answers_arrive_as_bytes(gateway_stack: AwsStack, content_type: s
     assert answer.status_code == 200
     assert answer.body == raw
     assert answer.headers["Content-Type"] == delivered
+
+
+# --- compile state, deadlines and capacity (issue 9, item 1) ------------------------------------------
+
+
+def error_of(answer: Any) -> dict[str, Any]:
+    error: dict[str, Any] = json.loads(answer.body)["error"]
+    return error
+
+
+def test_a_call_while_its_code_compiles_is_503_not_ready_then_502_naming_why_it_failed(
+    stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    monkeypatch.setenv("RUNNER_INLINE_COMPILE_MAX_BYTES", "1024")
+    monkeypatch.setenv("RUNNER_COMPILE_TIMEOUT_MS", "2000")
+    stack: AwsStack = request.getfixturevalue("gateway_stack")
+    # 300 KB that take ~11 s and ~540 MB to compile unbounded; the job may take 2 s.
+    install(stack, _guest_bundle(slow_to_compile_wasm(100_000)))
+
+    first = send(stack, "GET", "/api/ext/com.acme.tools/hello")
+
+    assert first.status_code == 503, first.body
+    assert error_of(first)["code"] == "EXTENSION_NOT_READY"
+    assert int(first.headers["Retry-After"]) >= 1
+    settled = call(stack, "GET", "/api/ext/com.acme.tools/hello")
+    assert settled.status_code == 502
+    assert error_of(settled)["code"] == "EXTENSION_FAILED"
+    assert "did not compile: compiling took longer than 2 s" in error_of(settled)["message"]
+
+
+def test_code_that_does_not_compile_is_502_at_once_on_every_call_and_compiled_once(
+    gateway_stack: AwsStack, runner_server: RunnerHTTPServer
+) -> None:
+    install(gateway_stack, _guest_bundle(wasm(TYPE_MISMATCH_WAT)))
+
+    answers = [call(gateway_stack, "GET", "/api/ext/com.acme.tools/hello") for _ in range(3)]
+
+    assert [a.status_code for a in answers] == [502, 502, 502]
+    assert all(error_of(a)["code"] == "EXTENSION_FAILED" for a in answers)
+    messages = [error_of(a)["message"] for a in answers]
+    assert all("did not compile" in message and "type mismatch" in message for message in messages)
+    assert runner_server.service.health()["cache"]["compiles"] == 1
+
+
+def test_the_runner_stops_at_the_gateways_deadline_and_says_so(
+    stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    monkeypatch.setenv("EXT_GATEWAY_TIMEOUT_MS", "3000")
+    stack: AwsStack = request.getfixturevalue("gateway_stack")
+    install(stack, _guest_bundle(wasm((WAT / "infinite_loop.wat").read_text()), limits={"timeout_ms": 20_000}))
+
+    answer = call(stack, "GET", "/api/ext/com.acme.tools/hello")
+
+    assert answer.status_code == 504
+    # The runner's own answer (its limit was cut to the gateway's), not the gateway giving up on it.
+    stopped = re.search(r"exceeded its time limit of (\d+) ms", error_of(answer)["message"])
+    assert stopped is not None, error_of(answer)["message"]
+    assert int(stopped.group(1)) < 3000
+
+
+def _loop_and_echo(stack: AwsStack, tenants: tuple[str, ...]) -> None:
+    """acme installs a guest that loops for 4 s; every tenant in ``tenants`` installs an echo guest."""
+    loop = wasm((WAT / "infinite_loop.wat").read_text())
+    install(stack, _guest_bundle(loop, name="com.acme.loop", limits={"timeout_ms": 4000}))
+    publish(stack, _guest_bundle(wasm((WAT / "echo.wat").read_text()), name="com.acme.echo"))
+    for tenant in tenants:
+        answer = stack.call("POST", "/installs", {"extension": "com.acme.echo", "version": "1.0.0"}, auth(tenant))
+        assert answer.status_code == 201, answer.json
+        assert call(stack, "GET", "/api/ext/com.acme.echo/hello", headers=auth(tenant)).status_code == 200
+    # Compile the loop too, so the slow call below spends its time running, not compiling.
+    assert call(stack, "GET", "/api/ext/com.acme.loop/hello").status_code == 504
+
+
+def _slow_call_in_background(stack: AwsStack) -> threading.Thread:
+    """acme's call of the loop guest (it runs 4 s), made on another thread straight into the gateway service."""
+    import app as app_module
+
+    def run() -> None:
+        request = GatewayRequest("com.acme.loop", "GET", "/hello", {}, {}, b"", "slow-call")
+        while True:
+            try:
+                app_module.services().gateway.handle(Identity("alice", "acme", frozenset({"admin"})), request)
+            except RunnerBusy:
+                continue  # an echo call held the slot just then: this one must get in and hold it
+            except ExtError:
+                return
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def _first_refusal(stack: AwsStack, slow: threading.Thread, tenant: str = "acme") -> Any:
+    """Call the echo guest until an answer is not 200, or the slow call ends; that answer, or None."""
+    while slow.is_alive():
+        answer = send(stack, "GET", "/api/ext/com.acme.echo/hello", headers=auth(tenant))
+        if answer.status_code != 200:
+            return answer
+    return None
+
+
+def test_a_tenant_over_its_concurrency_cap_gets_503_runner_busy_and_other_tenants_are_served(
+    stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    monkeypatch.setenv("EXT_GATEWAY_TENANT_CONCURRENCY", "1")
+    stack: AwsStack = request.getfixturevalue("gateway_stack")
+    _loop_and_echo(stack, ("acme", "globex"))
+
+    slow = _slow_call_in_background(stack)
+    refused = _first_refusal(stack, slow)
+    other_tenant = send(stack, "GET", "/api/ext/com.acme.echo/hello", headers=auth("globex"))
+    slow.join()
+
+    assert refused is not None, "acme ran a second call beside the first"
+    assert (refused.status_code, error_of(refused)["code"]) == (503, "RUNNER_BUSY")
+    assert refused.headers["Retry-After"] == "1"
+    assert other_tenant.status_code == 200
+    assert send(stack, "GET", "/api/ext/com.acme.echo/hello").status_code == 200
+
+
+def test_a_runner_at_its_call_limit_is_503_runner_busy_with_retry_after(
+    stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    monkeypatch.setenv("RUNNER_MAX_CONCURRENT_CALLS", "1")
+    stack: AwsStack = request.getfixturevalue("gateway_stack")
+    _loop_and_echo(stack, ("acme",))
+
+    slow = _slow_call_in_background(stack)
+    refused = _first_refusal(stack, slow)
+    slow.join()
+
+    assert refused is not None, "the runner ran a second call beside the first"
+    assert (refused.status_code, error_of(refused)["code"]) == (503, "RUNNER_BUSY")
+    assert refused.headers["Retry-After"] == "1"
+
+
+@pytest.fixture
+def lambda_stack(
+    stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Iterator[tuple[AwsStack, FakeLambda]]:
+    """The API as deployed in AWS, invoking a runner function and a compile function (a stand-in)."""
+    with FakeLambda().running() as fake:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", fake.url)
+        monkeypatch.setenv("RUNNER_FUNCTION_NAME", "ext-runner")
+        monkeypatch.setenv("RUNNER_COMPILE_FUNCTION_NAME", "ext-compiler")
+        monkeypatch.setenv("EXT_GATEWAY_TIMEOUT_MS", "4000")
+        yield request.getfixturevalue("stack"), fake
+
+
+def test_publishing_asks_the_compile_function_not_the_runner(lambda_stack: tuple[AwsStack, FakeLambda]) -> None:
+    stack, fake = lambda_stack
+
+    result = install(stack, _guest_bundle(wasm((WAT / "echo.wat").read_text())))
+
+    assert [(i.function, i.payload) for i in fake.invoked("Event")] == [
+        ("ext-compiler", {"action": "precompile", "content_hash": result["content_hash"]})
+    ]
+
+
+def test_lambda_throttling_is_503_runner_busy_never_500(lambda_stack: tuple[AwsStack, FakeLambda]) -> None:
+    stack, fake = lambda_stack
+    install(stack, _guest_bundle(wasm((WAT / "echo.wat").read_text())))
+    fake.answers.append(throttled())
+
+    answer = send(stack, "GET", "/api/ext/com.acme.tools/hello")
+
+    assert (answer.status_code, error_of(answer)["code"]) == (503, "RUNNER_BUSY")
+    assert answer.headers["Retry-After"] == "1"
+
+
+def test_the_runners_not_ready_answer_reaches_the_client_with_its_retry_after(
+    lambda_stack: tuple[AwsStack, FakeLambda],
+) -> None:
+    stack, fake = lambda_stack
+    install(stack, _guest_bundle(wasm((WAT / "echo.wat").read_text())))
+    error = {"code": "EXTENSION_NOT_READY", "message": "its code is being compiled", "request_id": "r"}
+    fake.answers.append(runner_answer({"ok": False, "error": error, "status": 503, "retry_after": 7}))
+
+    answer = send(stack, "GET", "/api/ext/com.acme.tools/hello")
+
+    assert (answer.status_code, error_of(answer)["code"]) == (503, "EXTENSION_NOT_READY")
+    assert answer.headers["Retry-After"] == "7"
+    executed = fake.invoked("RequestResponse")[-1].payload
+    assert 0 < executed["deadline_ms"] < 4000
+    assert executed["deadline_at_ms"] > time.time() * 1000 - 4000
