@@ -23,7 +23,7 @@ from tests.infra.cfn import Stack
 pytestmark = pytest.mark.xdist_group("infra")
 
 ROOT = Path(__file__).resolve().parents[2]
-FUNCTIONS = ("APIHandler", "FinalizeWorker", "Runner")
+FUNCTIONS = ("APIHandler", "FinalizeWorker", "Runner", "Compiler")
 BY_NAME = {setting.env: setting for setting in SETTINGS}
 
 NOT_SETTINGS = frozenset({"FINALIZE_QUEUE_NAME"})
@@ -39,6 +39,13 @@ MUST_AGREE: dict[str, tuple[str, ...]] = {
     # the registry and the runner, which both publishing paths (API route and worker) use
     "REGISTRY_TABLE_PREFIX": ("APIHandler", "FinalizeWorker"),
     "RUNNER_FUNCTION_NAME": ("APIHandler", "FinalizeWorker"),
+    # who asks for compile jobs, and the code they produce: a runner reads the compile function's
+    # outcomes under the engine fingerprint (fuel) and the limits id (the three compile limits)
+    "RUNNER_COMPILE_FUNCTION_NAME": ("FinalizeWorker", "Runner"),
+    **dict.fromkeys(
+        ("RUNNER_FUEL", "RUNNER_COMPILE_MAX_WASM_BYTES", "RUNNER_COMPILE_TIMEOUT_MS", "RUNNER_COMPILE_MEMORY_MB"),
+        ("Runner", "Compiler"),
+    ),
 }
 API_ONLY = ("EXT_AUTH_SECRET", "EXT_AUTH_JWKS", "EXT_AUTH_ISSUER", "EXT_AUTH_AUDIENCE", "RUNNER_PUBLIC_BASE")
 
@@ -80,7 +87,7 @@ def test_credentials_and_api_only_settings_stay_on_the_api(stack: Stack) -> None
     variables = environments(stack)
     for env in API_ONLY:
         assert env in variables["APIHandler"], env
-        assert env not in variables["FinalizeWorker"] and env not in variables["Runner"], env
+        assert all(env not in variables[function] for function in FUNCTIONS if function != "APIHandler"), env
 
 
 def test_storage_settings_name_the_bucket_and_prefixes_the_policies_protect(stack: Stack) -> None:

@@ -30,7 +30,10 @@ CANONICAL_OBJECTS = ("bundle.tar.zst", "manifest.json", "signature.json", "entry
 PRECOMPILED = f"{BUCKET_ARN}/sha256/{HEX}/precompiled/wasmtime-50.0.1-x86_64-linux-0123abcd.cwasm"
 STAGED = f"{BUCKET_ARN}/staging/tenant-1/upload-1/bundle.tar.zst"
 TABLES = ("extensions", "versions", "installs", "uploads", "ratelimits", "audit")
-FUNCTIONS = ("APIHandler", "FinalizeWorker", "Runner")
+FUNCTIONS = ("APIHandler", "FinalizeWorker", "Runner", "Compiler")
+COMPILE_FAILURE = (
+    f"{BUCKET_ARN}/sha256/{HEX}/precompiled/wasmtime-50.0.1-x86_64-linux-0123abcd.failed-0123456789ab.json"
+)
 
 
 def canonical(name: str) -> str:
@@ -67,6 +70,22 @@ def table_arn(name: str) -> str:
 def runner_arn(stack: Stack) -> str:
     arn: str = stack.resolve({"Fn::GetAtt": ["Runner", "Arn"]})
     return arn
+
+
+def compiler_arn(stack: Stack) -> str:
+    arn: str = stack.resolve({"Fn::GetAtt": ["Compiler", "Arn"]})
+    return arn
+
+
+def roles_granting(stack: Stack, action: str, resource: str) -> list[str]:
+    return sorted(
+        name
+        for name, role in stack.of_type("AWS::IAM::Role").items()
+        if any(
+            allows(policy["PolicyDocument"]["Statement"], Request(action, resource))
+            for policy in stack.resolve(role["Properties"].get("Policies", []))
+        )
+    )
 
 
 # --- the template as a whole --------------------------------------------------------------------
@@ -319,6 +338,28 @@ def test_the_runner_is_a_container_image_function_with_room_for_its_cache(stack:
     assert int(runner["ReservedConcurrentExecutions"]) > 0
 
 
+def test_the_compile_function_runs_the_runner_image_with_room_for_its_jobs(stack: Stack) -> None:
+    runner = stack.resolve(stack.resources["Runner"]["Properties"])
+    compiler = stack.resolve(stack.resources["Compiler"]["Properties"])
+    settings = load_settings(compiler["Environment"]["Variables"])
+    assert (compiler["ImageUri"], compiler["Architectures"]) == (runner["ImageUri"], runner["Architectures"])
+    # The job's child may use its whole limit beside the job's own process (about 300 MB).
+    assert int(compiler["MemorySize"]) >= settings.runner_compile_memory_mb + 300
+    # The child is killed at its limit, and the job still fetches the bundle and stores the outcome.
+    assert int(compiler["Timeout"]) * 1000 >= settings.runner_compile_timeout_ms + 60_000
+    assert int(compiler["ReservedConcurrentExecutions"]) > 0
+    tmp_bytes = int(compiler["EphemeralStorage"]["Size"]) * 1024 * 1024
+    assert tmp_bytes > settings.bundle_max_unpacked_bytes + settings.runner_compile_max_wasm_bytes
+
+
+def test_one_tenant_can_take_at_most_a_quarter_of_the_runners_reserved_concurrency(stack: Stack) -> None:
+    api = load_settings(stack.resolve(stack.resources["APIHandler"]["Properties"]["Environment"]["Variables"]))
+    runner = stack.resolve(stack.resources["Runner"]["Properties"])
+    assert 0 < api.ext_gateway_tenant_concurrency * 4 <= int(runner["ReservedConcurrentExecutions"])
+    # The runner's calls end by the gateway's deadline (it is in the payload); the function outlives both.
+    assert api.ext_gateway_timeout_ms < int(runner["Timeout"]) * 1000
+
+
 def test_a_zero_reserved_concurrency_leaves_the_runner_unreserved(template: dict[str, Any]) -> None:
     runner = Stack(template, {"RunnerReservedConcurrency": "0"}).resolve(template["Resources"]["Runner"])
     assert "ReservedConcurrentExecutions" not in runner["Properties"]
@@ -385,8 +426,19 @@ def test_the_runner_reads_the_store_and_writes_only_precompiled_code(stack: Stac
         assert can(stack, "Runner", "s3:GetObject", canonical(name))
         assert not can(stack, "Runner", "s3:PutObject", canonical(name))
     assert can(stack, "Runner", "s3:PutObject", PRECOMPILED)
+    assert can(stack, "Runner", "s3:PutObject", COMPILE_FAILURE)
     assert not can(stack, "Runner", "s3:GetObject", STAGED)
     assert not can(stack, "Runner", "s3:DeleteObject", PRECOMPILED)
+
+
+def test_the_compile_function_reads_the_store_and_writes_only_compile_outcomes(stack: Stack) -> None:
+    for name in CANONICAL_OBJECTS:
+        assert can(stack, "Compiler", "s3:GetObject", canonical(name))
+        assert not can(stack, "Compiler", "s3:PutObject", canonical(name))
+    assert can(stack, "Compiler", "s3:PutObject", PRECOMPILED)
+    assert can(stack, "Compiler", "s3:PutObject", COMPILE_FAILURE)
+    assert not can(stack, "Compiler", "s3:GetObject", STAGED)
+    assert not can(stack, "Compiler", "s3:DeleteObject", COMPILE_FAILURE)
 
 
 def test_missing_objects_read_as_404_for_every_function_but_listings_stay_in_its_prefixes(stack: Stack) -> None:
@@ -394,6 +446,7 @@ def test_missing_objects_read_as_404_for_every_function_but_listings_stay_in_its
     for function in FUNCTIONS:
         assert can(stack, function, "s3:ListBucket", BUCKET_ARN), function
     assert can(stack, "Runner", "s3:ListBucket", BUCKET_ARN, **{"s3:prefix": "sha256/ab"})
+    assert not can(stack, "Compiler", "s3:ListBucket", BUCKET_ARN, **{"s3:prefix": "staging/"})
     assert not can(stack, "Runner", "s3:ListBucket", BUCKET_ARN, **{"s3:prefix": "staging/"})
     assert not can(stack, "APIHandler", "s3:ListBucket", BUCKET_ARN, **{"s3:prefix": "sha256/"})
     assert not can(stack, "Runner", "s3:ListBucket", BUCKET_ARN, **{"s3:prefix": ""})
@@ -407,6 +460,7 @@ def test_each_function_reaches_only_its_own_tables(stack: Stack) -> None:
         "APIHandler": set(TABLES) - {"audit"},
         "FinalizeWorker": {"extensions", "versions", "uploads"},
         "Runner": set(),
+        "Compiler": set(),
     }
     for function, tables in expected.items():
         reachable = {t for t in TABLES if can(stack, function, "dynamodb:GetItem", table_arn(t))}
@@ -446,22 +500,26 @@ def test_the_api_hands_finalize_to_the_worker(stack: Stack) -> None:
     assert stack.resolve(variables["FINALIZE_QUEUE_URL"]) == stack.resolve({"Ref": "FinalizeQueue"})
 
 
-def test_only_the_platforms_own_functions_can_invoke_the_runner(stack: Stack) -> None:
+def test_only_the_gateway_can_invoke_the_runner(stack: Stack) -> None:
     runner = runner_arn(stack)
     assert can(stack, "APIHandler", "lambda:InvokeFunction", runner)
-    assert can(stack, "FinalizeWorker", "lambda:InvokeFunction", runner)  # precompile after publish
     assert not can(stack, "Runner", "lambda:InvokeFunction", runner)
     worker = stack.resolve({"Fn::GetAtt": ["FinalizeWorker", "Arn"]})
     assert not can(stack, "APIHandler", "lambda:InvokeFunction", worker)
-    granting_roles = [
-        name
-        for name, role in stack.of_type("AWS::IAM::Role").items()
-        if any(
-            allows(policy["PolicyDocument"]["Statement"], Request("lambda:InvokeFunction", runner))
-            for policy in stack.resolve(role["Properties"].get("Policies", []))
-        )
+    assert roles_granting(stack, "lambda:InvokeFunction", runner) == ["ApiHandlerRole"]
+
+
+def test_compile_jobs_are_asked_for_by_the_worker_after_a_publish_and_by_runners_only(stack: Stack) -> None:
+    compiler = compiler_arn(stack)
+    assert can(stack, "FinalizeWorker", "lambda:InvokeFunction", compiler)
+    assert can(stack, "Runner", "lambda:InvokeFunction", compiler)
+    assert roles_granting(stack, "lambda:InvokeFunction", compiler) == ["FinalizeWorkerRole", "RunnerRole"]
+    public = [
+        p
+        for p in stack.of_type("AWS::Lambda::Permission").values()
+        if p["Properties"]["FunctionName"] == {"Ref": "Compiler"}
     ]
-    assert sorted(granting_roles) == ["ApiHandlerRole", "FinalizeWorkerRole"]
+    assert public == [], "the compile function must not be reachable from outside the account"
 
 
 def test_the_public_may_reach_the_runner_only_through_its_function_url(stack: Stack) -> None:
