@@ -238,8 +238,9 @@ SETTINGS: tuple[Setting, ...] = (
         "RUNNER_INLINE_COMPILE_MAX_BYTES",
         _parse_int,
         1 * MiB,
-        "Code up to this size with no compile outcome yet may compile during a call, within half of "
-        "the call's remaining time; larger code answers `503 EXTENSION_NOT_READY` while a compile job runs (0 = never).",
+        "Code up to this size with no compile outcome yet may compile during a call, within half of the "
+        "call's remaining time; larger code answers `503 EXTENSION_NOT_READY` while a compile job runs "
+        "(0 = never).",
     ),
     _row(
         "RUNNER_MAX_RESPONSE_BYTES",

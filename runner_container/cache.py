@@ -418,10 +418,10 @@ class BundleCache:
         hex_digest = content_hash_hex(content_hash)
         fingerprint = self._engine.fingerprint
         key = self._store.precompiled_key(content_hash, fingerprint)
-        # A job asked for twice (publish and a call, two runners) finds the outcome without fetching anything.
-        if self._store.head(key) is not None:
-            source = ModuleSource.MEMORY if self._cached_module(hex_digest) is not None else ModuleSource.STORED
-            return PrecompileResult(content_hash, fingerprint, key, source)
+        # Asked for twice (a publish and a call, two runners): a recorded outcome ends the job before any fetch.
+        # Stored code is loaded once before it counts, so an unusable object is never reported ready.
+        if self._cached_module(hex_digest) is not None and self._store.head(key) is not None:
+            return PrecompileResult(content_hash, fingerprint, key, ModuleSource.MEMORY)
         failure = self._recorded_failure(content_hash, hex_digest)
         if failure is not None:
             return PrecompileResult(content_hash, fingerprint, key, None, CompileStatus.FAILED, failure)

@@ -30,9 +30,10 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote, unquote
 
 from chalicelib.auth import Identity
@@ -42,7 +43,6 @@ from chalicelib.errors import EndpointNotFound, ExtensionFailed, ExtensionTimeou
 from chalicelib.gateway.runner_client import RunnerClient
 from chalicelib.headers import is_header_name
 from chalicelib.registry import (
-    ConcurrencyLimiter,
     InstallRecord,
     InstallService,
     RateLimiter,
@@ -50,7 +50,7 @@ from chalicelib.registry import (
     VersionRecord,
 )
 
-__all__ = ["GatewayRequest", "GatewayResponse", "GatewayService", "REQUEST_HEADERS", "RESPONSE_HEADERS"]
+__all__ = ["CallSlots", "GatewayRequest", "GatewayResponse", "GatewayService", "REQUEST_HEADERS", "RESPONSE_HEADERS"]
 
 REQUEST_HEADERS = frozenset(
     {
@@ -94,6 +94,14 @@ _VERSION_CACHE_ENTRIES = 512
 RUNNER_MARGIN_MS = 250
 """The runner's deadline is this much earlier than the gateway's, so its own timeout answer arrives in time."""
 _SLOT_LEASE_MARGIN_S = 5.0
+
+
+class CallSlots(Protocol):
+    """Caps calls in flight per key across gateway instances (:class:`~chalicelib.registry.ConcurrencyLimiter`)."""
+
+    def slot(self, key: str, cap: int, lease_s: float) -> AbstractContextManager[None]:
+        """Hold one of ``key``'s ``cap`` slots for the block; ``RunnerBusy`` when none is free."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -198,7 +206,7 @@ class GatewayService:
         installs: InstallService,
         registry: RegistryService,
         limiter: RateLimiter,
-        concurrency: ConcurrencyLimiter,
+        concurrency: CallSlots,
         runner: Callable[[], RunnerClient],
         clock: Callable[[], datetime],
     ) -> None:

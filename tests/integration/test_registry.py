@@ -22,6 +22,7 @@ from chalicelib.errors import (
     NotFound,
     NotInstalled,
     RateLimited,
+    RunnerBusy,
     UploadConflict,
     UploadExpired,
     UploadNotFound,
@@ -30,6 +31,7 @@ from chalicelib.errors import (
 from chalicelib.registry import (
     Actor,
     ClaimKind,
+    ConcurrencyLimiter,
     InstallService,
     Owner,
     RateLimiter,
@@ -854,3 +856,68 @@ def test_a_limit_of_zero_is_unlimited(models):
 
     for _ in range(50):
         limiter.hit("upload#acme", 0, T0)
+
+
+# --- calls in flight per tenant -------------------------------------------------------------------
+
+
+class SecondsClock:
+    """Unix seconds that tests move by hand."""
+
+    def __init__(self) -> None:
+        self.now = T0.timestamp()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_tenant_gets_at_most_cap_slots_and_a_slot_given_back_is_free_again(models):
+    clock = SecondsClock()
+    first, second = ConcurrencyLimiter(models, clock, memo_s=0), ConcurrencyLimiter(models, clock, memo_s=0)
+
+    with first.slot("acme", 2, 15), second.slot("acme", 2, 15):
+        with pytest.raises(RunnerBusy) as refused, first.slot("acme", 2, 15):
+            pass
+        with second.slot("globex", 2, 15):
+            pass
+    with first.slot("acme", 2, 15):
+        pass
+
+    assert refused.value.details["retry_after"] == 1
+
+
+def test_a_slot_left_by_a_dead_instance_frees_itself_when_its_lease_ends(models):
+    clock = SecondsClock()
+    dead = ConcurrencyLimiter(models, clock, memo_s=0)
+    alive = ConcurrencyLimiter(models, clock, memo_s=0)
+    held = dead.slot("acme", 1, 15)
+    held.__enter__()  # an instance that took the slot and never came back
+
+    with pytest.raises(RunnerBusy), alive.slot("acme", 1, 15):
+        pass
+    clock.now += 16
+    with alive.slot("acme", 1, 15):
+        pass
+
+
+def test_an_instance_that_found_a_tenant_full_refuses_for_a_moment_without_asking_again(models):
+    clock = SecondsClock()
+    holder, limiter = ConcurrencyLimiter(models, clock), ConcurrencyLimiter(models, clock, memo_s=0.5)
+
+    with holder.slot("acme", 1, 15), pytest.raises(RunnerBusy), limiter.slot("acme", 1, 15):
+        pass
+    # The slot is free now, but this instance saw it full a moment ago.
+    with pytest.raises(RunnerBusy), limiter.slot("acme", 1, 15):
+        pass
+    clock.now += 0.6
+    with limiter.slot("acme", 1, 15):
+        pass
+
+
+def test_a_cap_of_zero_takes_no_slot(models):
+    limiter = ConcurrencyLimiter(models)
+
+    with limiter.slot("acme", 0, 15), limiter.slot("acme", 0, 15):
+        pass
+
+    assert models.ratelimits.count() == 0
