@@ -12,8 +12,13 @@ p99 of all of them), each with its isolation stated in ``isolation``:
   which shares guest memory between calls).
 - ``cold_cwasm_vs_compile``: compiling a ≥ 5 MB module / fetching its stored
   ``.cwasm`` from S3 and deserializing it (what a cold runner does instead).
+- ``compile_job_*``: the bounded compile job (a child process under the default
+  limits, ``runner_container/compiler.py``) on the same module: wall and CPU
+  seconds, and the child's peak RSS.
 - ``gateway_added_ms_p50``: p50 of a call through the API gateway minus p50 of the
-  same call made straight to the runner's ``/v1/execute``.
+  same call made straight to the runner's ``/v1/execute``; it includes the tenant's
+  concurrency slot, whose take and give-back (two DynamoDB writes, here to moto)
+  ``tenant_slot_ms_p50`` measures alone.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from chalicelib.storage.store import S3BundleStore
 from extctl.localstack import LocalStack, StackUrls
 from extctl.scaffold import TEMPLATE
 from runner_container.cache import BundleCache
+from runner_container.compiler import CompileLimits, Compiler
 from runner_container.egress import EgressPolicy
 from runner_container.engine import WasmEngine
 from runner_container.service import RunnerService
@@ -237,7 +243,31 @@ def _cold_vs_compile(urls: StackUrls, work: Path) -> dict[str, Any]:
         "compile_seconds": round(compile_s, 3),
         "cold_cwasm_seconds": round(cold_s, 4),
         "module_mib": round(len(module_bytes) / MiB, 2),
+        **_compile_job(engine, project / "dist" / "main.wasm", work),
     }
+
+
+def _compile_job(engine: WasmEngine, wasm: Path, work: Path) -> dict[str, Any]:
+    """One compile job as the compile function runs it: a child process under the default limits."""
+    limits = CompileLimits.from_settings(load_settings())
+    result = Compiler(engine.config_settings).run(wasm, work / "job.cwasm", limits)
+    assert result is not None and result.failure is None and result.peak_rss_bytes is not None, result
+    assert result.cpu_s is not None
+    return {
+        "compile_job_seconds": round(result.wall_s, 3),
+        "compile_job_cpu_seconds": round(result.cpu_s, 3),
+        "compile_job_peak_rss_mib": round(result.peak_rss_bytes / MiB, 1),
+        "compile_job_limits": {"memory_mib": limits.memory_bytes // MiB, "timeout_s": limits.timeout_s},
+    }
+
+
+def _tenant_slot() -> None:
+    """Take and give back one of a tenant's call slots, as the gateway does around each runner call."""
+    import app as app_module
+
+    settings = app_module.services().settings
+    with app_module.services().concurrency.slot("bench", settings.ext_gateway_tenant_concurrency, 15.0):
+        pass
 
 
 def _timed(func: Callable[[], object]) -> float:
@@ -264,6 +294,7 @@ def run() -> dict[str, Any]:
             service, wasm_engine, _ = _runner(settings)
             service.execute(payload)  # fetches, verifies and compiles the bundle while the stack is up
             results = _gateway_figures(urls, settings, payload)
+            results["tenant_slot_ms_p50"] = round(_p50(200, _tenant_slot) * 1000, 2)
             results.update(_cold_vs_compile(urls, work))
         finally:
             stack.stop()
