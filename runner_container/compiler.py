@@ -248,8 +248,13 @@ class Compiler:
             os.fspath(wasm),
             os.fspath(output),
         ]
-        # glibc reserves 64 MiB of address space per thread arena; two keep RLIMIT_AS about the heap.
-        env = {**os.environ, "MALLOC_ARENA_MAX": "2"}
+        env = {
+            **os.environ,
+            # glibc reserves 64 MiB of address space per thread arena; two keep RLIMIT_AS about the heap.
+            "MALLOC_ARENA_MAX": "2",
+            # The child imports what this process imports (Lambda installs packages in its task root).
+            "PYTHONPATH": os.pathsep.join(entry for entry in sys.path if entry),
+        }
         with self._count_lock:
             self._started += 1
         started = time.perf_counter()
