@@ -41,6 +41,7 @@ found at start are trusted as verified only if they were verified under the same
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -726,8 +727,10 @@ class BundleCache:
                 raise installed.error()
             return installed, ModuleSource.COMPILED
         if result is not None and result.failure is not None and result.failure.permanent:
-            self._record_failure(bundle.content_hash, hex_digest, result.failure, strict=False)
-            raise result.failure.error()
+            # Code that fails this way fails under any limits: record it under the jobs' limits.
+            failure = dataclasses.replace(result.failure, limits=self._compile_limits)
+            self._record_failure(bundle.content_hash, hex_digest, failure, strict=False)
+            raise failure.error()
         # Over the call's share of time or memory, or no compile slot: a job gets the full limits.
         raise self._not_ready(bundle)
 
