@@ -16,9 +16,10 @@ p99 of all of them), each with its isolation stated in ``isolation``:
   limits, ``runner_container/compiler.py``) on the same module: wall and CPU
   seconds, and the child's peak RSS.
 - ``gateway_added_ms_p50``: p50 of a call through the API gateway minus p50 of the
-  same call made straight to the runner's ``/v1/execute``; it includes the tenant's
-  concurrency slot, whose take and give-back (two DynamoDB writes, here to moto)
-  ``tenant_slot_ms_p50`` measures alone.
+  same call made straight to the runner's ``/v1/execute``, with the DynamoDB-backed
+  limits off (the rate limit, the tenant cap); ``tenant_slot_ms_p50`` is what the
+  tenant cap adds to each call when it is on (the default): taking and giving back a
+  slot, two DynamoDB writes, here to moto.
 """
 
 from __future__ import annotations
@@ -265,8 +266,8 @@ def _tenant_slot() -> None:
     """Take and give back one of a tenant's call slots, as the gateway does around each runner call."""
     import app as app_module
 
-    settings = app_module.services().settings
-    with app_module.services().concurrency.slot("bench", settings.ext_gateway_tenant_concurrency, 15.0):
+    default_cap = load_settings({}).ext_gateway_tenant_concurrency
+    with app_module.services().concurrency.slot("bench", default_cap, 15.0):
         pass
 
 
@@ -279,7 +280,8 @@ def _timed(func: Callable[[], object]) -> float:
 def run() -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-runner-") as tmp:
         work = Path(tmp)
-        stack = LocalStack(port=0, cache_dir=work / "cache", extra_env={"EXT_GATEWAY_RATE_LIMIT_PER_MINUTE": "0"})
+        limits_off = {"EXT_GATEWAY_RATE_LIMIT_PER_MINUTE": "0", "EXT_GATEWAY_TENANT_CONCURRENCY": "0"}
+        stack = LocalStack(port=0, cache_dir=work / "cache", extra_env=limits_off)
         urls = stack.start()
         try:
             content_hash = _publish(urls, TEMPLATE, work)
