@@ -363,6 +363,7 @@ class ExtensionNotReady(ExtError):
 
     code = "EXTENSION_NOT_READY"
     http_status = 503
+    user_message = "The extension's new code is still being prepared; try again in a few seconds."
 
 
 class RunnerBusy(ExtError):
@@ -370,6 +371,7 @@ class RunnerBusy(ExtError):
 
     code = "RUNNER_BUSY"
     http_status = 503
+    user_message = "Too many extension calls are running right now; try again in a few seconds."
 
 
 # --- operational and local ----------------------------------------------------------

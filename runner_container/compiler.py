@@ -320,14 +320,6 @@ def _classify(
 # --- the child process ------------------------------------------------------------------------------------
 
 
-def _summary(text: str) -> str:
-    """wasmtime's multi-line error cut to its causes, on one line."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if "Caused by:" in lines:
-        lines = [line.split(":", 1)[-1].strip() for line in lines[lines.index("Caused by:") + 1 :]]
-    return "; ".join(lines)[:_MAX_REASON_CHARS]
-
-
 def _cap(limit: int, value: int, hard: int | None = None) -> None:
     """Lower ``limit`` to ``value`` (soft) and ``hard``, never above the hard limit already in force."""
     _soft, current = resource.getrlimit(limit)
@@ -347,23 +339,23 @@ def _child_main(argv: list[str]) -> int:
     # Imported only now, so the limits cover everything wasmtime maps and allocates.
     import wasmtime
 
+    from chalicelib.errors import WasmInvalid
+    from runner_container.engine import compile_module
+
     if ArtifactKind(kind) is not ArtifactKind.MODULE:
         raise ValueError(f"unknown artifact kind {kind!r}")
     try:
         config = wasmtime.Config()
         for name, value in json.loads(settings).items():
             setattr(config, name, value)
-        data = Path(wasm_path).read_bytes()
-        if data[:4] != b"\0asm":
-            raise wasmtime.WasmtimeError("not a WebAssembly binary (missing the \\0asm header)")
-        artifact = wasmtime.Module(wasmtime.Engine(config), data).serialize()
+        artifact = compile_module(wasmtime.Engine(config), Path(wasm_path).read_bytes()).serialize()
         with open(out_path, "xb") as out:
             out.write(artifact)
     except MemoryError:
         print(json.dumps({"ok": False, "kind": FailureKind.MEMORY_LIMIT.value}), flush=True)
         return 1
-    except wasmtime.WasmtimeError as exc:
-        print(json.dumps({"ok": False, "kind": FailureKind.INVALID.value, "reason": _summary(str(exc))}), flush=True)
+    except WasmInvalid as exc:
+        print(json.dumps({"ok": False, "kind": FailureKind.INVALID.value, "reason": exc.message}), flush=True)
         return 1
     usage = resource.getrusage(resource.RUSAGE_SELF)
     with open("/proc/self/status", encoding="ascii") as status:

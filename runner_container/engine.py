@@ -62,6 +62,7 @@ __all__ = [
     "LogRecord",
     "WasmEngine",
     "clamp_limits",
+    "compile_module",
 ]
 
 ABI = "wasm-core@1"
@@ -473,7 +474,7 @@ class WasmEngine:
         self.consume_fuel = consume_fuel
         self.epoch_tick_ms = epoch_tick_ms
         # The restore plan's marker version is part of the fingerprint: compiled code carries its rewrite.
-        self._settings = {"epoch_interruption": True, "consume_fuel": consume_fuel, "restore_plan": RESTORABLE_MARKER}
+        self._settings = {"epoch_interruption": True, "consume_fuel": consume_fuel}
         config = wasmtime.Config()
         config.epoch_interruption = True
         config.consume_fuel = consume_fuel
@@ -535,7 +536,10 @@ class WasmEngine:
         return dict(self._settings)
 
     def _compute_fingerprint(self) -> str:
-        described = json.dumps({**self._settings, "cpu": sorted(_cpu_flags())}, sort_keys=True)
+        # The restore plan's version is part of what compiled code carries (its export rewrite).
+        described = json.dumps(
+            {**self._settings, "restore_plan": RESTORABLE_MARKER, "cpu": sorted(_cpu_flags())}, sort_keys=True
+        )
         digest = hashlib.sha256(described.encode()).hexdigest()[:12]
         machine = re.sub(r"[^a-z0-9_]", "", platform.machine().lower()) or "unknown"
         system = re.sub(r"[^a-z0-9]", "", sys.platform.lower())
@@ -548,30 +552,9 @@ class WasmEngine:
         (exports only: the guest's code and behaviour are unchanged), so a restorable module's instances can
         be kept between calls. Exports named ``ext-runner:…`` are reserved for that rewrite.
         """
-        original = bytes(wasm)
-        if original[:4] != _WASM_MAGIC:
-            raise WasmInvalid("not a WebAssembly binary (missing the \\0asm header)")
-        rewritten, plan = plan_module(original)
-        try:
-            module = self._compile_bytes(rewritten)
-        except WasmInvalid as exc:
-            if rewritten is original:
-                raise
-            # The rewrite touches exports only, so this is a bug in it: run the module fresh, as written.
-            log_event("runner.restore_plan_rewrite_failed", level=logging.WARNING, reason=exc.message)
-            module, restorable = self._compile_bytes(original), False
-        else:
-            restorable = plan.restorable
-        if _is_marked(module) != restorable or (not restorable and _has_reserved_exports(module)):
-            raise WasmInvalid(f"export names starting with {RESERVED_EXPORT_PREFIX!r} are reserved for the runner")
+        module = compile_module(self.engine, wasm)
         self._own_modules.add(module)
         return module
-
-    def _compile_bytes(self, wasm: bytes) -> wasmtime.Module:
-        try:
-            return wasmtime.Module(self.engine, wasm)
-        except wasmtime.WasmtimeError as exc:
-            raise WasmInvalid(f"module does not compile: {_summary(str(exc))}") from None
 
     def serialize(self, module: wasmtime.Module) -> bytes:
         """The module's native code, for :meth:`deserialize_file` in an engine with the same fingerprint."""
@@ -736,6 +719,37 @@ class _Prepared:
 
 
 _WASM_PAGE = 65536
+
+
+def compile_module(engine: wasmtime.Engine, wasm: bytes) -> wasmtime.Module:
+    """Compile ``wasm`` as :meth:`WasmEngine.compile` does, on any engine with the runner's settings.
+
+    The compile job's child process calls this too, so code compiled there carries the same restore plan.
+    """
+    original = bytes(wasm)
+    if original[:4] != _WASM_MAGIC:
+        raise WasmInvalid("not a WebAssembly binary (missing the \\0asm header)")
+    rewritten, plan = plan_module(original)
+    try:
+        module = _compile_bytes(engine, rewritten)
+    except WasmInvalid as exc:
+        if rewritten is original:
+            raise
+        # The rewrite touches exports only, so this is a bug in it: run the module fresh, as written.
+        log_event("runner.restore_plan_rewrite_failed", level=logging.WARNING, reason=exc.message)
+        module, restorable = _compile_bytes(engine, original), False
+    else:
+        restorable = plan.restorable
+    if _is_marked(module) != restorable or (not restorable and _has_reserved_exports(module)):
+        raise WasmInvalid(f"export names starting with {RESERVED_EXPORT_PREFIX!r} are reserved for the runner")
+    return module
+
+
+def _compile_bytes(engine: wasmtime.Engine, wasm: bytes) -> wasmtime.Module:
+    try:
+        return wasmtime.Module(engine, wasm)
+    except wasmtime.WasmtimeError as exc:
+        raise WasmInvalid(f"module does not compile: {_summary(str(exc))}") from None
 
 
 def _is_marked(module: wasmtime.Module) -> bool:

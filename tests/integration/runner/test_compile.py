@@ -11,6 +11,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import boto3
@@ -22,6 +23,7 @@ from runner_container.compile_jobs import LambdaJobs
 from runner_container.compiler import CompileLimits, FailureKind
 from runner_container.engine import WasmEngine
 from runner_container.lambda_handler import RunnerLambda
+from runner_container.restore_plan import RESTORABLE_MARKER
 from runner_container.service import RunnerService
 from tests.bundle_factory import TYPE_MISMATCH_WAT, bundle, good_files, slow_to_compile_wasm, wasm
 from tests.integration.fake_lambda import FakeLambda
@@ -138,6 +140,19 @@ def test_code_over_the_compile_size_limit_fails_without_a_compiler_and_a_raised_
     assert strict.stats().compiles == 0
     relaxed = env.cache(engine, cache_dir=env.root / "relaxed").precompile(content_hash)
     assert (relaxed.status, relaxed.source) == (CompileStatus.READY, ModuleSource.COMPILED)
+
+
+def test_code_a_compile_job_made_keeps_its_instances_between_calls(
+    env: RunnerEnv, engine: WasmEngine, tmp_path: Path
+) -> None:
+    content_hash = env.publish(example_bundle())
+    assert env.cache(engine).precompile(content_hash).to_dict()["status"] == "ready"
+
+    loaded = env.cache(engine, cache_dir=tmp_path / "another-runner").get(content_hash)
+
+    assert loaded.module_source is ModuleSource.STORED
+    assert loaded.module is not None
+    assert RESTORABLE_MARKER in {exported.name for exported in loaded.module.exports}
 
 
 def test_a_compile_job_reports_what_it_cost(env: RunnerEnv, engine: WasmEngine) -> None:
