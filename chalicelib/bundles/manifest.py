@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 DEFAULT_ENTRY = "dist/main.wasm"
-RUNTIMES = ("wasm-core@1",)
+RUNTIMES = ("wasm-core@1", "wasm-component@1")
 KNOWN_CAPABILITIES = (
     "cap:log.emit",
     "cap:context.read",

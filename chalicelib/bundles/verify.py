@@ -37,7 +37,8 @@ import zstandard
 
 from chalicelib.bundles.manifest import Manifest
 from chalicelib.bundles.paths import ROOT, collision_key, normalize_member_path
-from chalicelib.bundles.wasm import WasmInspector, WasmModuleInfo, check_abi
+from chalicelib.bundles.wasm import WasmModuleInfo
+from chalicelib.bundles.component import ComponentInfo, EntryInspector, check_entry
 from chalicelib.config import BundleLimits
 from chalicelib.errors import (
     BundleCorrupt,
@@ -88,7 +89,7 @@ class VerifiedBundle:
     manifest_bytes: bytes
     files: tuple[BundleFile, ...]
     directories: tuple[str, ...]
-    entry_module: WasmModuleInfo | None
+    entry_module: WasmModuleInfo | ComponentInfo | None
 
     @property
     def hex_digest(self) -> str:
@@ -430,7 +431,7 @@ class _Walker:
         self.directories: list[str] = []
         self.kinds: dict[str, str] = {}
         self.manifest_bytes: bytes | None = None
-        self.wasm: dict[str, WasmInspector] = {}
+        self.wasm: dict[str, EntryInspector] = {}
 
     def walk(self) -> None:
         pending: dict[str, bytes] = {}
@@ -546,7 +547,7 @@ class _Walker:
         hash_aside = size >= _HASH_INLINE_BELOW
         keep_manifest = path == MANIFEST_PATH
         manifest = bytearray()
-        inspector = WasmInspector() if path.endswith(".wasm") else None
+        inspector = EntryInspector() if path.endswith(".wasm") else None
         out = self._open_for_extract(path)
         try:
             for chunk in self.stream.chunks(size, f"data of {path!r}"):
@@ -645,14 +646,14 @@ def _check_manifest(walker: _Walker, files: set[str]) -> Manifest:
     return manifest
 
 
-def _check_entry(walker: _Walker, manifest: Manifest) -> WasmModuleInfo | None:
+def _check_entry(walker: _Walker, manifest: Manifest) -> WasmModuleInfo | ComponentInfo | None:
     if not manifest.needs_entry:
         return None
     try:
         info = walker.wasm[manifest.entry].finish()
     except WasmInvalid as exc:
         raise WasmInvalid(f"{manifest.entry} {exc.message}") from None
-    check_abi(info, manifest.runtime, manifest.entry)
+    check_entry(info, manifest.runtime, manifest.entry)
     return info
 
 
