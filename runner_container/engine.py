@@ -51,6 +51,7 @@ from chalicelib.logs import log_event
 from runner_container.egress import EgressPolicy, FetchError, FetchOutcome
 from runner_container.instances import RESTORE_MAX_MEMORY_BYTES, Instance, InstancePool, PoolStats, memory_address
 from runner_container.restore_plan import RESERVED_EXPORT_PREFIX, RESTORABLE_MARKER, plan_module
+from runner_container.host_services import KvService, SecretService
 
 __all__ = [
     "ABI",
@@ -151,12 +152,16 @@ class HostServices:
 
     ``capabilities`` are the install's granted capabilities, ``egress`` the manifest's egress patterns;
     ``log_sink`` (when set) sees every kept log record as it is written, so logs survive a failed call.
+    ``kv`` and ``secrets`` are the install's services (:mod:`runner_container.host_services`); without
+    one, its host functions answer ``denied``.
     """
 
     capabilities: frozenset[str] = frozenset()
     egress: tuple[str, ...] = ()
     egress_policy: EgressPolicy = field(default_factory=EgressPolicy)
     log_sink: Callable[[LogRecord], None] | None = None
+    kv: KvService | None = None
+    secrets: SecretService | None = None
 
 
 def _clamp(limits: Mapping[str, Any], key: str, default: int, maximum: int) -> int:
