@@ -287,8 +287,8 @@ def _declarations(cur: _Cursor, scope: _Scope, *, component: bool) -> None:
             target = cur.byte()
             if sort != "type" or target != 0x02:
                 raise _Malformed("an instance or component type holds an alias other than an outer type alias")
-            count, index = cur.u32(), cur.u32()
-            scope.types.append(("outer", count, index))
+            count, outer_index = cur.u32(), cur.u32()
+            scope.types.append(("outer", count, outer_index))
         elif tag == 0x04 or (component and tag == 0x03):
             name = cur.extern_name()
             kind, index, adds_type = _externtype(cur, scope)
@@ -507,7 +507,7 @@ class _Index:
             depth += 1
         if entry[0] != "typed":
             raise _Malformed("a type or function comes from an instance whose type this verifier does not read")
-        kind, scope = _resolve(("ref", self.scope, entry[1]), depth + 1)
+        kind, _scope = _resolve(("ref", self.scope, entry[1]), depth + 1)
         if kind[0] != "instance":
             raise _Malformed("an imported instance is not typed as an instance")
         inner = kind[1]
@@ -716,7 +716,9 @@ def check_component(info: ComponentInfo, path: str) -> None:
     if handle is None:
         raise WasmInvalid(f"{path} does not export the function `handle` of the world ext:platform/extension")
     if handle != HANDLE_TYPE:
-        raise WasmInvalid(f"{path} exports `handle` as {handle}, but the world ext:platform/extension needs {HANDLE_TYPE}")
+        raise WasmInvalid(
+            f"{path} exports `handle` as {handle}, but the world ext:platform/extension needs {HANDLE_TYPE}"
+        )
 
 
 class EntryInspector:
@@ -756,5 +758,7 @@ def check_entry(info: WasmModuleInfo | ComponentInfo, runtime: str, path: str) -
         check_component(info, path)
         return
     if isinstance(info, ComponentInfo):
-        raise WasmInvalid(f"{path} is a WebAssembly component; {runtime} needs a core module (or use {COMPONENT_RUNTIME})")
+        raise WasmInvalid(
+            f"{path} is a WebAssembly component; {runtime} needs a core module (or use {COMPONENT_RUNTIME})"
+        )
     check_abi(info, runtime, path)
