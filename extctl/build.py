@@ -1,5 +1,8 @@
 """Build a guest's WebAssembly entry from its C sources (``extctl build``).
 
+Projects of ``runtime: "wasm-component@1"`` (Python or JavaScript) are built by
+:mod:`extctl.component_build`; everything below is about C guests.
+
 Stages, each raising a typed error:
 
 1. read ``manifest.json`` (``MANIFEST_MISSING`` / ``MANIFEST_INVALID``) for the entry path;
@@ -28,9 +31,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from chalicelib.bundles.component import COMPONENT_RUNTIME
 from chalicelib.bundles.manifest import Manifest
 from chalicelib.bundles.wasm import WasmInspector, check_abi
 from chalicelib.errors import BuildFailed, ManifestMissing, ToolchainMissing
+from extctl.component_build import build_component
 
 __all__ = [
     "COMPILE_FLAGS",
@@ -134,6 +139,8 @@ def build_project(project_dir: Path) -> BuildResult:
     started = time.perf_counter()
     project_dir = project_dir.resolve()
     manifest = _read_manifest(project_dir)
+    if manifest.runtime == COMPONENT_RUNTIME:
+        return _build_component(project_dir, manifest, started)
     sources = _sources(project_dir)
     toolchain = find_toolchain()
     output = project_dir / PurePosixPath(manifest.entry)
@@ -154,6 +161,18 @@ def build_project(project_dir: Path) -> BuildResult:
         size=len(wasm),
         sha256=hashlib.sha256(wasm).hexdigest(),
         compiler_version=toolchain.version,
+        duration_seconds=time.perf_counter() - started,
+    )
+
+
+def _build_component(project_dir: Path, manifest: Manifest, started: float) -> BuildResult:
+    built = build_component(project_dir, manifest)
+    wasm = built.output.read_bytes()
+    return BuildResult(
+        output=built.output,
+        size=len(wasm),
+        sha256=hashlib.sha256(wasm).hexdigest(),
+        compiler_version=built.toolchain,
         duration_seconds=time.perf_counter() - started,
     )
 

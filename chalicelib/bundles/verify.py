@@ -35,10 +35,10 @@ from typing import Any, BinaryIO, cast
 
 import zstandard
 
+from chalicelib.bundles.component import ComponentInfo, EntryInspector, check_entry
 from chalicelib.bundles.manifest import Manifest
 from chalicelib.bundles.paths import ROOT, collision_key, normalize_member_path
 from chalicelib.bundles.wasm import WasmModuleInfo
-from chalicelib.bundles.component import ComponentInfo, EntryInspector, check_entry
 from chalicelib.config import BundleLimits
 from chalicelib.errors import (
     BundleCorrupt,
