@@ -34,6 +34,12 @@ def _add_init(sub: Any) -> None:
     p = sub.add_parser("init", help="create a working example extension project")
     p.add_argument("name", help="extension name, a reverse-domain id such as com.acme.hello")
     p.add_argument("--dir", type=Path, help="project directory (default: the last part of NAME)")
+    p.add_argument(
+        "--lang",
+        choices=("c", "python", "js"),
+        default="c",
+        help="guest language (default: c; python and js make wasm-component@1 projects)",
+    )
     p.set_defaults(handler=_init)
 
 
@@ -100,9 +106,13 @@ def _keygen(args: argparse.Namespace, out: TextIO) -> None:
 def _init(args: argparse.Namespace, out: TextIO) -> None:
     from extctl.scaffold import init_project
 
-    project = init_project(args.name, args.dir)
+    project = init_project(args.name, args.dir, args.lang)
     print(f"created {project.directory} ({project.name})", file=out)
-    print(f"next: extctl pack {project.directory} && extctl verify {project.directory}/bundle.tar.zst", file=out)
+    if args.lang == "c":
+        print(f"next: extctl pack {project.directory} && extctl verify {project.directory}/bundle.tar.zst", file=out)
+    else:
+        setup = f"(cd {project.directory} && npm install) && " if args.lang == "js" else ""
+        print(f"next: {setup}extctl build {project.directory} && extctl pack {project.directory}", file=out)
 
 
 def _build(args: argparse.Namespace, out: TextIO) -> None:
