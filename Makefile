@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+JS_STAMP := sdk/js/node_modules/.installed
 
 .PHONY: dev test lint typecheck pytest bench example venv clean infra-check deploy
 
@@ -13,7 +14,12 @@ $(STAMP): requirements.txt runner_container/requirements.txt requirements-dev.tx
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-venv: $(STAMP)
+venv: $(STAMP) $(JS_STAMP)
+
+# The JavaScript component toolchain (componentize-js, esbuild), pinned by sdk/js/package-lock.json.
+$(JS_STAMP): sdk/js/package.json sdk/js/package-lock.json
+	cd sdk/js && npm ci --no-audit --no-fund
+	touch $(JS_STAMP)
 
 # The whole platform on this machine, in the foreground (Ctrl-C stops it).
 dev: $(STAMP)
@@ -26,7 +32,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(STAMP) $(JS_STAMP)
 	$(BIN)/pytest -n 2 --dist loadgroup
 
 test: lint typecheck infra-check pytest
