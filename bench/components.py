@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import wasmtime
-from wasmtime.component import Linker
+from wasmtime.component import Linker, Variant
 
 from bench.common import MiB, child_peak_rss_mib
 from extctl.build import build_project
@@ -61,8 +61,32 @@ def _p50_ms(samples: int, func: Any) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def _bare_linker(engine: ComponentEngine) -> Linker:
+    """WASI plus no-op ext:platform functions: what any host of the world must link at least."""
+    linker = Linker(engine.engine)
+    linker.add_wasip2()
+    denied = Variant("denied")
+    functions: dict[str, dict[str, Any]] = {
+        "log": {"emit": lambda _store, _level, _message: None},
+        "http": {"fetch": lambda _store, _request: Variant("denied", "bare")},
+        "kv": {
+            "get": lambda *_: denied,
+            "set": lambda *_: denied,
+            "delete": lambda *_: denied,
+            "list-keys": lambda *_: denied,
+        },
+        "secrets": {"get": lambda *_: denied},
+    }
+    with linker.root() as root:
+        for interface, members in functions.items():
+            with root.add_instance(f"ext:platform/{interface}@1.0.0") as instance:
+                for name, function in members.items():
+                    instance.add_func(name, function)
+    return linker
+
+
 def _bare(engine: ComponentEngine, prepared: PreparedComponent) -> Any:
-    linker = engine._linker  # the same host functions; the bare path skips only the executor's own work
+    linker = _bare_linker(engine)
     ctx = _context({"request_id": "bench", "tenant_id": "dev"}, frozenset())
     endpoint = _record(method="GET", path="/hello", handler="hello", params=[])
     req = _record(method="GET", path="/hello", query=[("name", "bench")], headers=[], body=b"", endpoint=endpoint)
