@@ -49,9 +49,9 @@ from chalicelib.errors import ConfigInvalid, ExtensionFailed, ExtensionTimeout, 
 from chalicelib.headers import is_header_name, is_header_value
 from chalicelib.logs import log_event
 from runner_container.egress import EgressPolicy, FetchError, FetchOutcome
+from runner_container.host_services import KvService, SecretService
 from runner_container.instances import RESTORE_MAX_MEMORY_BYTES, Instance, InstancePool, PoolStats, memory_address
 from runner_container.restore_plan import RESERVED_EXPORT_PREFIX, RESTORABLE_MARKER, plan_module
-from runner_container.host_services import KvService, SecretService
 
 __all__ = [
     "ABI",
