@@ -26,11 +26,12 @@ _SDK = _ROOT / "sdk"
 _COPIED = ("manifest.json", "README.md", "src", "dist", "ui")
 _GITIGNORE = "*.key\nbundle.tar.zst\nbundle.tar.zst.sig\n"
 _COMPONENT_GITIGNORE = _GITIGNORE + "dist/\nnode_modules/\n__pycache__/\n"
+# A JS project pins the same toolchain as the SDK's own package.json: one list of versions.
 _JS_PACKAGE = {
     "private": True,
     "type": "module",
     "description": "Build tools for this extension (extctl build uses them; install once with npm install).",
-    "devDependencies": {"@bytecodealliance/componentize-js": "0.23.0", "esbuild": "0.28.2"},
+    "devDependencies": json.loads((_SDK / "js" / "package.json").read_text(encoding="utf-8"))["devDependencies"],
 }
 _TSCONFIG = {
     "compilerOptions": {

@@ -130,7 +130,7 @@ def test_deep_recursion_traps_and_fails_that_call_only(engines: ComponentEngine,
 def test_fetches_to_metadata_and_loopback_are_refused_even_when_listed(
     engines: ComponentEngine, hostile: PreparedComponent, handler: str, why: bytes
 ):
-    listed = ("169.254.169.254", "127.0.0.1")
+    listed = ("169.254.169.254", "127.0.0.1:9")
     host = HostServices(capabilities=FETCH, egress=listed, egress_policy=EgressPolicy(allowlist=listed))
     answer = engines.execute(hostile, request(handler), LIMITS, host)
     assert b'"refused":"denied"' in answer.body
