@@ -29,7 +29,11 @@ def test_init_makes_a_component_project_with_its_own_wit_and_sdk(tmp_path: Path,
 def test_the_js_project_pins_its_toolchain(tmp_path: Path):
     project = init_project("com.acme.thing", tmp_path / "thing", "js").directory
     package = json.loads((project / "package.json").read_text())
-    assert package["devDependencies"] == {"@bytecodealliance/componentize-js": "0.23.0", "esbuild": "0.28.2"}
+    assert package["devDependencies"] == {
+        "@bytecodealliance/componentize-js": "0.23.0",
+        "@bytecodealliance/preview2-shim": "0.25.0",
+        "esbuild": "0.28.2",
+    }
     assert (project / "sdk" / "index.js").read_text() == (component_build.SDK_DIR / "js" / "index.js").read_text()
 
 
