@@ -14,7 +14,6 @@ public key ("algorithm confusion"), and ``none`` is never accepted.
 from __future__ import annotations
 
 import json
-import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -27,6 +26,7 @@ import jwt
 
 from chalicelib.config import Settings, check_combinations
 from chalicelib.errors import ConfigInvalid, Forbidden, Unauthenticated
+from chalicelib.tenancy import TENANT_ID
 
 __all__ = ["ADMIN", "OPERATOR", "USER", "Identity", "TokenVerifier", "issue_token"]
 
@@ -34,7 +34,6 @@ USER = "user"
 ADMIN = "admin"
 OPERATOR = "operator"
 _KNOWN_ROLES = frozenset({USER, ADMIN, OPERATOR})
-_TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _ASYMMETRIC = ["RS256", "ES256"]
 _LEEWAY_SECONDS = 30
 _MAX_TOKEN_BYTES = 8 * 1024
@@ -78,7 +77,7 @@ def _identity(claims: Mapping[str, Any]) -> Identity:
     sub, tenant, roles = claims.get("sub"), claims.get("tenant"), claims.get("roles")
     if not isinstance(sub, str) or not sub:
         raise Unauthenticated("the token has no subject (`sub`)")
-    if not isinstance(tenant, str) or not _TENANT.fullmatch(tenant):
+    if not isinstance(tenant, str) or not TENANT_ID.fullmatch(tenant):
         raise Unauthenticated("the token has no valid `tenant` claim")
     if isinstance(roles, str):
         roles = roles.split()

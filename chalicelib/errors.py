@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 __all__ = [
+    "ABSTRACT_ERRORS",
     "ALL_ERRORS",
     "BadRequest",
     "BuildFailed",
@@ -31,8 +32,16 @@ __all__ = [
     "ExtensionTimeout",
     "Forbidden",
     "HashMismatch",
+    "InstallConfigInvalid",
     "Internal",
     "KeyInvalid",
+    "KvConflict",
+    "KvDenied",
+    "KvError",
+    "KvInvalid",
+    "KvNotFound",
+    "KvQuotaExceeded",
+    "KvUnavailable",
     "ManifestFileMissing",
     "ManifestInvalid",
     "ManifestMissing",
@@ -42,6 +51,11 @@ __all__ = [
     "PayloadTooLarge",
     "RateLimited",
     "RunnerBusy",
+    "SecretDenied",
+    "SecretError",
+    "SecretInvalid",
+    "SecretNotFound",
+    "SecretUnavailable",
     "SignatureError",
     "SignatureInvalid",
     "SignatureMissing",
@@ -374,13 +388,131 @@ class RunnerBusy(ExtError):
     user_message = "Too many extension calls are running right now; try again in a few seconds."
 
 
+# --- install configuration ---------------------------------------------------------
+
+
+class InstallConfigInvalid(ExtError):
+    """An install's `config` does not fit its version's `config_schema`; the message names the field."""
+
+    code = "CONFIG_INVALID"
+    user_message = "The extension's configuration is not valid: correct the field named below."
+    http_status = 400
+
+
+# --- extension state: KV (cap:storage.kv) ------------------------------------------------
+# Guest-facing: a host call answers these as `{"error": {"code", "message"}}` (wasm-core@1) or as the
+# `kv-error` case of the WIT world (chalicelib/kv/abi.py maps each class to its case).
+
+
+class KvError(ExtError):
+    """Base of the KV errors a guest can see."""
+
+    code = "KV_UNAVAILABLE"
+    http_status = 503
+
+
+class KvDenied(KvError):
+    """The install was not granted `cap:storage.kv`."""
+
+    code = "KV_DENIED"
+    user_message = "The extension may not use key-value storage: it does not have cap:storage.kv."
+    http_status = 403
+
+
+class KvNotFound(KvError):
+    """No value is stored under the key."""
+
+    code = "KV_NOT_FOUND"
+    user_message = "No value is stored under this key."
+    http_status = 404
+
+
+class KvInvalid(KvError):
+    """A key, value, prefix, cursor, limit or request breaks the KV rules; the message says which."""
+
+    code = "KV_INVALID"
+    user_message = "The key-value request is malformed, or a key or value is outside its limits."
+    http_status = 400
+
+
+class KvConflict(KvError):
+    """A compare-and-set found another revision than the one it named."""
+
+    code = "KV_CONFLICT"
+    user_message = "The value changed since it was read: read it again, then retry."
+    http_status = 409
+
+
+class KvQuotaExceeded(KvError):
+    """The install's keys or bytes, or the call's KV operations, would go past their quota."""
+
+    code = "KV_QUOTA_EXCEEDED"
+    user_message = "The extension's key-value storage is full, or one call made too many operations."
+    http_status = 413
+
+
+class KvUnavailable(KvError):
+    """The KV store failed or stayed contended; retrying later may work."""
+
+    code = "KV_UNAVAILABLE"
+    user_message = "The extension's key-value storage is unavailable right now."
+    http_status = 503
+
+
+# --- extension state: secrets (cap:secrets.get) ----------------------------------------------
+# Messages name the secret, never its value (tests/integration/test_secrets.py greps for it).
+
+
+class SecretError(ExtError):
+    """Base of the secret errors."""
+
+    code = "SECRET_UNAVAILABLE"
+    http_status = 503
+
+
+class SecretInvalid(SecretError):
+    """A secret's name is not declared by the installed version, or its value is not 1 B to 8 KiB of UTF-8."""
+
+    code = "SECRET_INVALID"
+    user_message = "The secret was not stored: its name is not declared by the extension, or its value is too long."
+    http_status = 400
+
+
+class SecretDenied(SecretError):
+    """The guest has no `cap:secrets.get`, or asked for a name its manifest does not declare."""
+
+    code = "SECRET_DENIED"
+    user_message = "The extension may not read this secret."
+    http_status = 403
+
+
+class SecretNotFound(SecretError):
+    """The secret is declared but no admin has set it for this install."""
+
+    code = "SECRET_NOT_FOUND"
+    user_message = "This secret has not been set for the install."
+    http_status = 404
+
+
+class SecretUnavailable(SecretError):
+    """The secret store or KMS failed, or a stored secret does not decrypt."""
+
+    code = "SECRET_UNAVAILABLE"
+    user_message = "The extension's secrets cannot be read right now."
+    http_status = 503
+
+
 # --- operational and local ----------------------------------------------------------
 
 
 class ConfigInvalid(ExtError):
-    """A setting or the trust bundle is invalid (an operator problem)."""
+    """A setting or the trust bundle is invalid (an operator problem).
 
-    code = "CONFIG_INVALID"
+    Not an install's config: that is :class:`InstallConfigInvalid` (``CONFIG_INVALID``, DESIGN §4).
+    The class keeps its historical name while other branches still raise it; its code says what it is.
+    """
+
+    code = "SETTINGS_INVALID"
     user_message = "The platform is misconfigured; tell its operator."
     http_status = 500
 
@@ -453,10 +585,14 @@ ALL_ERRORS: tuple[type[ExtError], ...] = (ExtError, *_all_subclasses(ExtError))
 """Every error class; a test proves the DESIGN §4 codes are all among them."""
 
 
+ABSTRACT_ERRORS: tuple[type[ExtError], ...] = (BundleError, SignatureError, KvError, SecretError)
+"""Bases that share a leaf's code and are never raised themselves."""
+
+
 def error_for_code(code: str, message: str, **details: Any) -> ExtError:
     """Rebuild a recorded or relayed error (a failed upload's, the runner's) from its code and details."""
     for cls in ALL_ERRORS:
-        if cls.code == code and cls not in (BundleError, SignatureError):
+        if cls.code == code and cls not in ABSTRACT_ERRORS:
             return cls(message, **details)
     return Internal(message, **details)
 
@@ -464,12 +600,12 @@ def error_for_code(code: str, message: str, **details: Any) -> ExtError:
 def errors_by_code() -> dict[str, type[ExtError]]:
     """One class per code, in hierarchy order: the first concrete class that has it.
 
-    The abstract bases (``ExtError``, ``BundleError``, ``SignatureError``) share a
-    leaf's code and are left out.
+    The abstract bases (``ExtError`` and :data:`ABSTRACT_ERRORS`) share a leaf's code and
+    are left out.
     """
     found: dict[str, type[ExtError]] = {}
     for cls in ALL_ERRORS:
-        if cls not in (ExtError, BundleError, SignatureError):
+        if cls not in (ExtError, *ABSTRACT_ERRORS):
             found.setdefault(cls.code, cls)
     return found
 

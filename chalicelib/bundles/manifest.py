@@ -8,14 +8,15 @@ message that names the field:
    nesting and size;
 2. JSON → schema (``manifest.schema.json``, the one validator);
 3. semantic checks the schema cannot express (unique endpoints, egress needs
-   ``cap:http.fetch``, bundle-path rules for ``entry``).
+   ``cap:http.fetch``, secrets need ``cap:secrets.get`` and unique names, bundle-path rules for
+   ``entry``, and ``config_schema`` is a self-contained JSON Schema 2020-12 document:
+   :mod:`chalicelib.bundles.config_schema`).
 """
 
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -23,6 +24,7 @@ from typing import Any
 
 import jsonschema
 
+from chalicelib.bundles.config_schema import check_config_schema, ecma_pattern
 from chalicelib.bundles.paths import normalize_member_path
 from chalicelib.errors import BundleError, ManifestInvalid
 
@@ -33,6 +35,7 @@ __all__ = [
     "RUNTIMES",
     "Endpoint",
     "Manifest",
+    "SecretSpec",
     "UiSpec",
     "manifest_schema",
 ]
@@ -50,7 +53,20 @@ KNOWN_CAPABILITIES = (
 _MAX_DEPTH = 32
 MAX_ENDPOINT_SEGMENTS = 12
 """The gateway routes ``/api/ext/{extension}`` plus at most this many path segments."""
-_FIELD_ORDER = ("name", "publisher", "version", "runtime", "entry", "ui", "api", "capabilities", "egress", "limits")
+_FIELD_ORDER = (
+    "name",
+    "publisher",
+    "version",
+    "runtime",
+    "entry",
+    "ui",
+    "api",
+    "capabilities",
+    "egress",
+    "secrets",
+    "config_schema",
+    "limits",
+)
 
 
 @dataclass(frozen=True)
@@ -95,6 +111,26 @@ class UiSpec:
 
 
 @dataclass(frozen=True)
+class SecretSpec:
+    """One secret an install may hold (manifest ``secrets``): its name, what it is for, whether it must be set."""
+
+    name: str
+    description: str | None = None
+    required: bool = False
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any]) -> tuple[SecretSpec, ...]:
+        """The ``secrets`` of an already validated manifest (for example a stored version's), in order."""
+        return tuple(
+            cls(name=item["name"], description=item.get("description"), required=bool(item.get("required", False)))
+            for item in manifest.get("secrets", ())
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "required": self.required}
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A validated Manifest v2.  Build it with :meth:`parse` only."""
 
@@ -110,6 +146,8 @@ class Manifest:
     endpoints: tuple[Endpoint, ...]
     has_api: bool
     limits: Mapping[str, int]
+    secrets: tuple[SecretSpec, ...]
+    config_schema: Mapping[str, Any] | None
     raw: Mapping[str, Any]
 
     @classmethod
@@ -144,6 +182,8 @@ class Manifest:
             endpoints=endpoints,
             has_api=api is not None,
             limits=dict(doc.get("limits", {})),
+            secrets=SecretSpec.from_manifest(doc),
+            config_schema=json.loads(json.dumps(doc["config_schema"])) if "config_schema" in doc else None,
             raw=json.loads(json.dumps(doc)),
         )
 
@@ -257,20 +297,10 @@ def manifest_schema() -> dict[str, Any]:
     return schema
 
 
-def _full_pattern(validator: Any, pattern: str, instance: Any, schema: Mapping[str, Any]) -> Iterator[Any]:
-    # Python's `$` also matches before a trailing newline; anchored patterns must
-    # cover the whole string, as they do in ECMA-262.
-    if not isinstance(instance, str):
-        return
-    match = re.search(pattern, instance)
-    if match is None or (pattern.endswith("$") and match.end() != len(instance)):
-        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
-
-
 @cache
 def _validator() -> Any:
     base = jsonschema.Draft202012Validator
-    cls = jsonschema.validators.extend(base, {"pattern": _full_pattern})
+    cls = jsonschema.validators.extend(base, {"pattern": ecma_pattern})
     return cls(manifest_schema())
 
 
@@ -345,6 +375,21 @@ def _check_semantics(doc: Mapping[str, Any]) -> None:
             raise ManifestInvalid(f"`api.endpoints[{index}].path` repeats a :param name")
     if doc.get("egress") and "cap:http.fetch" not in doc.get("capabilities", []):
         raise ManifestInvalid("`egress` requires the capability cap:http.fetch in `capabilities`")
+    _check_secrets(doc)
+    if "config_schema" in doc:
+        check_config_schema(doc["config_schema"])
+
+
+def _check_secrets(doc: Mapping[str, Any]) -> None:
+    seen: dict[str, int] = {}
+    for index, secret in enumerate(doc.get("secrets", [])):
+        if secret["name"] in seen:
+            raise ManifestInvalid(
+                f"`secrets[{index}].name` repeats {secret['name']} (same as secrets[{seen[secret['name']]}])"
+            )
+        seen[secret["name"]] = index
+    if seen and "cap:secrets.get" not in doc.get("capabilities", []):
+        raise ManifestInvalid("`secrets` requires the capability cap:secrets.get in `capabilities`")
 
 
 def _check_bundle_path(field: str, value: str) -> None:

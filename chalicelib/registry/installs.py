@@ -1,4 +1,10 @@
-"""A tenant's installs: every key holds the tenant, every change is checked against a revision."""
+"""A tenant's installs: every key holds the tenant, every change is checked against a revision.
+
+An install's ``config`` always fits the ``config_schema`` of the version it runs: installing, changing
+the config, upgrading and rolling back all validate the config that the install will have against the
+target version's schema (``CONFIG_INVALID`` naming the field), inside the same revision-checked write.
+An upgrade to a version whose schema the current config breaks is refused; send the new config with it.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,16 @@ import builtins
 import json
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from pynamodb.exceptions import PynamoDBException
 from pynamodb.expressions.update import Action
 
+from chalicelib.bundles.config_schema import validate_config
 from chalicelib.errors import (
     BadRequest,
+    InstallConfigInvalid,
     NotInstalled,
     StorageError,
 )
@@ -31,6 +40,7 @@ from chalicelib.registry.records import (
     VersionRecord,
     _condition_failed,
     _install_record,
+    _plain,
     _storage_errors,
     utc_now,
 )
@@ -49,6 +59,24 @@ def _validated_config(config: Any) -> dict[str, Any]:
         raise BadRequest(f"config must be at most {MAX_CONFIG_BYTES} bytes as JSON")
     parsed: dict[str, Any] = json.loads(encoded)
     return parsed
+
+
+def _fitted_config(target: VersionRecord, config: Mapping[str, Any], kept: bool) -> None:
+    """Raise ``CONFIG_INVALID`` unless ``config`` fits ``target``'s ``config_schema``.
+
+    ``kept``: the config is the install's current one, carried over to ``target``; the message then
+    says so, since the caller did not send it.
+    """
+    try:
+        validate_config(target.manifest.get("config_schema"), config)
+    except InstallConfigInvalid as exc:
+        if not kept:
+            raise
+        raise InstallConfigInvalid(
+            f"{exc.message} (the install's current config does not fit the config_schema of "
+            f"{target.name}@{target.version}; send a config that does with the version)",
+            **exc.details,
+        ) from None
 
 
 class InstallService:
@@ -72,21 +100,24 @@ class InstallService:
             self._on_change(tenant, name)
 
     @_storage_errors
-    def install(self, tenant: str, name: str, version: str, by: str | None = None) -> InstallRecord:
+    def install(self, tenant: str, name: str, version: str, by: str | None = None, config: Any = None) -> InstallRecord:
         """Install ``name@version`` for ``tenant`` (enabled, granted the version's capabilities).
 
-        Installing over an existing install switches its version, as :meth:`upgrade`
-        does.  Raises :class:`NotFound` when the version was never published.
+        ``config`` (default: ``{}`` for a new install, the current config over an existing one) must
+        fit the version's ``config_schema`` (:class:`InstallConfigInvalid`).  Installing over an
+        existing install switches its version, as :meth:`upgrade` does.  Raises :class:`NotFound`
+        when the version was never published.
         """
         target = self._registry.get_version(name, version)
+        given = _validated_config(config) if config is not None else None
         for _ in range(_ATTEMPTS):
             current = self._read(tenant, name)
             if current is not None:
-                switched = self._switch(current, target, by)
+                switched = self._switch(current, target, by, given)
                 if switched is not None:
                     return switched
                 continue
-            created = self._create(tenant, target, by)
+            created = self._create(tenant, target, by, given if given is not None else {})
             if created is not None:
                 return created
         raise StorageError(f"could not install {name} for this tenant: concurrent changes kept conflicting")
@@ -108,16 +139,42 @@ class InstallService:
 
     @_storage_errors
     def set_config(self, tenant: str, name: str, config: Any) -> InstallRecord:
-        """Replace the install's config; it must be a JSON object of at most 16 KiB (:class:`BadRequest`)."""
+        """Replace the install's config.
+
+        It must be a JSON object of at most 16 KiB (:class:`BadRequest`) that fits the installed
+        version's ``config_schema`` (:class:`InstallConfigInvalid`); the write is conditional on the
+        version it was checked against.
+        """
+        parsed = _validated_config(config)
         installs = self._models.installs
-        return self._update_existing(tenant, name, [installs.config.set(_validated_config(config))])
+        for _ in range(_ATTEMPTS):
+            current = self._load(tenant, name)
+            _fitted_config(self._registry.get_version(name, current.version), parsed, kept=False)
+            actions = [installs.config.set(parsed), installs.updated_at.set(self._clock()), installs.revision.add(1)]
+            try:
+                current.update(actions=actions, condition=installs.revision == current.revision)
+            except PynamoDBException as exc:
+                if _condition_failed(exc):
+                    continue
+                raise
+            self._changed(tenant, name)
+            return _install_record(current)
+        raise StorageError(
+            f"could not change the config of {name} for this tenant: concurrent changes kept conflicting"
+        )
 
     @_storage_errors
-    def upgrade(self, tenant: str, name: str, version: str, by: str | None = None) -> InstallRecord:
-        """Switch the install to ``version`` (any published one), remembering the current one in history."""
+    def upgrade(self, tenant: str, name: str, version: str, by: str | None = None, config: Any = None) -> InstallRecord:
+        """Switch the install to ``version`` (any published one), remembering the current one in history.
+
+        The install's config (``config`` when given, else the current one) must fit the target's
+        ``config_schema``: an upgrade the current config does not fit is refused with
+        :class:`InstallConfigInvalid` unless it brings a config that does.
+        """
         target = self._registry.get_version(name, version)
+        given = _validated_config(config) if config is not None else None
         for _ in range(_ATTEMPTS):
-            switched = self._switch(self._load(tenant, name), target, by)
+            switched = self._switch(self._load(tenant, name), target, by, given)
             if switched is not None:
                 return switched
         raise StorageError(f"could not upgrade {name} for this tenant: concurrent changes kept conflicting")
@@ -128,7 +185,8 @@ class InstallService:
 
         The version being left goes on top of the history, so rolling back twice
         returns to where it started.  Raises :class:`BadRequest` when there is no
-        such earlier version.
+        such earlier version, and :class:`InstallConfigInvalid` when the current config
+        does not fit that version's ``config_schema``.
         """
         for _ in range(_ATTEMPTS):
             current = self._load(tenant, name)
@@ -139,7 +197,7 @@ class InstallService:
             if not candidates:
                 raise BadRequest(f"version {version} is not in the install history of {name}")
             target = self._registry.get_version(name, candidates[0].version)
-            switched = self._switch(current, target, by)
+            switched = self._switch(current, target, by, None)
             if switched is not None:
                 return switched
         raise StorageError(f"could not roll back {name} for this tenant: concurrent changes kept conflicting")
@@ -156,7 +214,10 @@ class InstallService:
             raise NotInstalled(f"extension {name!r} is not installed") from None
         self._changed(tenant, name)
 
-    def _create(self, tenant: str, target: VersionRecord, by: str | None) -> InstallRecord | None:
+    def _create(
+        self, tenant: str, target: VersionRecord, by: str | None, config: dict[str, Any]
+    ) -> InstallRecord | None:
+        _fitted_config(target, config, kept=False)
         installs = self._models.installs
         now = self._clock()
         item = installs(
@@ -166,7 +227,7 @@ class InstallService:
             version=target.version,
             content_hash=target.content_hash,
             enabled=True,
-            config={},
+            config=config,
             granted_capabilities=list(target.capabilities),
             history=[],
             installed_at=now,
@@ -184,29 +245,24 @@ class InstallService:
         self._changed(tenant, target.name)
         return _install_record(item)
 
-    def _switch(self, current: InstallModel, target: VersionRecord, by: str | None) -> InstallRecord | None:
-        """Move ``current`` to ``target``; ``None`` when the row changed since it was read."""
-        if current.version == target.version and current.content_hash == target.content_hash:
+    def _switch(
+        self, current: InstallModel, target: VersionRecord, by: str | None, config: dict[str, Any] | None
+    ) -> InstallRecord | None:
+        """Move ``current`` to ``target``, and to ``config`` when given.
+
+        ``None`` when the row changed since it was read.
+        """
+        same_version = current.version == target.version and current.content_hash == target.content_hash
+        if same_version and config is None:
             return _install_record(current)
+        _fitted_config(target, config if config is not None else _plain(current.config), kept=config is None)
         installs = self._models.installs
         now = self._clock()
-        left = HistoryEntry(current.version, current.content_hash, current.installed_at, current.installed_by)
-        kept = [
-            entry
-            for entry in (HistoryEntry.from_item(item) for item in current.history)
-            if entry.version not in {target.version, current.version}
-        ]
-        history = [left, *kept][:HISTORY_LIMIT]
-        actions: list[Action] = [
-            installs.version.set(target.version),
-            installs.content_hash.set(target.content_hash),
-            installs.granted_capabilities.set(list(target.capabilities)),
-            installs.history.set([entry.to_item() for entry in history]),
-            installs.installed_at.set(now),
-            installs.installed_by.set(by) if by is not None else installs.installed_by.remove(),
-            installs.updated_at.set(now),
-            installs.revision.add(1),
-        ]
+        actions: list[Action] = [installs.updated_at.set(now), installs.revision.add(1)]
+        if config is not None:
+            actions.append(installs.config.set(config))
+        if not same_version:
+            actions += self._version_actions(current, target, by, now)
         try:
             current.update(actions=actions, condition=installs.revision == current.revision)
         except PynamoDBException as exc:
@@ -215,6 +271,27 @@ class InstallService:
             raise
         self._changed(current.tenant, current.name)
         return _install_record(current)
+
+    def _version_actions(
+        self, current: InstallModel, target: VersionRecord, by: str | None, now: datetime
+    ) -> list[Action]:
+        """What moving ``current`` to ``target`` writes: the version, its grants, and the history."""
+        installs = self._models.installs
+        left = HistoryEntry(current.version, current.content_hash, current.installed_at, current.installed_by)
+        kept = [
+            entry
+            for entry in (HistoryEntry.from_item(item) for item in current.history)
+            if entry.version not in {target.version, current.version}
+        ]
+        history = [left, *kept][:HISTORY_LIMIT]
+        return [
+            installs.version.set(target.version),
+            installs.content_hash.set(target.content_hash),
+            installs.granted_capabilities.set(list(target.capabilities)),
+            installs.history.set([entry.to_item() for entry in history]),
+            installs.installed_at.set(now),
+            installs.installed_by.set(by) if by is not None else installs.installed_by.remove(),
+        ]
 
     def _update_existing(self, tenant: str, name: str, actions: Sequence[Action]) -> InstallRecord:
         installs = self._models.installs

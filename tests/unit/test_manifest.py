@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chalicelib.bundles.manifest import Manifest, manifest_schema
+from chalicelib.bundles.manifest import Manifest, SecretSpec, manifest_schema
 from chalicelib.errors import ManifestInvalid
 from tests.bundle_factory import manifest
 
@@ -148,3 +148,109 @@ def test_endpoints_deeper_than_the_gateway_routes_are_refused() -> None:
     invalid(manifest(api={"endpoints": [{"method": "GET", "path": deep, "handler": "h"}]}), "more than 12 segments")
     ok = "/" + "/".join(f"s{i}" for i in range(12))
     Manifest.parse(json.dumps(manifest(api={"endpoints": [{"method": "GET", "path": ok, "handler": "h"}]})))
+
+
+# --- secrets and config_schema (issue 12) ---------------------------------------------------------
+
+SECRETS_CAP = ["cap:secrets.get"]
+
+
+def test_declared_secrets_parse_into_specs_in_order() -> None:
+    doc = manifest(
+        capabilities=SECRETS_CAP,
+        secrets=[{"name": "API_KEY", "description": "The vendor's key", "required": True}, {"name": "X"}],
+    )
+    parsed = Manifest.parse(json.dumps(doc))
+    assert [(s.name, s.description, s.required) for s in parsed.secrets] == [
+        ("API_KEY", "The vendor's key", True),
+        ("X", None, False),
+    ]
+    assert SecretSpec.from_manifest(parsed.raw) == parsed.secrets
+    assert Manifest.parse(json.dumps(manifest())).secrets == ()
+
+
+@pytest.mark.parametrize(
+    ("secrets", "match"),
+    [
+        ([{"name": "api_key"}], "`secrets[0].name` must be an upper-case name"),
+        ([{"name": "1KEY"}], "`secrets[0].name`"),
+        ([{"name": "K" * 65}], "`secrets[0].name`"),
+        ([{"name": "KEY\n"}], "`secrets[0].name`"),
+        ([{"name": "KEY", "value": "x"}], "unknown field in `secrets[0]`: value"),
+        ([{"description": "no name"}], "missing required field `secrets[0].name`"),
+        ([{"name": "KEY", "required": "yes"}], "`secrets[0].required`"),
+        ([{"name": "KEY"}, {"name": "OTHER"}, {"name": "KEY"}], "`secrets[2].name` repeats KEY (same as secrets[0])"),
+        ([{"name": f"K{i}"} for i in range(65)], "`secrets` must have at most 64 items"),
+    ],
+)
+def test_secret_declarations_name_the_field_at_fault(secrets: list[dict[str, Any]], match: str) -> None:
+    invalid(manifest(capabilities=SECRETS_CAP, secrets=secrets), match)
+
+
+def test_the_longest_secret_name_is_64_characters() -> None:
+    doc = manifest(capabilities=SECRETS_CAP, secrets=[{"name": "K" * 64}])
+    assert Manifest.parse(json.dumps(doc)).secrets[0].name == "K" * 64
+
+
+def test_secrets_require_the_secrets_capability() -> None:
+    invalid(manifest(secrets=[{"name": "API_KEY"}]), "`secrets` requires the capability cap:secrets.get")
+
+
+def test_a_config_schema_is_kept_as_published() -> None:
+    schema = {"type": "object", "properties": {"retries": {"type": "integer", "maximum": 5}}}
+    parsed = Manifest.parse(json.dumps(manifest(config_schema=schema)))
+    assert parsed.config_schema == schema
+    assert Manifest.parse(json.dumps(manifest())).config_schema is None
+
+
+@pytest.mark.parametrize(
+    ("schema", "match"),
+    [
+        ([], "`config_schema` must be of type object"),
+        ({"type": "array"}, '`config_schema.type` must be "object"'),
+        ({"properties": {}}, '`config_schema.type` must be "object"'),
+        ({"type": "object", "properties": {"a": {"type": "text"}}}, "`config_schema.properties.a.type` is not valid"),
+        ({"type": "object", "properties": {"a": {"maximum": "5"}}}, "`config_schema.properties.a.maximum`"),
+        ({"type": "object", "properties": {"a": {"pattern": "(unclosed"}}}, "`config_schema.properties.a.pattern`"),
+        ({"type": "object", "$schema": "http://json-schema.org/draft-07/schema#"}, "`config_schema.$schema` must be"),
+        (
+            {"type": "object", "properties": {"a": {"$ref": "https://example.com/s.json"}}},
+            "`config_schema.properties.a.$ref` refers outside config_schema",
+        ),
+        ({"type": "object", "$ref": "defs.json#/x"}, "`config_schema.$ref` refers outside"),
+        ({"type": "object", "allOf": [{"$dynamicRef": "other.json"}]}, "`config_schema.allOf[0].$dynamicRef`"),
+        ({"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}, "does not resolve within config_schema"),
+        ({"type": "object", "properties": {"a": {"$ref": "#nowhere"}}}, "does not resolve"),
+        ({"type": "object", "$defs": {"x": {"$id": "https://example.com/x"}}}, "`config_schema.$defs.x.$id` is allowed"),
+    ],
+)
+def test_a_config_schema_must_be_a_self_contained_2020_12_object_schema(schema: Any, match: str) -> None:
+    invalid(manifest(config_schema=schema), match)
+
+
+def test_local_references_pointers_and_anchors_are_accepted() -> None:
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://acme.example/config.json",
+        "type": "object",
+        "$defs": {"port": {"type": "integer", "minimum": 1}, "a/b": {"$anchor": "host", "type": "string"}},
+        "properties": {
+            "port": {"$ref": "#/$defs/port"},
+            "host": {"$ref": "#host"},
+            "slashed": {"$ref": "#/$defs/a~1b"},
+            "root": {"$ref": "#"},
+            # Instance data may hold anything, "$ref" included: only schema keywords are checked.
+            "fixed": {"const": {"$ref": "https://example.com/not-a-reference"}},
+        },
+    }
+    assert Manifest.parse(json.dumps(manifest(config_schema=schema))).config_schema == schema
+
+
+def test_a_config_schema_is_at_most_16_kib() -> None:
+    def schema_of(size: int) -> dict[str, Any]:
+        base = {"type": "object", "description": ""}
+        filler = size - len(json.dumps(base, separators=(",", ":")))
+        return {**base, "description": "d" * filler}
+
+    Manifest.parse(json.dumps(manifest(config_schema=schema_of(16 * 1024))))
+    invalid(manifest(config_schema=schema_of(16 * 1024 + 1)), "`config_schema` is 16385 bytes as JSON; at most 16384")

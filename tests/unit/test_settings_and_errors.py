@@ -10,11 +10,11 @@ import pytest
 
 from chalicelib.config import SETTINGS, load_settings, settings_table_markdown
 from chalicelib.errors import (
+    ABSTRACT_ERRORS,
     ALL_ERRORS,
-    BundleError,
     ConfigInvalid,
     ExtError,
-    SignatureError,
+    InstallConfigInvalid,
     error_table_markdown,
     error_texts,
 )
@@ -52,6 +52,8 @@ DESIGN_CODES = [
     "EXTENSION_FAILED",
     "EXTENSION_NOT_READY",
     "RUNNER_BUSY",
+    "CONFIG_INVALID",
+    "SECRET_INVALID",
 ]
 
 DESIGN_SETTINGS = [
@@ -144,7 +146,7 @@ def test_the_readme_error_table_is_generated_from_the_code() -> None:
 def test_every_error_code_has_a_sentence_for_people_of_its_own() -> None:
     # The admin UI shows these (served as /admin/errors.json); a class that inherited its
     # parent's sentence would describe another error.
-    concrete = [cls for cls in ALL_ERRORS if cls not in (ExtError, BundleError, SignatureError)]
+    concrete = [cls for cls in ALL_ERRORS if cls not in (ExtError, *ABSTRACT_ERRORS)]
     inheriting = [cls.__name__ for cls in concrete if "user_message" not in vars(cls)]
     assert inheriting == []
     texts = error_texts()
@@ -186,3 +188,13 @@ def test_log_lines_carry_bound_fields_and_stage_outcomes() -> None:
     assert lines[1]["event"] == "thing.verify" and lines[1]["outcome"] == "HASH_MISMATCH"
     assert lines[1]["content_hash"].startswith("sha256:") and lines[1]["duration_ms"] >= 0
     assert "request_id" not in lines[2]
+
+
+def test_each_code_has_one_meaning() -> None:
+    # CONFIG_INVALID was once both an operator's bad setting (500) and, per DESIGN, a tenant's bad
+    # install config (400): one code, two meanings. Operator settings now have SETTINGS_INVALID.
+    concrete = [cls for cls in ALL_ERRORS if cls not in (ExtError, *ABSTRACT_ERRORS)]
+    codes = [cls.code for cls in concrete]
+    assert sorted(code for code in set(codes) if codes.count(code) > 1) == []
+    assert (InstallConfigInvalid.code, InstallConfigInvalid.http_status) == ("CONFIG_INVALID", 400)
+    assert (ConfigInvalid.code, ConfigInvalid.http_status) == ("SETTINGS_INVALID", 500)

@@ -596,7 +596,7 @@ def test_a_malformed_trust_bundle_is_rejected_naming_the_line_or_block(ed_key, t
     with pytest.raises(ConfigInvalid, match="trust bundle") as caught:
         TrustBundle.parse(text_for(public_pem(ed_key)))
     assert expected in caught.value.message
-    assert caught.value.code == "CONFIG_INVALID"
+    assert caught.value.code == "SETTINGS_INVALID"
 
 
 @pytest.mark.parametrize("unsupported_key", ["RSA-2048", "EC secp384r1"], indirect=True)

@@ -365,4 +365,4 @@ def test_python_m_runner_container_refuses_to_start_without_a_token(tmp_path: Pa
     )
 
     assert result.returncode == 1
-    assert result.stderr.startswith("error: CONFIG_INVALID: RUNNER_AUTH_TOKEN is empty")
+    assert result.stderr.startswith("error: SETTINGS_INVALID: RUNNER_AUTH_TOKEN is empty")
