@@ -266,6 +266,25 @@ SETTINGS: tuple[Setting, ...] = (
         "Deadline of one `http_fetch`, redirects and name lookup included (also bounded by the call deadline).",
         10,
     ),
+    # extension state (cap:storage.kv, cap:secrets.get)
+    _row(
+        "KV_TABLE_NAME",
+        _parse_str,
+        "ext-kv",
+        "DynamoDB table of the extensions' key-value data (only the runner reads and writes it).",
+    ),
+    _row(
+        "SECRETS_TABLE_NAME",
+        _parse_str,
+        "ext-secrets",
+        "DynamoDB table of the installs' secrets, each sealed with its own KMS data key.",
+    ),
+    _row(
+        "SECRETS_KMS_KEY_ID",
+        _parse_str,
+        "alias/ext-secrets",
+        "KMS key (id, ARN or alias) that seals secrets: the API may only make data keys, the runner only decrypt.",
+    ),
     # observability
     _row("LOG_LEVEL", _parse_str, "INFO", "Log level of the structured JSON logs."),
 )

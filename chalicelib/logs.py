@@ -20,7 +20,7 @@ from typing import Any
 
 from chalicelib.errors import ExtError
 
-__all__ = ["JsonFormatter", "bind", "configure_logging", "log_event", "stage"]
+__all__ = ["JsonFormatter", "bind", "configure_logging", "log_event", "stage", "stage_at"]
 
 LOGGER = logging.getLogger("ext")
 _BOUND: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
@@ -81,17 +81,30 @@ def stage(event: str, **fields: Any) -> Iterator[dict[str, Any]]:
     say).  An ``ExtError`` is logged with its code as the outcome; anything else
     as ``error`` with its traceback.
     """
+    with stage_at(logging.INFO, event, **fields) as learned:
+        yield learned
+
+
+@contextmanager
+def stage_at(level: int, event: str, **fields: Any) -> Iterator[dict[str, Any]]:
+    """:func:`stage`, with its ``ok`` and ``ExtError`` lines at ``level``.
+
+    For stages that run many times per request (KV operations log at ``DEBUG``); an
+    unexpected error is always logged as an error.
+    """
     started = time.perf_counter()
     learned: dict[str, Any] = {}
     try:
         yield learned
     except ExtError as exc:
-        log_event(event, outcome=exc.code, message=exc.message, duration_ms=_ms(started), **fields, **learned)
+        log_event(
+            event, level=level, outcome=exc.code, message=exc.message, duration_ms=_ms(started), **fields, **learned
+        )
         raise
     except Exception:
         LOGGER.exception(event, extra=_extra({"outcome": "error", "duration_ms": _ms(started), **fields, **learned}))
         raise
-    log_event(event, outcome="ok", duration_ms=_ms(started), **fields, **learned)
+    log_event(event, level=level, outcome="ok", duration_ms=_ms(started), **fields, **learned)
 
 
 def _ms(started: float) -> float:

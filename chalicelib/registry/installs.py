@@ -150,7 +150,11 @@ class InstallService:
         for _ in range(_ATTEMPTS):
             current = self._load(tenant, name)
             _fitted_config(self._registry.get_version(name, current.version), parsed, kept=False)
-            actions = [installs.config.set(parsed), installs.updated_at.set(self._clock()), installs.revision.add(1)]
+            actions: builtins.list[Action] = [
+                installs.config.set(parsed),
+                installs.updated_at.set(self._clock()),
+                installs.revision.add(1),
+            ]
             try:
                 current.update(actions=actions, condition=installs.revision == current.revision)
             except PynamoDBException as exc:
@@ -258,7 +262,7 @@ class InstallService:
         _fitted_config(target, config if config is not None else _plain(current.config), kept=config is None)
         installs = self._models.installs
         now = self._clock()
-        actions: list[Action] = [installs.updated_at.set(now), installs.revision.add(1)]
+        actions: builtins.list[Action] = [installs.updated_at.set(now), installs.revision.add(1)]
         if config is not None:
             actions.append(installs.config.set(config))
         if not same_version:
@@ -274,7 +278,7 @@ class InstallService:
 
     def _version_actions(
         self, current: InstallModel, target: VersionRecord, by: str | None, now: datetime
-    ) -> list[Action]:
+    ) -> builtins.list[Action]:
         """What moving ``current`` to ``target`` writes: the version, its grants, and the history."""
         installs = self._models.installs
         left = HistoryEntry(current.version, current.content_hash, current.installed_at, current.installed_by)

@@ -51,10 +51,13 @@ def test_a_config_that_fits_is_accepted_and_no_schema_accepts_any_object() -> No
         ({"host": "a", "retries": "3"}, "config.retries: '3' is not of type 'integer'"),
         ({"host": "a", "mode": "slow"}, "config.mode: 'slow' is not one of ['fast', 'safe']"),
         ({"host": "a", "hosts": ["ok", "ok", "Bad"]}, "config.hosts[2]: 'Bad' does not match '^[a-z.]+$'"),
-        ({"host": "a", "a.b": 1}, 'config["a.b"]: 1 is not of type \'boolean\''),
+        ({"host": "a", "a.b": 1}, "config[\"a.b\"]: 1 is not of type 'boolean'"),
         ({"host": "a", "nested": {"level": 1}}, "config.nested.level: 1 is greater than or equal to the maximum of 1"),
         ({}, "config.host: 'host' is a required property"),
-        ({"host": "a", "colour": "red"}, "config.colour: Additional properties are not allowed ('colour' was unexpected)"),
+        (
+            {"host": "a", "colour": "red"},
+            "config.colour: Additional properties are not allowed ('colour' was unexpected)",
+        ),
     ],
 )
 def test_the_message_starts_with_the_fields_json_path(config: dict[str, Any], message: str) -> None:
@@ -102,7 +105,7 @@ def _reordered(node: Any) -> Any:
     )
 )
 def test_the_same_config_gets_the_same_message_whatever_the_schemas_key_order(config: dict[str, Any]) -> None:
-    messages = []
+    messages: list[str | None] = []
     for schema in (SCHEMA, _reordered(SCHEMA)):
         try:
             validate_config(schema, _reordered(config) if messages else config)

@@ -221,7 +221,10 @@ def test_a_config_schema_is_kept_as_published() -> None:
         ({"type": "object", "allOf": [{"$dynamicRef": "other.json"}]}, "`config_schema.allOf[0].$dynamicRef`"),
         ({"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}, "does not resolve within config_schema"),
         ({"type": "object", "properties": {"a": {"$ref": "#nowhere"}}}, "does not resolve"),
-        ({"type": "object", "$defs": {"x": {"$id": "https://example.com/x"}}}, "`config_schema.$defs.x.$id` is allowed"),
+        (
+            {"type": "object", "$defs": {"x": {"$id": "https://example.com/x"}}},
+            "`config_schema.$defs.x.$id` is allowed only at the top",
+        ),
     ],
 )
 def test_a_config_schema_must_be_a_self_contained_2020_12_object_schema(schema: Any, match: str) -> None:

@@ -1,0 +1,27 @@
+"""Helpers every DynamoDB-backed service shares: binding a pynamodb model to a table at run time.
+
+The registry keeps its own copy (``chalicelib/registry/models.py``) until its models move here.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar, cast
+
+from pynamodb.exceptions import PynamoDBException
+from pynamodb.models import Model
+
+__all__ = ["bind_model", "condition_failed"]
+
+_M = TypeVar("_M", bound=Model)
+
+
+def bind_model(base: type[_M], table_name: str, region: str) -> type[_M]:
+    """A subclass of ``base`` that reads and writes ``table_name`` in ``region`` (on-demand billing)."""
+    meta = type("Meta", (), {"table_name": table_name, "region": region, "billing_mode": "PAY_PER_REQUEST"})
+    namespace = {"Meta": meta, "__module__": base.__module__, "__qualname__": f"{base.__name__}[{table_name}]"}
+    return cast(type[_M], type(f"{base.__name__}[{table_name}]", (base,), namespace))
+
+
+def condition_failed(exc: PynamoDBException) -> bool:
+    """Whether a single-item write failed its condition (rather than the service)."""
+    return exc.cause_response_code == "ConditionalCheckFailedException"

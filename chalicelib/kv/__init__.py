@@ -1,0 +1,45 @@
+"""Per-install key-value storage for extensions (``cap:storage.kv``, DESIGN §6c).
+
+Typical wiring (the runner; the API reaches KV only through the runner, whose role alone may use
+the table)::
+
+    service = KvService(make_kv_models(settings))
+    access = KvAccess(service, InstallScope(tenant, extension), OperationBudget(service.limits.max_operations),
+                      allowed="cap:storage.kv" in granted)
+    answer = handle_core_request(access, request_bytes)   # wasm-core@1's ext.kv
+"""
+
+from chalicelib.kv.abi import (
+    KvAccess,
+    KvDeleteRequest,
+    KvGetRequest,
+    KvListRequest,
+    KvRequest,
+    KvSetRequest,
+    handle_core_request,
+    parse_core_request,
+    wit_case,
+)
+from chalicelib.kv.models import KvModels, create_kv_table, make_kv_models
+from chalicelib.kv.service import KvEntry, KvLimits, KvPage, KvService, KvUsage, OperationBudget
+
+__all__ = [
+    "KvAccess",
+    "KvDeleteRequest",
+    "KvEntry",
+    "KvGetRequest",
+    "KvLimits",
+    "KvListRequest",
+    "KvModels",
+    "KvPage",
+    "KvRequest",
+    "KvService",
+    "KvSetRequest",
+    "KvUsage",
+    "OperationBudget",
+    "create_kv_table",
+    "handle_core_request",
+    "make_kv_models",
+    "parse_core_request",
+    "wit_case",
+]
