@@ -1,4 +1,4 @@
-"""The KV host function's request shapes (wasm-core@1) and its error cases (the WIT kv-error variant)."""
+"""The state host functions' request shapes (wasm-core@1) and error cases (the WIT kv-error and secret-error)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,17 @@ from typing import Any
 
 import pytest
 
-from chalicelib.errors import KvConflict, KvDenied, KvInvalid, KvNotFound, KvQuotaExceeded, KvUnavailable
+from chalicelib.errors import (
+    KvConflict,
+    KvDenied,
+    KvInvalid,
+    KvNotFound,
+    KvQuotaExceeded,
+    KvUnavailable,
+    SecretDenied,
+    SecretNotFound,
+    SecretUnavailable,
+)
 from chalicelib.kv import (
     KvDeleteRequest,
     KvGetRequest,
@@ -20,6 +30,8 @@ from chalicelib.kv import (
     wit_case,
 )
 from chalicelib.kv.abi import MAX_CORE_REQUEST_BYTES, WIT_CASES
+from chalicelib.secrets import wit_case as secret_wit_case
+from chalicelib.secrets.service import WIT_CASES as SECRET_WIT_CASES
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -113,4 +125,13 @@ def test_every_kv_error_is_a_case_of_the_wit_variant_with_its_payload() -> None:
     for cls in (KvDenied, KvNotFound, KvInvalid, KvConflict, KvQuotaExceeded, KvUnavailable):
         case, payload = wit_case(cls("why"))
         assert case == WIT_CASES[cls]
+        assert (payload == "why") if cases[case] else payload is None
+
+
+def test_every_secret_error_is_a_case_of_the_wit_variant_with_its_payload() -> None:
+    cases = _variant("secret-error")
+    assert set(SECRET_WIT_CASES.values()) == set(cases)
+    for cls in (SecretDenied, SecretNotFound, SecretUnavailable):
+        case, payload = secret_wit_case(cls("why"))
+        assert case == SECRET_WIT_CASES[cls]
         assert (payload == "why") if cases[case] else payload is None

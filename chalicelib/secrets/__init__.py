@@ -1,0 +1,42 @@
+"""Sealed per-install secrets for extensions (``cap:secrets.get``, DESIGN §5 and §6c).
+
+Typical wiring::
+
+    model = make_secret_model(settings)
+    kms = boto3.client("kms", region_name=settings.storage_s3_region)
+    admin = SecretsService(model, kms, settings.secrets_kms_key_id)          # the API
+    reader = SecretReader(model, kms)                                        # the runner
+    access = SecretsAccess(reader, InstallScope(tenant, extension), declared_names,
+                           allowed="cap:secrets.get" in granted)
+    answer = handle_core_request(access, name_bytes)                         # wasm-core@1's ext.secret_get
+"""
+
+from chalicelib.secrets.models import SecretModel, create_secrets_table, make_secret_model
+from chalicelib.secrets.sealing import MAX_SECRET_BYTES, SecretValue, ensure_secrets_key
+from chalicelib.secrets.service import (
+    PutSecretRequest,
+    SecretList,
+    SecretReader,
+    SecretsAccess,
+    SecretsService,
+    SecretStatus,
+    handle_core_request,
+    wit_case,
+)
+
+__all__ = [
+    "MAX_SECRET_BYTES",
+    "PutSecretRequest",
+    "SecretList",
+    "SecretModel",
+    "SecretReader",
+    "SecretStatus",
+    "SecretValue",
+    "SecretsAccess",
+    "SecretsService",
+    "create_secrets_table",
+    "ensure_secrets_key",
+    "handle_core_request",
+    "make_secret_model",
+    "wit_case",
+]
