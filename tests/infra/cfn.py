@@ -98,6 +98,7 @@ class Stack:
             "AWS::S3::Bucket": "BucketName",
             "AWS::DynamoDB::Table": "TableName",
             "AWS::Logs::LogGroup": "LogGroupName",
+            "AWS::KMS::Alias": "AliasName",
         }.get(resource["Type"])
         if explicit and explicit in properties:
             return self._evaluate(properties[explicit])
@@ -115,6 +116,7 @@ class Stack:
             "AWS::DynamoDB::Table": f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{name}",
             "AWS::Logs::LogGroup": f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{name}:*",
             "AWS::S3::Bucket": f"arn:aws:s3:::{name}",
+            "AWS::KMS::Key": f"arn:aws:kms:{REGION}:{ACCOUNT}:key/{name}",
         }
         if attribute == "Arn":
             return arn[kind]

@@ -46,8 +46,19 @@ MUST_AGREE: dict[str, tuple[str, ...]] = {
         ("RUNNER_FUEL", "RUNNER_COMPILE_MAX_WASM_BYTES", "RUNNER_COMPILE_TIMEOUT_MS", "RUNNER_COMPILE_MEMORY_MB"),
         ("Runner", "Compiler"),
     ),
+    # secrets are written by the API and read by the runner: both must name the same table
+    "SECRETS_TABLE_NAME": ("APIHandler", "Runner"),
+    "KV_TABLE_NAME": ("Runner",),
 }
-API_ONLY = ("EXT_AUTH_SECRET", "EXT_AUTH_JWKS", "EXT_AUTH_ISSUER", "EXT_AUTH_AUDIENCE", "RUNNER_PUBLIC_BASE")
+API_ONLY = (
+    "EXT_AUTH_SECRET",
+    "EXT_AUTH_JWKS",
+    "EXT_AUTH_ISSUER",
+    "EXT_AUTH_AUDIENCE",
+    "RUNNER_PUBLIC_BASE",
+    # only the API seals secrets; the runner decrypts with the key each sealed row names
+    "SECRETS_KMS_KEY_ID",
+)
 
 
 def parameter_name(env: str) -> str:
@@ -110,7 +121,12 @@ def test_the_registry_prefix_names_the_tables(template: dict[str, Any]) -> None:
     for function in ("APIHandler", "FinalizeWorker"):
         settings = load_settings(stack.resolve(stack.resources[function]["Properties"]["Environment"]["Variables"]))
         suffixes = {name.removeprefix(settings.registry_table_prefix) for name in tables}
-        assert suffixes == {"extensions", "versions", "installs", "uploads", "ratelimits", "audit"}
+        assert suffixes == {"extensions", "versions", "installs", "uploads", "ratelimits", "audit", "kv", "secrets"}
+    for function in ("APIHandler", "Runner"):
+        settings = load_settings(stack.resolve(stack.resources[function]["Properties"]["Environment"]["Variables"]))
+        assert settings.secrets_table_name == "acme-secrets"
+    runner = stack.resolve(stack.resources["Runner"]["Properties"]["Environment"]["Variables"])
+    assert load_settings(runner).kv_table_name == "acme-kv"
 
 
 def setting_parameters(stack: Stack) -> Iterator[tuple[Setting, str, dict[str, Any]]]:

@@ -16,7 +16,9 @@ import pytest
 from pynamodb.attributes import TTLAttribute
 
 from chalicelib.config import load_settings
+from chalicelib.kv.models import make_kv_models
 from chalicelib.registry.models import make_models
+from chalicelib.secrets.models import make_secret_model
 from infra.check import BOOTSTRAP_TEMPLATE, Packaged, lint
 from tests.infra.cfn import ACCOUNT, REGION, Request, Stack, allows, denies, failed_rules
 
@@ -29,7 +31,7 @@ HEX = "ab" * 32
 CANONICAL_OBJECTS = ("bundle.tar.zst", "manifest.json", "signature.json", "entry.wasm", "published.json")
 PRECOMPILED = f"{BUCKET_ARN}/sha256/{HEX}/precompiled/wasmtime-50.0.1-x86_64-linux-0123abcd.cwasm"
 STAGED = f"{BUCKET_ARN}/staging/tenant-1/upload-1/bundle.tar.zst"
-TABLES = ("extensions", "versions", "installs", "uploads", "ratelimits", "audit")
+TABLES = ("extensions", "versions", "installs", "uploads", "ratelimits", "audit", "kv", "secrets")
 FUNCTIONS = ("APIHandler", "FinalizeWorker", "Runner", "Compiler")
 COMPILE_FAILURE = (
     f"{BUCKET_ARN}/sha256/{HEX}/precompiled/wasmtime-50.0.1-x86_64-linux-0123abcd.failed-0123456789ab.json"
@@ -293,9 +295,16 @@ def test_the_tables_have_the_names_keys_indexes_and_ttl_of_the_pynamodb_models(t
         stack.resolve(t["Properties"]["TableName"]): stack.resolve(t["Properties"])
         for t in stack.of_type("AWS::DynamoDB::Table").values()
     }
-    models = make_models(load_settings({"REGISTRY_TABLE_PREFIX": "acme-prod-"}))
-    assert set(tables) == {model.Meta.table_name for model in models.all()}
-    for model in models.all():
+    settings = load_settings(
+        {
+            "REGISTRY_TABLE_PREFIX": "acme-prod-",
+            "KV_TABLE_NAME": "acme-prod-kv",
+            "SECRETS_TABLE_NAME": "acme-prod-secrets",
+        }
+    )
+    models = (*make_models(settings).all(), make_kv_models(settings).entries, make_secret_model(settings))
+    assert set(tables) == {model.Meta.table_name for model in models}
+    for model in models:
         table, schema = tables[model.Meta.table_name], model._get_schema()
         assert key_pairs(table["KeySchema"]) == key_pairs(schema["key_schema"])
         assert key_pairs(table["AttributeDefinitions"]) == key_pairs(schema["attribute_definitions"])
@@ -457,9 +466,9 @@ def test_missing_objects_read_as_404_for_every_function_but_listings_stay_in_its
 
 def test_each_function_reaches_only_its_own_tables(stack: Stack) -> None:
     expected = {
-        "APIHandler": set(TABLES) - {"audit"},
+        "APIHandler": {"extensions", "versions", "installs", "uploads", "ratelimits"},
         "FinalizeWorker": {"extensions", "versions", "uploads"},
-        "Runner": set(),
+        "Runner": {"kv", "secrets"},
         "Compiler": set(),
     }
     for function, tables in expected.items():
@@ -536,3 +545,90 @@ def test_the_public_may_reach_the_runner_only_through_its_function_url(stack: St
             assert permission["FunctionUrlAuthType"] == "NONE"
     url = stack.resolve(stack.resources["RunnerUrl"]["Properties"])
     assert (url["TargetFunctionArn"], url["AuthType"]) == (runner_arn(stack), "NONE")
+
+
+# --- extension state: KV and secrets ----------------------------------------------------------------
+
+KV_ACTIONS = (
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:DeleteItem",
+    "dynamodb:ConditionCheckItem",
+    "dynamodb:Query",
+)
+
+
+def test_only_the_runner_reaches_the_kv_table(stack: Stack) -> None:
+    for action in KV_ACTIONS:
+        assert can(stack, "Runner", action, table_arn("kv")), action
+        assert not can(stack, "APIHandler", action, table_arn("kv")), action
+        assert not can(stack, "FinalizeWorker", action, table_arn("kv")), action
+    for action in ("dynamodb:Scan", "dynamodb:BatchWriteItem", "dynamodb:DeleteTable"):
+        assert not can(stack, "Runner", action, table_arn("kv")), action
+    for registry_table in ("installs", "versions"):
+        assert not can(stack, "Runner", "dynamodb:GetItem", table_arn(registry_table))
+
+
+def test_the_api_writes_and_lists_secrets_and_the_runner_only_reads_one(stack: Stack) -> None:
+    for action in ("dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Query"):
+        assert can(stack, "APIHandler", action, table_arn("secrets")), action
+        assert not can(stack, "Runner", action, table_arn("secrets")), action
+    assert can(stack, "Runner", "dynamodb:GetItem", table_arn("secrets"))
+    assert not can(stack, "APIHandler", "dynamodb:Scan", table_arn("secrets"))
+    assert not any(can(stack, "FinalizeWorker", action, table_arn("secrets")) for action in KV_ACTIONS)
+
+
+def key_policy(stack: Stack) -> list[dict[str, Any]]:
+    statements: list[dict[str, Any]] = stack.resolve(
+        stack.resources["SecretsKey"]["Properties"]["KeyPolicy"]["Statement"]
+    )
+    return statements
+
+
+def key_allows(stack: Stack, who: str, action: str, with_context: bool = True) -> bool:
+    """Whether the key policy lets ``who`` (a role's logical id, or ``root``) do ``action`` on the key."""
+    principal = f"arn:aws:iam::{ACCOUNT}:root" if who == "root" else stack.resolve({"Fn::GetAtt": [who, "Arn"]})
+    context = {"aws:PrincipalArn": principal}
+    if with_context:
+        context |= {f"kms:EncryptionContext:{key}": "x" for key in ("tenant", "extension", "name")}
+    key_arn = stack.resolve({"Fn::GetAtt": ["SecretsKey", "Arn"]})
+    return allows(key_policy(stack), Request(action, key_arn, principal, context))
+
+
+def test_only_the_runner_decrypts_secrets_and_only_the_api_makes_data_keys(stack: Stack) -> None:
+    assert key_allows(stack, "RunnerRole", "kms:Decrypt")
+    assert key_allows(stack, "ApiHandlerRole", "kms:GenerateDataKey")
+    for who in ("ApiHandlerRole", "FinalizeWorkerRole", "root"):
+        assert not key_allows(stack, who, "kms:Decrypt"), who
+    for who in ("RunnerRole", "FinalizeWorkerRole", "root"):
+        assert not key_allows(stack, who, "kms:GenerateDataKey"), who
+    for who in ("RunnerRole", "ApiHandlerRole", "root"):
+        for action in ("kms:Encrypt", "kms:ReEncryptFrom", "kms:CreateGrant", "kms:GenerateDataKeyWithoutPlaintext"):
+            assert not key_allows(stack, who, action), (who, action)
+
+
+def test_the_secrets_key_is_used_only_for_one_named_secret_at_a_time(stack: Stack) -> None:
+    assert not key_allows(stack, "RunnerRole", "kms:Decrypt", with_context=False)
+    assert not key_allows(stack, "ApiHandlerRole", "kms:GenerateDataKey", with_context=False)
+
+
+def test_the_account_administers_the_secrets_key_but_cannot_use_it(stack: Stack) -> None:
+    for action in ("kms:PutKeyPolicy", "kms:DescribeKey", "kms:EnableKeyRotation", "kms:ScheduleKeyDeletion"):
+        assert key_allows(stack, "root", action), action
+    key = stack.resolve(stack.resources["SecretsKey"])
+    assert key["Properties"]["EnableKeyRotation"] is True
+    assert key["Properties"]["KeySpec"] == "SYMMETRIC_DEFAULT"
+    assert key["DeletionPolicy"] == "Retain"
+
+
+def test_the_api_names_the_secrets_key_by_its_alias_and_the_functions_their_state_tables(stack: Stack) -> None:
+    def settings_of(function: str) -> Any:
+        return load_settings(stack.resolve(stack.resources[function]["Properties"]["Environment"]["Variables"]))
+
+    alias = stack.resolve(stack.resources["SecretsKeyAlias"]["Properties"])
+    assert alias["TargetKeyId"] == stack.resolve({"Ref": "SecretsKey"})
+    assert settings_of("APIHandler").secrets_kms_key_id == alias["AliasName"] == "alias/ext-secrets-dev"
+    for function in ("APIHandler", "Runner"):
+        assert settings_of(function).secrets_table_name == "ext-secrets"
+    assert settings_of("Runner").kv_table_name == "ext-kv"
