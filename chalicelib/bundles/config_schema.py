@@ -5,7 +5,8 @@ Two checks, at two moments:
 1. **at publish** (:func:`check_config_schema`, from ``Manifest.parse``): the schema is a JSON Schema
    2020-12 document (checked against the draft's own meta-schema), describes an object, is at most
    16 KiB, and refers only inside itself: every ``$ref`` and ``$dynamicRef`` is a fragment that
-   resolves within the document, and ``$id`` / ``$schema`` appear only at its root.  So validating a
+   resolves within the document, and ``$id`` / ``$schema`` appear only at its root; it nests at most 20
+   levels and names no property ``""`` (the registry keeps it as a DynamoDB map).  So validating a
    config never touches the network (the validator is also given an empty registry that retrieves
    nothing) and never fails on the schema itself;
 2. **at install and config change** (:func:`validate_config`, from ``InstallService``): the config
@@ -32,6 +33,7 @@ from chalicelib.errors import InstallConfigInvalid, ManifestInvalid
 __all__ = [
     "DRAFT_2020_12",
     "MAX_CONFIG_SCHEMA_BYTES",
+    "MAX_CONFIG_SCHEMA_DEPTH",
     "check_config_schema",
     "ecma_pattern",
     "validate_config",
@@ -39,6 +41,7 @@ __all__ = [
 
 DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 MAX_CONFIG_SCHEMA_BYTES = 16 * 1024
+MAX_CONFIG_SCHEMA_DEPTH = 20
 _MAX_MESSAGE = 240
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -89,6 +92,7 @@ def check_config_schema(schema: Any) -> None:
     size = len(json.dumps(schema, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
     if size > MAX_CONFIG_SCHEMA_BYTES:
         raise ManifestInvalid(f"`config_schema` is {size} bytes as JSON; at most {MAX_CONFIG_SCHEMA_BYTES} are allowed")
+    _check_storable(schema, ("config_schema",), 1)
     if schema.get("type") != "object":
         raise ManifestInvalid('`config_schema.type` must be "object": an install\'s config is a JSON object')
     if "$schema" in schema and schema["$schema"] != DRAFT_2020_12:
@@ -101,6 +105,17 @@ def check_config_schema(schema: Any) -> None:
         raise ManifestInvalid(f"`{where}` is not valid JSON Schema 2020-12: {_trim(exc.message)}") from None
     for path, subschema in _subschemas(schema, ()):
         _check_keywords(schema, path, subschema)
+
+
+def _check_storable(node: Any, path: tuple[str, ...], depth: int) -> None:
+    """The registry keeps the schema as a DynamoDB map: no empty names, nesting well within its 32 levels."""
+    if depth > MAX_CONFIG_SCHEMA_DEPTH:
+        raise ManifestInvalid(f"`{'.'.join(path)}` nests deeper than {MAX_CONFIG_SCHEMA_DEPTH} levels")
+    children = node.items() if isinstance(node, Mapping) else enumerate(node) if isinstance(node, list) else ()
+    for key, child in children:
+        if key == "":
+            raise ManifestInvalid(f"`{'.'.join(path)}` has an empty property name, which cannot be stored")
+        _check_storable(child, (*path, str(key)), depth + 1)
 
 
 def _subschemas(schema: Any, path: tuple[str | int, ...]) -> Iterator[tuple[tuple[str | int, ...], Mapping[str, Any]]]:

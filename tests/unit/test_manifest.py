@@ -249,6 +249,17 @@ def test_local_references_pointers_and_anchors_are_accepted() -> None:
     assert Manifest.parse(json.dumps(manifest(config_schema=schema))).config_schema == schema
 
 
+def test_a_config_schema_must_be_storable_as_a_dynamodb_map() -> None:
+    deep: dict[str, Any] = {"type": "object"}
+    for _ in range(10):
+        deep = {"type": "object", "properties": {"a": deep}}
+    invalid(manifest(config_schema=deep), "nests deeper than 20 levels")
+    invalid(
+        manifest(config_schema={"type": "object", "properties": {"": {"type": "string"}}}),
+        "`config_schema.properties` has an empty property name",
+    )
+
+
 def test_a_config_schema_is_at_most_16_kib() -> None:
     def schema_of(size: int) -> dict[str, Any]:
         base = {"type": "object", "description": ""}
