@@ -184,14 +184,17 @@ class InstallService:
         raise StorageError(f"could not upgrade {name} for this tenant: concurrent changes kept conflicting")
 
     @_storage_errors
-    def rollback(self, tenant: str, name: str, version: str | None = None, by: str | None = None) -> InstallRecord:
+    def rollback(
+        self, tenant: str, name: str, version: str | None = None, by: str | None = None, config: Any = None
+    ) -> InstallRecord:
         """Switch back to ``version`` from the install's history, or to the most recent earlier version.
 
         The version being left goes on top of the history, so rolling back twice
         returns to where it started.  Raises :class:`BadRequest` when there is no
-        such earlier version, and :class:`InstallConfigInvalid` when the current config
-        does not fit that version's ``config_schema``.
+        such earlier version, and :class:`InstallConfigInvalid` when the config (``config``
+        when given, else the current one) does not fit that version's ``config_schema``.
         """
+        given = _validated_config(config) if config is not None else None
         for _ in range(_ATTEMPTS):
             current = self._load(tenant, name)
             history = [HistoryEntry.from_item(entry) for entry in current.history]
@@ -201,7 +204,7 @@ class InstallService:
             if not candidates:
                 raise BadRequest(f"version {version} is not in the install history of {name}")
             target = self._registry.get_version(name, candidates[0].version)
-            switched = self._switch(current, target, by, None)
+            switched = self._switch(current, target, by, given)
             if switched is not None:
                 return switched
         raise StorageError(f"could not roll back {name} for this tenant: concurrent changes kept conflicting")

@@ -141,8 +141,8 @@ def test_a_version_without_a_schema_accepts_any_config_and_a_rollback_is_checked
 
     assert refused(installs.rollback, "t1", NAME).startswith("config.host: '' should be non-empty")
     assert installs.get("t1", NAME).version == "3.0.0"
-    installs.set_config("t1", NAME, {"host": "back"})
-    assert installs.rollback("t1", NAME).version == "2.0.0"
+    rolled = installs.rollback("t1", NAME, config={"host": "back"})
+    assert (rolled.version, rolled.config) == ("2.0.0", {"host": "back"})
 
 
 def test_the_same_version_with_a_new_config_only_changes_the_config(installs: InstallService) -> None:
