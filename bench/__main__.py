@@ -7,13 +7,14 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from bench import bundles, components, runner, uploads
+from bench import bundles, components, runner, state, uploads
 
 SUITES: dict[str, Callable[[], dict[str, Any]]] = {
     "bundles": bundles.run,
     "uploads": uploads.run,
     "runner": runner.run,
     "components": components.run,
+    "state": state.run,
 }
 
 
