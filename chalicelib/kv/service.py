@@ -230,7 +230,7 @@ class KvService:
                 _check_expected(if_revision, seen)
                 revision = max((seen.revision + 1) if seen else 0, _micros(self._clock()))
                 keys_delta, bytes_delta = (0 if seen else 1), size - (seen.size if seen else 0)
-                self._check_quota(scope, keys_delta, bytes_delta)
+                self._check_quota(keys_delta, bytes_delta)
                 if self._write(scope, key, value, revision, size, seen, keys_delta, bytes_delta):
                     learned["attempts"] = attempt + 1
                     return revision
@@ -292,7 +292,7 @@ class KvService:
             return None
         return _Seen(revision=int(item.revision), size=int(item.size))
 
-    def _check_quota(self, scope: InstallScope, keys_delta: int, bytes_delta: int) -> None:
+    def _check_quota(self, keys_delta: int, bytes_delta: int) -> None:
         """Refuse early what no state of the install could take; the transaction checks the rest."""
         if keys_delta > self.limits.max_keys or bytes_delta > self.limits.max_bytes:
             raise KvQuotaExceeded(self._quota_message())
