@@ -24,15 +24,19 @@ Every response carries ``X-Content-Type-Options: nosniff``, ``Referrer-Policy: n
 JSON ``{"error": {...}}`` with ``Cache-Control: no-store``.
 
 HTML gets :data:`HTML_CSP`.  The host embeds the page in ``<iframe sandbox="allow-scripts">``, so it runs in
-an opaque origin; browsers still resolve ``'self'`` against the page's URL, so the bundle's own scripts,
-styles, images and fonts load and nothing else does.  ``connect-src 'none'``: the UI has no network access
+an opaque origin; the policy's own ``sandbox allow-scripts`` does the same for a page opened directly (a link,
+a new tab), which would otherwise run on the runner's origin, shared by every extension.  Browsers still
+resolve ``'self'`` against the page's URL, so the bundle's own scripts, styles, images and fonts load and
+nothing else does.  ``connect-src 'none'``: the UI has no network access
 of its own and reaches its API only by ``postMessage`` to the host, which adds the user's identity.
 No inline script or style (XSS in an extension's page cannot run), ``object-src 'none'`` (no plugins),
 ``base-uri 'none'`` and ``form-action 'none'`` (no redirecting relative URLs or posting data away).
 ``frame-ancestors *``: the runner does not know the host app's origin; framing grants nothing because the
 page holds no credentials and acts only through the host's ``postMessage`` handler, which must check the
-message source.  Assets also send ``Access-Control-Allow-Origin: *``: they are public and immutable, and
-fonts and module scripts requested from an opaque-origin frame are CORS requests.
+message source.  SVG, the other type a browser renders as a document, gets :data:`SVG_CSP`: sandboxed
+without scripts (an image needs none), its inline styles allowed.  Assets also send
+``Access-Control-Allow-Origin: *``: they are public and immutable, and fonts and module scripts requested
+from an opaque-origin frame are CORS requests.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ __all__ = [
     "CONTENT_TYPES",
     "HTML_CSP",
     "IMMUTABLE",
+    "SVG_CSP",
     "UI_PREFIX",
     "HttpResponse",
     "UiServer",
@@ -74,9 +79,10 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 NO_STORE = "no-store"
 _REDIRECT_CACHE = "public, max-age=86400"
 HTML_CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'none'; "
-    "object-src 'none'; frame-ancestors *; base-uri 'none'; form-action 'none'"
+    "sandbox allow-scripts; default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'none'; object-src 'none'; frame-ancestors *; base-uri 'none'; form-action 'none'"
 )
+SVG_CSP = "sandbox; default-src 'none'; script-src 'none'; style-src 'self' 'unsafe-inline'; img-src 'self' data:"
 _HTML = "text/html; charset=utf-8"
 _JS = "text/javascript; charset=utf-8"
 CONTENT_TYPES: Mapping[str, str] = {
@@ -100,6 +106,8 @@ CONTENT_TYPES: Mapping[str, str] = {
     ".txt": "text/plain; charset=utf-8",
 }
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
+_DOCUMENT_CSP: Mapping[str, str] = {_HTML: HTML_CSP, CONTENT_TYPES[".svg"]: SVG_CSP}
+"""The types a browser renders as a document when an asset is opened directly, and their policies."""
 SAFE_METHODS = ("GET", "HEAD")
 _ALWAYS = {
     "X-Content-Type-Options": "nosniff",
@@ -281,8 +289,9 @@ def asset_headers(path: str, file: BundleFile) -> dict[str, str]:
         "Cache-Control": IMMUTABLE,
         "Access-Control-Allow-Origin": "*",
     }
-    if content_type == _HTML:
-        headers["Content-Security-Policy"] = HTML_CSP
+    policy = _DOCUMENT_CSP.get(content_type)
+    if policy is not None:
+        headers["Content-Security-Policy"] = policy
     return headers
 
 

@@ -18,7 +18,8 @@ Stages of one call:
    stops before the gateway gives up (``EXTENSION_TIMEOUT`` / ``EXTENSION_FAILED`` /
    ``EXTENSION_NOT_READY`` / ``RUNNER_BUSY``);
 9. the response: status and allowlisted headers (never ``Set-Cookie``), plus
-   headers that keep an extension's answer from acting on the host's origin.
+   headers that keep an extension's answer from acting on the host's origin, and
+   ``Cache-Control: private`` whatever the extension says (:func:`private_cache_control`).
 """
 
 from __future__ import annotations
@@ -50,7 +51,15 @@ from chalicelib.registry import (
     VersionRecord,
 )
 
-__all__ = ["CallSlots", "GatewayRequest", "GatewayResponse", "GatewayService", "REQUEST_HEADERS", "RESPONSE_HEADERS"]
+__all__ = [
+    "REQUEST_HEADERS",
+    "RESPONSE_HEADERS",
+    "CallSlots",
+    "GatewayRequest",
+    "GatewayResponse",
+    "GatewayService",
+    "private_cache_control",
+]
 
 REQUEST_HEADERS = frozenset(
     {
@@ -89,6 +98,7 @@ _SAFETY_HEADERS = {
     "Content-Security-Policy": "sandbox; default-src 'none'; frame-ancestors 'none'",
     "Referrer-Policy": "no-referrer",
 }
+_SHARED_CACHE_DIRECTIVES = frozenset({"public", "private", "s-maxage", "proxy-revalidate"})
 _HEADER_VALUE = re.compile(r"[^\r\n\x00]*")
 _VERSION_CACHE_ENTRIES = 512
 RUNNER_MARGIN_MS = 250
@@ -316,4 +326,21 @@ class GatewayService:
         except (binascii.Error, TypeError):
             raise ExtensionFailed("the extension's body is not valid base64") from None
         headers = {**_returned_headers(answer.get("headers", {})), **_SAFETY_HEADERS}
+        headers["cache-control"] = private_cache_control(headers.get("cache-control"))
         return GatewayResponse(status=status, headers=headers, body=body)
+
+
+def private_cache_control(value: str | None) -> str:
+    """The extension's ``Cache-Control`` made ``private``: every call is authenticated, so an answer is one
+    user's and must never be stored by a shared cache (a CDN, a proxy) and served to the next caller.
+
+    The directives only shared caches read (``public``, ``s-maxage``, ``proxy-revalidate``) are dropped; the
+    rest are kept, names lower-cased, so ``no-store`` or ``max-age`` still tell the browser what to do.
+    """
+    kept = {"private": "private"}
+    for directive in (value or "").split(","):
+        name, separator, argument = directive.strip().partition("=")
+        name = name.strip().lower()
+        if name and name not in _SHARED_CACHE_DIRECTIVES:
+            kept.setdefault(name, f"{name}{separator}{argument.strip()}")
+    return ", ".join(kept.values())

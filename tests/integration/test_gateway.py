@@ -256,7 +256,31 @@ def test_only_allowlisted_headers_come_back(gateway_stack: AwsStack) -> None:
     names = {k.lower() for k in answer.headers}
     assert "set-cookie" not in names and "access-control-allow-origin" not in names
     assert answer.headers["X-Ext-Trace"] == "t1"
-    assert answer.headers["Cache-Control"] == "no-store"
+    assert answer.headers["Cache-Control"] == "private, no-store"
+
+
+@pytest.mark.parametrize(
+    ("sent", "delivered"),
+    [
+        (None, "private"),
+        ("public, max-age=3600", "private, max-age=3600"),
+        ("max-age=60, s-maxage=600, proxy-revalidate", "private, max-age=60"),
+        ("PUBLIC, Immutable", "private, immutable"),
+        ("private, no-cache", "private, no-cache"),
+    ],
+)
+def test_answers_to_authenticated_calls_are_never_stored_by_shared_caches(
+    gateway_stack: AwsStack, sent: str | None, delivered: str
+) -> None:
+    # One user's answer in a CDN or proxy cache would be served to the next caller of the same URL.
+    headers = {"content-type": "text/plain"} if sent is None else {"content-type": "text/plain", "cache-control": sent}
+    response = {"status": 200, "headers": headers, "body_b64": base64.b64encode(b"mine").decode()}
+    install(gateway_stack, _guest_bundle(fixed_response_guest(response)))
+
+    answer = call(gateway_stack, "GET", "/api/ext/com.acme.tools/hello")
+
+    assert answer.status_code == 200
+    assert answer.headers["Cache-Control"] == delivered
 
 
 class ScriptedRunner(BaseHTTPRequestHandler):

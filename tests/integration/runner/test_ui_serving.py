@@ -241,3 +241,35 @@ def test_an_asset_stays_readable_when_its_bundle_is_evicted_mid_response(env: Ru
 
     assert not (env.root / "cache" / hello.split(":")[1]).exists()
     assert response.read_body() == INDEX_HTML
+
+
+# --- what a page may do when opened directly (issue 9) -------------------------------------------
+
+
+def csp_directives(policy: str) -> dict[str, list[str]]:
+    """A Content-Security-Policy header as ``{directive: [tokens]}``."""
+    directives: dict[str, list[str]] = {}
+    for part in policy.split(";"):
+        name, *tokens = part.split()
+        directives[name.lower()] = tokens
+    return directives
+
+
+def test_html_is_sandboxed_as_the_iframe_contract_sandboxes_it(ui: UiServer, hello: str) -> None:
+    # Opened directly (not in the host's iframe), the page must still run in an opaque origin, never on
+    # the runner origin that every extension shares.
+    response, _ = get(ui, f"/ext-ui/{EXAMPLE_NAME}/{hello}/index.html")
+
+    assert csp_directives(response.headers["Content-Security-Policy"])["sandbox"] == ["allow-scripts"]
+
+
+def test_svg_is_sandboxed_without_scripts(env: RunnerEnv, ui: UiServer) -> None:
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(document.domain)</script></svg>'
+    content_hash = env.publish(ui_bundle(extra={"ui/logo.svg": svg}))
+
+    response, body = get(ui, f"/ext-ui/com.acme.tools/{content_hash}/logo.svg")
+
+    assert (response.status, body) == (200, svg)
+    directives = csp_directives(response.headers["Content-Security-Policy"])
+    assert directives["sandbox"] == []
+    assert directives["script-src"] == ["'none'"]
