@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 __all__ = [
     "ABSTRACT_ERRORS",
     "ALL_ERRORS",
+    "AssetTooLarge",
     "BadRequest",
     "BuildFailed",
     "BundleCorrupt",
@@ -353,6 +354,13 @@ class PayloadTooLarge(ExtError):
 
     code = "PAYLOAD_TOO_LARGE"
     user_message = "The request body is too large."
+    http_status = 413
+
+
+class AssetTooLarge(ExtError):
+    """A UI asset is larger than one runner response can carry (4 MiB where the runner is a Lambda)."""
+
+    code = "ASSET_TOO_LARGE"
     http_status = 413
 
 

@@ -34,7 +34,8 @@ from runner_container.ui import SAFE_METHODS, UI_PREFIX, HttpResponse, error_res
 __all__ = ["APP", "MAX_HTTP_BODY_BYTES", "RunnerLambda", "handler"]
 
 MAX_HTTP_BODY_BYTES = 4 * 1024 * 1024
-"""Largest asset served through Lambda: base64 makes it ~5.3 MB, under Lambda's 6 MB response limit."""
+"""Largest asset served through Lambda: base64 makes it ~5.6 MB, under Lambda's 6 MB response limit.
+Larger ones are ``413 ASSET_TOO_LARGE``, never read."""
 _TEXT_TYPES = ("text/", "application/json", "image/svg+xml", "application/javascript")
 
 
@@ -69,10 +70,8 @@ def _lambda_response(response: HttpResponse, request_id: str, *, head: bool) -> 
     if head:
         response.close()
         return {"statusCode": response.status, "headers": headers, "body": "", "isBase64Encoded": False}
+    # UiServer refuses assets over MAX_HTTP_BODY_BYTES before opening them, so this body fits.
     body = response.read_body()
-    if len(body) > MAX_HTTP_BODY_BYTES:
-        too_large = Internal(f"the asset is {len(body)} bytes; Lambda serves at most {MAX_HTTP_BODY_BYTES}")
-        return _lambda_response(error_response(too_large, request_id), request_id, head=False)
     text = _as_text(body, headers.get("Content-Type", ""))
     if text is not None:
         return {"statusCode": response.status, "headers": headers, "body": text, "isBase64Encoded": False}
@@ -148,7 +147,9 @@ class RunnerLambda:
     def _route(self, method: str, path: str, headers: Mapping[str, str], request_id: str) -> HttpResponse:
         if path.startswith(UI_PREFIX):
             if_none_match = headers.get("if-none-match")
-            return self.service.ui.serve(method, path, if_none_match=if_none_match, request_id=request_id)
+            return self.service.ui.serve(
+                method, path, if_none_match=if_none_match, request_id=request_id, max_asset_bytes=MAX_HTTP_BODY_BYTES
+            )
         if path == "/healthz":
             if method not in SAFE_METHODS:
                 return method_not_allowed(method, SAFE_METHODS, request_id)

@@ -50,7 +50,7 @@ from typing import Any, BinaryIO
 from urllib.parse import unquote_to_bytes
 
 from chalicelib.bundles.verify import BundleFile
-from chalicelib.errors import BadRequest, ExtError, NotFound
+from chalicelib.errors import AssetTooLarge, BadRequest, ExtError, NotFound
 from runner_container.cache import BundleCache, CachedBundle
 
 __all__ = [
@@ -320,12 +320,19 @@ class UiServer:
         self._cache = cache
 
     def serve(
-        self, method: str, raw_path: str, *, if_none_match: str | None = None, request_id: str | None = None
+        self,
+        method: str,
+        raw_path: str,
+        *,
+        if_none_match: str | None = None,
+        request_id: str | None = None,
+        max_asset_bytes: int | None = None,
     ) -> HttpResponse:
         """The response to one request; errors become their JSON response (never raised).
 
         A ``200`` to ``GET`` carries an open ``file``: the caller streams and closes it (it stays readable
-        even if the cache evicts the bundle meanwhile).
+        even if the cache evicts the bundle meanwhile).  An asset over ``max_asset_bytes`` (the most one
+        response can carry, where there is such a limit) is ``413 ASSET_TOO_LARGE``, to ``GET`` and ``HEAD``.
         """
         if method not in SAFE_METHODS:
             return method_not_allowed(method, SAFE_METHODS, request_id)
@@ -333,16 +340,25 @@ class UiServer:
             target = parse_ui_path(raw_path)
             if target.redirect is not None:
                 return HttpResponse(308, redirect_headers(target.redirect))
-            return self._serve(target, head=method == "HEAD", if_none_match=if_none_match)
+            return self._serve(
+                target, head=method == "HEAD", if_none_match=if_none_match, max_asset_bytes=max_asset_bytes
+            )
         except ExtError as exc:
             return error_response(exc, request_id)
 
-    def _serve(self, target: UiTarget, *, head: bool, if_none_match: str | None) -> HttpResponse:
+    def _serve(
+        self, target: UiTarget, *, head: bool, if_none_match: str | None, max_asset_bytes: int | None
+    ) -> HttpResponse:
         with self._cache.lease(target.content_hash) as bundle:
             path = self._resolve(bundle, target)
             file = bundle.files[path]
             if if_none_match is not None and etag_matches(if_none_match, f'"sha256-{file.sha256}"'):
                 return HttpResponse(304, not_modified_headers(file))
+            if max_asset_bytes is not None and file.size > max_asset_bytes:
+                raise AssetTooLarge(
+                    f"{path.removeprefix(UI_FOLDER)!r} is {file.size} bytes; this runner sends UI assets of at "
+                    f"most {max_asset_bytes} bytes (Lambda's response limit): split it or host it elsewhere"
+                )
             headers = asset_headers(path, file)
             if head:
                 return HttpResponse(200, headers)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -262,6 +263,22 @@ def test_a_function_url_event_sends_binary_assets_base64(env: RunnerEnv, app: Ru
     assert answer["isBase64Encoded"] is True
     assert base64.b64decode(answer["body"]) == png
     assert answer["headers"]["Content-Type"] == "image/png"
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_an_asset_over_the_lambda_response_limit_is_a_clear_413(env: RunnerEnv, app: RunnerLambda, method: str) -> None:
+    # Base64 makes 4 MiB about 5.6 MB, the most Lambda's 6 MB response carries; this one cannot be sent.
+    big = os.urandom(lambda_handler.MAX_HTTP_BODY_BYTES + 1)
+    content_hash = env.publish(ui_bundle(extra={"ui/video.webm": big}))
+
+    answer = app(function_url_event(f"/ext-ui/com.acme.tools/{content_hash}/video.webm", method), CONTEXT)
+
+    assert answer["statusCode"] == 413
+    assert answer["headers"]["Cache-Control"] == "no-store"
+    if method == "GET":
+        error = json.loads(answer["body"])["error"]
+        assert error["code"] == "ASSET_TOO_LARGE"
+        assert "video.webm" in error["message"] and str(lambda_handler.MAX_HTTP_BODY_BYTES) in error["message"]
 
 
 def test_a_function_url_event_answers_304_for_a_matching_etag(env: RunnerEnv, app: RunnerLambda) -> None:
