@@ -10,6 +10,7 @@ from chalicelib.bundles.verify import BundleFile
 from chalicelib.errors import BadRequest, NotFound
 from runner_container.ui import (
     HTML_CSP,
+    SVG_CSP,
     UiTarget,
     asset_headers,
     content_type_for,
@@ -201,9 +202,10 @@ def test_content_types_follow_the_extension(path: str, content_type: str) -> Non
     assert content_type_for(path) == content_type
 
 
-def test_only_html_carries_the_content_security_policy() -> None:
+def test_only_what_a_browser_renders_as_a_document_carries_a_content_security_policy() -> None:
     file = BundleFile("x", 10, "f" * 64)
 
     assert asset_headers("ui/index.html", file)["Content-Security-Policy"] == HTML_CSP
-    assert "Content-Security-Policy" not in asset_headers("ui/icon.svg", file)
+    assert asset_headers("ui/icon.svg", file)["Content-Security-Policy"] == SVG_CSP
+    assert "Content-Security-Policy" not in asset_headers("ui/app.js", file)
     assert asset_headers("ui/app.js", file)["ETag"] == f'"sha256-{"f" * 64}"'
