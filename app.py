@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import uuid
 from collections.abc import Callable, Mapping
@@ -68,11 +69,13 @@ def _request_id() -> str:
 
 
 def _error_response(error: ExtError, request_id: str) -> Response:
+    """``error`` as the contract's body; an operator-side failure's detail stays in the logs."""
     headers: dict[str, str | list[str]] = {"Content-Type": "application/json", "Cache-Control": "no-store"}
     retry_after = error.details.get("retry_after")
     if retry_after is not None:
         headers["Retry-After"] = str(max(1, int(retry_after)))
-    return Response(body=json.dumps(error.to_dict(request_id)), status_code=error.http_status, headers=headers)
+    body = json.dumps(error.to_client_dict(request_id))
+    return Response(body=body, status_code=error.http_status, headers=headers)
 
 
 def api(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -85,11 +88,13 @@ def api(view: Callable[..., Any]) -> Callable[..., Any]:
             with bind(request_id=request_id):
                 result = view(*args, **kwargs)
         except ExtError as exc:
-            log_event("api.error", request_id=request_id, outcome=exc.code, message=exc.message)
+            # The whole message, which the client may not get (``hides_detail``), is logged with the request id.
+            level = logging.ERROR if exc.hides_detail else logging.INFO
+            log_event("api.error", level=level, request_id=request_id, outcome=exc.code, message=exc.message)
             return _error_response(exc, request_id)
         except Exception:
             LOGGER.exception("api.crash", extra={"request_id": request_id})
-            return _error_response(Internal("an unexpected error occurred; quote the request id"), request_id)
+            return _error_response(Internal("unexpected error"), request_id)
         if isinstance(result, Response):
             return result
         return Response(body=json.dumps(result), status_code=200, headers={"Content-Type": "application/json"})

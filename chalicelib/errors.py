@@ -91,6 +91,10 @@ class ExtError(Exception):
     code: ClassVar[str] = "INTERNAL"
     http_status: ClassVar[int] = 500
     user_message: ClassVar[str] = ""
+    generic_message: ClassVar[str | None] = None
+    """Set on the operator's failures (storage, configuration, bugs), whose ``message`` may name storage
+    keys, settings, files or a dependency's own error codes: a client gets this instead (with the request
+    id to quote), and the surface logs ``message`` under that request id."""
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
@@ -100,12 +104,25 @@ class ExtError(Exception):
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
 
+    @property
+    def hides_detail(self) -> bool:
+        """Whether ``message`` stays in the logs and clients get :attr:`generic_message`."""
+        return self.generic_message is not None
+
     def to_dict(self, request_id: str | None = None) -> dict[str, Any]:
-        """The JSON error body of DESIGN §4."""
+        """The JSON error body of DESIGN §4, with the whole message (the CLI, logs)."""
         body: dict[str, Any] = {"code": self.code, "message": self.message}
         if request_id is not None:
             body["request_id"] = request_id
         return {"error": body}
+
+    def to_client_dict(self, request_id: str) -> dict[str, Any]:
+        """The JSON error body a remote client gets: :meth:`to_dict`, with the generic message (naming the
+        request id) in place of the detail when :attr:`hides_detail`."""
+        body = self.to_dict(request_id)
+        if self.generic_message is not None:
+            body["error"]["message"] = f"{self.generic_message}; request id {request_id}"
+        return body
 
 
 class BadRequest(ExtError):
@@ -523,6 +540,7 @@ class ConfigInvalid(ExtError):
     code = "SETTINGS_INVALID"
     user_message = "The platform is misconfigured; tell its operator."
     http_status = 500
+    generic_message = "the platform is misconfigured; its operator has the details in the logs"
 
 
 class StorageError(ExtError):
@@ -531,6 +549,7 @@ class StorageError(ExtError):
     code = "STORAGE_ERROR"
     user_message = "The storage service is unavailable right now."
     http_status = 503
+    generic_message = "the platform's storage failed; retry later"
 
 
 class ApiUnreachable(ExtError):
@@ -579,6 +598,7 @@ class Internal(ExtError):
     code = "INTERNAL"
     user_message = "Something went wrong on the server. Quote the request id when you report it."
     http_status = 500
+    generic_message = "an unexpected error occurred; report it"
 
 
 def _all_subclasses(cls: type[ExtError]) -> list[type[ExtError]]:

@@ -562,7 +562,11 @@ class BundleCache:
 
     def _download(self, content_hash: str, extract_to: Path) -> VerifiedBundle:
         extract_to.mkdir()
-        stream = self._store.open_stream(self._store.object_key(content_hash, BUNDLE_OBJECT))
+        try:
+            stream = self._store.open_stream(self._store.object_key(content_hash, BUNDLE_OBJECT))
+        except NotFound:
+            # The store's own message names the key; the caller only needs to know the hash is unknown.
+            raise NotFound(f"no published bundle has the content hash {content_hash}") from None
         try:
             # verify_bundle only calls read(size); the cast states that duck type.
             source = cast(BinaryIO, stream)

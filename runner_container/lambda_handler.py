@@ -29,7 +29,15 @@ from chalicelib.errors import BadRequest, ExtError, Internal, NotFound
 from chalicelib.logs import LOGGER
 from runner_container.compile_jobs import LambdaJobs
 from runner_container.service import RunnerService, build_service, configure_process_logging
-from runner_container.ui import SAFE_METHODS, UI_PREFIX, HttpResponse, error_response, json_response, method_not_allowed
+from runner_container.ui import (
+    SAFE_METHODS,
+    UI_PREFIX,
+    HttpResponse,
+    error_response,
+    json_response,
+    log_error_detail,
+    method_not_allowed,
+)
 
 __all__ = ["APP", "MAX_HTTP_BODY_BYTES", "RunnerLambda", "handler"]
 
@@ -110,14 +118,15 @@ class RunnerLambda:
                 raise BadRequest("expected an invoke event with an 'action', or an HTTP event")
             return {"ok": True, "response": self._invoke(event)}
         except ExtError as exc:
-            answer = {"ok": False, "error": exc.to_dict(request_id)["error"], "status": exc.http_status}
+            log_error_detail(exc, request_id)
+            answer = {"ok": False, "error": exc.to_client_dict(request_id)["error"], "status": exc.http_status}
             if "retry_after" in exc.details:
                 answer["retry_after"] = exc.details["retry_after"]
             return answer
         except Exception:
             LOGGER.exception("runner.unhandled_error", extra={"request_id": request_id})
-            internal = Internal(f"unexpected runner error; report request id {request_id}")
-            return {"ok": False, "error": internal.to_dict(request_id)["error"], "status": internal.http_status}
+            internal = Internal("unexpected runner error")
+            return {"ok": False, "error": internal.to_client_dict(request_id)["error"], "status": internal.http_status}
 
     def _invoke(self, event: Mapping[str, Any]) -> dict[str, Any]:
         action = event["action"]
@@ -141,7 +150,7 @@ class RunnerLambda:
             response = error_response(exc, request_id)
         except Exception:
             LOGGER.exception("runner.unhandled_error", extra={"request_id": request_id})
-            response = error_response(Internal(f"unexpected runner error; report request id {request_id}"), request_id)
+            response = error_response(Internal("unexpected runner error"), request_id)
         return _lambda_response(response, request_id, head=method == "HEAD")
 
     def _route(self, method: str, path: str, headers: Mapping[str, str], request_id: str) -> HttpResponse:
@@ -153,7 +162,8 @@ class RunnerLambda:
         if path == "/healthz":
             if method not in SAFE_METHODS:
                 return method_not_allowed(method, SAFE_METHODS, request_id)
-            return json_response(200, self.service.health(), {"Cache-Control": "no-store"})
+            # The function URL is public: no versions or cache figures (they are in the logs).
+            return json_response(200, {"status": "ok"}, {"Cache-Control": "no-store"})
         raise NotFound(f"no route {path} (execute and precompile are direct invokes)")
 
 

@@ -5,7 +5,8 @@ Routes:
 - ``POST /v1/execute`` and ``POST /v1/precompile``: need ``Authorization: Bearer <RUNNER_AUTH_TOKEN>``
   (compared in constant time); JSON bodies up to :data:`MAX_BODY_BYTES` with a ``Content-Length``;
 - ``GET|HEAD /ext-ui/{extension}/{content_hash}/{path}``: UI assets (:mod:`runner_container.ui`), public;
-- ``GET|HEAD /healthz``: ``{"status": "ok", "fingerprint": …}``, public.
+- ``GET|HEAD /healthz``: ``{"status": "ok"}`` to anyone; with the bearer token also the engine fingerprint
+  and the cache's figures.
 
 Every ``ExtError`` becomes its status and ``{"error": {"code", "message", "request_id"}}``; anything
 unexpected is a logged ``500 INTERNAL``.  Each request logs one JSON line (method, path, status,
@@ -192,7 +193,7 @@ class _Handler(BaseHTTPRequestHandler):
             return error_response(exc, exchange.request_id)
         except Exception:
             LOGGER.exception("runner.unhandled_error", extra={"request_id": exchange.request_id})
-            internal = Internal(f"unexpected runner error; report request id {exchange.request_id}")
+            internal = Internal("unexpected runner error")
             return error_response(internal, exchange.request_id)
 
     def _route(self, exchange: _Exchange) -> HttpResponse:
@@ -206,7 +207,9 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/healthz":
             if method not in SAFE_METHODS:
                 return method_not_allowed(method, SAFE_METHODS, exchange.request_id)
-            return json_response(200, service.health(), {"Cache-Control": "no-store"})
+            # Versions and cache figures help an attacker more than a load balancer: only the gateway's token.
+            health = service.health() if self._authorized() else {"status": "ok"}
+            return json_response(200, health, {"Cache-Control": "no-store"})
         if path not in _POST_ROUTES:
             raise NotFound(f"no route {path}")
         if method != "POST":
@@ -219,12 +222,16 @@ class _Handler(BaseHTTPRequestHandler):
             return json_response(200, service.execute(payload).to_dict())
         return json_response(200, service.precompile(payload.get("content_hash")).to_dict())
 
-    def _authorize(self) -> None:
+    def _authorized(self) -> bool:
+        """Whether the request carries the runner's token (always, for a server started without one)."""
         expected = self.server.auth_token
         if expected is None:
-            return
+            return True
         scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected.encode())
+
+    def _authorize(self) -> None:
+        if not self._authorized():
             raise Unauthenticated("a valid 'Authorization: Bearer <RUNNER_AUTH_TOKEN>' header is required")
 
     def _has_body(self) -> bool:

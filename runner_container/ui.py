@@ -12,7 +12,8 @@
    sequences are all ``400`` (even in spellings the lookup below would never match);
 3. load the bundle through the cache (verified and unpacked; no compiling) and require its manifest name
    to equal ``{extension}``, else ``404``.  That is how "some version of this extension has this hash" is
-   checked without a database: only finalize writes under ``sha256/``, and only after registering;
+   checked without a database: only finalize writes under ``sha256/``, and only once the registry took
+   the version;
 4. resolve (:func:`resolve_asset`) against the bundle's verified file list, never the file system: an empty
    path is ``ui.entry``; an existing file is itself; a missing extensionless path falls back to
    ``ui.entry`` (single-page apps); a missing path with an extension is ``404``;
@@ -42,7 +43,9 @@ from an opaque-origin frame are CORS requests.
 from __future__ import annotations
 
 import json
+import logging
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -51,6 +54,7 @@ from urllib.parse import unquote_to_bytes
 
 from chalicelib.bundles.verify import BundleFile
 from chalicelib.errors import AssetTooLarge, BadRequest, ExtError, NotFound
+from chalicelib.logs import log_event
 from runner_container.cache import BundleCache, CachedBundle
 
 __all__ = [
@@ -67,6 +71,7 @@ __all__ = [
     "etag_matches",
     "json_error",
     "json_response",
+    "log_error_detail",
     "method_not_allowed",
     "normalize_asset_path",
     "parse_ui_path",
@@ -167,10 +172,24 @@ def json_error(
 
 
 def error_response(exc: ExtError, request_id: str | None = None) -> HttpResponse:
-    """``exc`` as its JSON error with its HTTP status, and ``Retry-After`` when it says when to retry."""
+    """``exc`` as its JSON error with its HTTP status, and ``Retry-After`` when it says when to retry.
+
+    An operator-side failure (``exc.hides_detail``: storage, configuration, a bug) is logged whole with the
+    request id, and the client gets its generic message: the detail names storage keys and S3's own codes.
+    """
+    request_id = request_id or uuid.uuid4().hex
+    log_error_detail(exc, request_id)
+    headers = {"Cache-Control": NO_STORE}
     retry_after = exc.details.get("retry_after")
-    headers = {"Retry-After": str(max(1, int(retry_after)))} if retry_after is not None else None
-    return json_error(exc.http_status, exc.code, exc.message, request_id, headers)
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, int(retry_after)))
+    return json_response(exc.http_status, exc.to_client_dict(request_id), headers)
+
+
+def log_error_detail(exc: ExtError, request_id: str) -> None:
+    """Log the whole message of an error whose client sees only its generic message."""
+    if exc.hides_detail:
+        log_event("runner.error", level=logging.ERROR, request_id=request_id, outcome=exc.code, message=exc.message)
 
 
 def method_not_allowed(method: str, allowed: tuple[str, ...], request_id: str | None = None) -> HttpResponse:

@@ -14,14 +14,17 @@ ObjectCreated event (S3 → SQS → worker).  Its stages:
 5. check the signature against ``SIGNING_TRUST_BUNDLE`` (fail closed when set), at the clock's time;
 6. check name ownership (by the signing key's publisher when a trust bundle is set, else by tenant) and
    whether the version exists (same | conflict | new);
-7. copy the bundle and its manifest, signature and entry to ``sha256/<hex>/``, then the publish record
-   (``published.json``: when the signature was checked, which the runner checks certificates against);
-8. register the version in one DynamoDB transaction;
+7. register the version in one DynamoDB transaction;
+8. write the publish record (``published.json``: when the signature was checked, which the runner checks
+   certificates against), the manifest, signature and entry to ``sha256/<hex>/``, then the bundle (for a
+   version found the same, only when the bundle is not there yet);
 9. record the result, delete staging, and ask the runner to precompile.
 
-A rejection at stages 3–8 records its code on the session, deletes staging and
-leaves nothing under ``sha256/`` or in the registry.  A transient failure
-(storage, a crash) releases the claim, so a retry completes the work.
+A rejection at stages 3–7 records its code on the session, deletes staging and
+leaves nothing under ``sha256/`` or in the registry: in particular the loser of
+a race for a version stores nothing, so ``sha256/`` holds registered versions
+only.  A transient failure (storage, a crash) releases the claim, so a retry
+completes the work (a registered version's missing objects included).
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ from chalicelib.storage.presign import (
     presign_put,
 )
 from chalicelib.storage.store import (
+    BUNDLE_OBJECT,
     ENTRY_OBJECT,
     MANIFEST_OBJECT,
     PUBLISH_RECORD_OBJECT,
@@ -406,12 +410,17 @@ class UploadPipeline:
                         f"{manifest.name}@{manifest.version} is already published with different content; "
                         "publish a new version"
                     )
-            if state == "new":
-                with stage("finalize.store", **ids):
-                    self._store_canonical(session, etag, verified, chosen if check.key_id else None, Path(scratch))
-                    self._store_publish_record(verified, check, checked_at)
+            # Register, then store: the registry decides which upload gets the version, so the loser of a
+            # race stores nothing, and everything under sha256/ (which /ext-ui/ serves) is a registered
+            # version.  The bundle is stored last: present, it means the whole hash is.  A finalize cut off in
+            # between leaves a registered version not yet stored; its retry finds the version the same and
+            # completes the store.
             with stage("finalize.register", **ids):
                 outcome = self._register(session, verified, chosen, check)
+            if state == "new" or not self._store.exists(self._store.object_key(verified.content_hash, BUNDLE_OBJECT)):
+                with stage("finalize.store", **ids):
+                    self._store_publish_record(verified, check, checked_at)
+                    self._store_canonical(session, etag, verified, chosen if check.key_id else None, Path(scratch))
         status = "already_finalized" if state == "same" or outcome == "already" else "finalized"
         return {
             "upload_id": session.upload_id,
@@ -470,7 +479,6 @@ class UploadPipeline:
     ) -> None:
         content_hash = verified.content_hash
         store = self._store
-        store.put_bundle_from_staging(session.staging_key, content_hash, source_etag=etag)
         store.put_immutable(
             store.object_key(content_hash, MANIFEST_OBJECT), verified.manifest_bytes, "application/json"
         )
@@ -480,6 +488,8 @@ class UploadPipeline:
         if verified.manifest.needs_entry:
             with (scratch / verified.manifest.entry).open("rb") as entry:
                 store.put_immutable(store.object_key(content_hash, ENTRY_OBJECT), entry, "application/wasm")
+        # Last: the runner loads a hash by this object, so its presence means the others are there too.
+        store.put_bundle_from_staging(session.staging_key, content_hash, source_etag=etag)
 
     def _store_publish_record(self, verified: VerifiedBundle, check: SignatureCheck, checked_at: datetime) -> None:
         """Write ``published.json`` once: a record left by an earlier attempt (or a concurrent finalize of the

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,12 +18,17 @@ import requests
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+import app as app_module
 from chalicelib.admin_ui import MODULES
 from chalicelib.bundles.publication import PublishRecord
-from chalicelib.bundles.signing import sign_content_hash
-from chalicelib.errors import error_texts
+from chalicelib.bundles.signing import SignatureStatus, sign_content_hash
+from chalicelib.errors import StorageError, error_texts
+from chalicelib.logs import LOGGER
 from chalicelib.openapi import openapi_document
-from tests.bundle_factory import bundle, good_files, manifest_bytes
+from chalicelib.registry import Actor, Models, RegistryService, VersionRecord
+from chalicelib.registry.records import ExistingState
+from chalicelib.storage.store import S3BundleStore
+from tests.bundle_factory import bundle, good_files, manifest, manifest_bytes
 from tests.integration.runner_fixtures import certificate_pem
 from tests.integration.stack import BUCKET, AwsStack, auth, content_hash, fresh_rate_window, publish, token, upload
 
@@ -562,3 +569,141 @@ def test_the_openapi_document_lists_exactly_the_routes() -> None:
         if not path.startswith(("/api/ext", "/admin"))
     }
     assert documented == routed
+
+
+# --- what an error tells the client (issue 9, item 10) -------------------------------------------
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def ext_records() -> Iterator[list[logging.LogRecord]]:
+    """The records of the platform's ``ext`` logger (it does not propagate to pytest's handler)."""
+    handler = _Records()
+    level = LOGGER.level
+    LOGGER.addHandler(handler)
+    LOGGER.setLevel(logging.INFO)
+    yield handler.records
+    LOGGER.removeHandler(handler)
+    LOGGER.setLevel(level)
+
+
+def logged_detail(records: list[logging.LogRecord], request_id: str) -> str:
+    """Every field the logs hold for ``request_id``, as one string."""
+    return " ".join(str(r.__dict__) for r in records if r.__dict__.get("request_id") == request_id)
+
+
+def test_a_registry_failure_answers_a_generic_message_and_logs_the_detail(
+    stack: AwsStack, ext_records: list[logging.LogRecord]
+) -> None:
+    assert stack.call("GET", "/extensions").status_code == 200
+    boto3.client("dynamodb", endpoint_url=stack.endpoint, region_name="us-east-1").delete_table(
+        TableName="it-extensions"
+    )
+
+    answer = stack.call("GET", "/extensions")
+
+    assert answer.status_code == 503
+    error = answer.json["error"]
+    assert error["code"] == "STORAGE_ERROR"
+    assert "ResourceNotFound" not in error["message"] and "registry" not in error["message"]
+    assert error["request_id"] in error["message"]
+    assert "ResourceNotFound" in logged_detail(ext_records, error["request_id"])
+
+
+def test_a_configuration_error_answers_a_generic_message_and_logs_the_detail(
+    stack_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    ext_records: list[logging.LogRecord],
+) -> None:
+    monkeypatch.setenv("SIGNING_TRUST_BUNDLE", "/etc/ext-platform/secret-dir/trust.pem")
+    stack: AwsStack = request.getfixturevalue("stack")
+
+    answer = stack.call("POST", "/ext-bundles/initiate-upload", {"size": 1000})
+
+    assert answer.status_code == 500
+    error = answer.json["error"]
+    assert error["code"] == "CONFIG_INVALID"
+    assert "secret-dir" not in error["message"] and "SIGNING_TRUST_BUNDLE" not in error["message"]
+    assert "secret-dir" in logged_detail(ext_records, error["request_id"])
+
+
+# --- the order of register and store (issue 9, item 10) ------------------------------------------
+
+
+class _RivalRegistersFirst(RegistryService):
+    """The registry as a finalize sees it when a concurrent finalize of the same version with other bytes
+    registers right after this one found the version free."""
+
+    def __init__(self, models: Models, rival: VersionRecord) -> None:
+        super().__init__(models)
+        self._rival: VersionRecord | None = rival
+
+    def existing_state(self, name: str, version: str, content_hash: str) -> ExistingState:
+        state = super().existing_state(name, version, content_hash)
+        if self._rival is not None:
+            self.register_version(self._rival, "acme", None)
+            self._rival = None
+        return state
+
+
+class _CopyFailsOnce(S3BundleStore):
+    """The store with the bundle copy failing once, as a worker killed mid-copy would leave it."""
+
+    failed = False
+
+    def put_bundle_from_staging(self, staging_key: str, content_hash: str, *, source_etag: str | None = None) -> Any:
+        if not self.failed:
+            self.failed = True
+            raise StorageError("the worker died during the copy")
+        return super().put_bundle_from_staging(staging_key, content_hash, source_etag=source_etag)
+
+
+def test_a_finalize_that_loses_the_race_for_its_version_stores_nothing(stack: AwsStack) -> None:
+    # Anything under sha256/ is served by /ext-ui/ under its manifest's name: a loser's bytes must not get there.
+    services = app_module.services()
+    rival = VersionRecord.from_manifest(
+        manifest(),
+        content_hash="sha256:" + "cd" * 32,
+        size=1,
+        signature=None,
+        signature_status=SignatureStatus.UNSIGNED,
+        key_id=None,
+        created_at=datetime.now(UTC),
+        created_by=Actor(tenant="acme", sub="rival"),
+    )
+    services.__dict__["registry"] = _RivalRegistersFirst(services.models, rival)
+    data = bundle()
+
+    answer = publish(stack, data)
+
+    assert answer.status_code == 409
+    assert answer.json["error"]["code"] == "VERSION_EXISTS"
+    assert stack.keys("sha256/") == []
+
+
+def test_a_finalize_cut_off_between_register_and_store_completes_the_store_when_retried(stack: AwsStack) -> None:
+    services = app_module.services()
+    services.__dict__["store"] = _CopyFailsOnce(stack.s3, BUCKET)
+    data = bundle()
+    target = upload(stack, data)
+
+    first = stack.call("POST", "/ext-bundles/finalize", {"upload_id": target["upload_id"]})
+    retried = stack.call("POST", "/ext-bundles/finalize", {"upload_id": target["upload_id"]})
+
+    assert first.status_code == 503
+    assert retried.status_code == 200, retried.json
+    hex_digest = content_hash(data).split(":")[1]
+    assert stack.keys("sha256/") == [
+        f"sha256/{hex_digest}/{n}" for n in ("bundle.tar.zst", "entry.wasm", "manifest.json")
+    ]
+    versions = stack.call("GET", "/extensions/com.acme.tools/versions").json["versions"]
+    assert [(v["version"], v["content_hash"]) for v in versions] == [("1.0.0", content_hash(data))]

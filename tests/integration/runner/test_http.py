@@ -108,12 +108,27 @@ def greeting(reply: Reply) -> Any:
 # --- execute and precompile ------------------------------------------------------------------------
 
 
-def test_healthz_answers_ok_with_the_engine_fingerprint(client: Client, engine: WasmEngine) -> None:
+def test_healthz_answers_only_ok_to_anyone(client: Client) -> None:
     reply = client.request("GET", "/healthz")
+
+    assert reply.status == 200
+    assert reply.json() == {"status": "ok"}
+    assert reply.headers["cache-control"] == "no-store"
+
+
+def test_healthz_with_the_token_adds_the_engine_fingerprint_and_cache(client: Client, engine: WasmEngine) -> None:
+    reply = client.request("GET", "/healthz", headers=AUTH)
 
     assert reply.status == 200
     assert reply.json()["status"] == "ok"
     assert reply.json()["fingerprint"] == engine.fingerprint
+    assert set(reply.json()["cache"]) >= {"entries", "bytes", "max_bytes"}
+
+
+def test_healthz_with_a_wrong_token_says_only_ok(client: Client) -> None:
+    reply = client.request("GET", "/healthz", headers={"Authorization": "Bearer wrong"})
+
+    assert (reply.status, reply.json()) == (200, {"status": "ok"})
 
 
 def test_execute_with_the_token_runs_the_example_guest(client: Client, hello: str) -> None:

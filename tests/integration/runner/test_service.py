@@ -222,6 +222,23 @@ def test_a_precompile_invoke_stores_the_cwasm(env: RunnerEnv, app: RunnerLambda,
     assert env.object_exists(env.store.precompiled_key(content_hash, engine.fingerprint))
 
 
+def test_a_storage_failure_in_an_invoke_answers_a_generic_message(env: RunnerEnv, app: RunnerLambda) -> None:
+    env.client.delete_bucket(Bucket=env.settings.storage_s3_bucket)
+
+    answer = app({"action": "execute", **execute_payload("sha256:" + "ab" * 32)}, CONTEXT)
+
+    assert (answer["ok"], answer["status"], answer["error"]["code"]) == (False, 503, "STORAGE_ERROR")
+    assert "sha256/" not in answer["error"]["message"] and "NoSuchBucket" not in answer["error"]["message"]
+    assert "lambda-req-1" in answer["error"]["message"]
+
+
+def test_health_over_a_function_url_says_only_ok(app: RunnerLambda) -> None:
+    answer = app(function_url_event("/healthz"), CONTEXT)
+
+    assert answer["statusCode"] == 200
+    assert json.loads(answer["body"]) == {"status": "ok"}
+
+
 @pytest.mark.parametrize("event", [{"action": "explode"}, {"nothing": 1}, ["not", "a", "mapping"]])
 def test_an_unknown_invoke_is_a_bad_request(app: RunnerLambda, event: Any) -> None:
     answer = app(event, CONTEXT)

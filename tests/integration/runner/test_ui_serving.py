@@ -273,3 +273,24 @@ def test_svg_is_sandboxed_without_scripts(env: RunnerEnv, ui: UiServer) -> None:
     directives = csp_directives(response.headers["Content-Security-Policy"])
     assert directives["sandbox"] == []
     assert directives["script-src"] == ["'none'"]
+
+
+# --- what an error tells the client (issue 9, item 10) -------------------------------------------
+
+
+def test_a_storage_failure_is_reported_without_keys_or_s3_codes(env: RunnerEnv, ui: UiServer) -> None:
+    env.client.delete_bucket(Bucket=env.settings.storage_s3_bucket)
+
+    response, body = get(ui, f"/ext-ui/{EXAMPLE_NAME}/sha256:{'ab' * 32}/index.html")
+
+    assert_error(response, body, 503, "STORAGE_ERROR")
+    message = json.loads(body)["error"]["message"]
+    assert "sha256/" not in message and "NoSuchBucket" not in message and "bundle.tar.zst" not in message
+    assert "req-ui" in message
+
+
+def test_a_hash_nobody_published_is_a_404_that_names_no_storage_key(ui: UiServer) -> None:
+    response, body = get(ui, f"/ext-ui/{EXAMPLE_NAME}/sha256:{'ab' * 32}/index.html")
+
+    assert_error(response, body, 404, "NOT_FOUND")
+    assert "bundle.tar.zst" not in json.loads(body)["error"]["message"]
