@@ -129,6 +129,21 @@ SETTINGS: tuple[Setting, ...] = (
         "Largest zstd window; larger frames are refused undecoded.",
         1024,
     ),
+    _row(
+        "BUNDLE_MAX_COMPRESSION_RATIO",
+        _parse_int,
+        100,
+        "Most a bundle may expand: its decompressed bytes over its compressed bytes, checked as it streams "
+        "(real bundles stay below 65; a zip bomb is in the thousands).",
+        2,
+    ),
+    _row(
+        "BUNDLE_MAX_COMPRESSION_FLOOR_BYTES",
+        _parse_int,
+        16 * MiB,
+        "Decompressed bytes any bundle may reach whatever its ratio, so small bundles are never refused.",
+        1024,
+    ),
     _row("MANIFEST_MAX_BYTES", _parse_int, 64 * 1024, "Largest `manifest.json`.", 1024),
     # signatures
     _row("SIGNING_TRUST_BUNDLE", _parse_str, "", "Trust bundle (path or inline PEM). Set: signatures fail closed."),
@@ -180,6 +195,22 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     _row("RUNNER_CACHE_MAX_BYTES", _parse_int, 1024 * MiB, "LRU bound of the runner's disk cache.", MiB),
     _row("RUNNER_MODULE_CACHE_ENTRIES", _parse_int, 32, "Compiled modules kept in memory per runner process.", 1),
+    _row(
+        "RUNNER_MAX_COLD_LOADS",
+        _parse_int,
+        4,
+        "Bundles one runner process downloads and unpacks at once, for calls and for UI each; "
+        "more wait up to 5 s, then get `503 RUNNER_BUSY`.",
+        1,
+    ),
+    _row(
+        "RUNNER_UI_MAX_CONCURRENCY",
+        _parse_int,
+        64,
+        "UI requests one runner process serves at once (HTTP mode; in AWS the UI function's reserved "
+        "concurrency); more get `503 RUNNER_BUSY`.",
+        1,
+    ),
     _row("RUNNER_DEFAULT_TIMEOUT_MS", _parse_int, 5000, "Per-call deadline when the manifest asks for none.", 10),
     _row(
         "RUNNER_MAX_TIMEOUT_MS",
@@ -302,6 +333,8 @@ class BundleLimits:
     max_path_depth: int = 16
     max_window_bytes: int = 32 * MiB
     max_manifest_bytes: int = 64 * 1024
+    max_compression_ratio: int = 100
+    compression_floor_bytes: int = 16 * MiB
 
 
 @dataclass(frozen=True)
@@ -327,6 +360,8 @@ class Settings:
             max_path_depth=self.values["bundle_max_path_depth"],
             max_window_bytes=self.values["bundle_max_window_bytes"],
             max_manifest_bytes=self.values["manifest_max_bytes"],
+            max_compression_ratio=self.values["bundle_max_compression_ratio"],
+            compression_floor_bytes=self.values["bundle_max_compression_floor_bytes"],
         )
 
     def replace(self, **changes: Any) -> Settings:

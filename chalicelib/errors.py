@@ -406,7 +406,7 @@ class ExtensionNotReady(ExtError):
 
 
 class RunnerBusy(ExtError):
-    """The runner is at capacity (the tenant's concurrent calls, or the runner's); retry after `Retry-After`."""
+    """The runner is at capacity (concurrent calls or UI requests, bundle loads, disk); retry after `Retry-After`."""
 
     code = "RUNNER_BUSY"
     http_status = 503

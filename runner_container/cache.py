@@ -1,32 +1,42 @@
 """The runner's bundle cache: verified bundles on local disk, compiled modules in memory.
 
-A request for a content hash goes through these stages; the slow ones run under a lock of that hash
-only, so concurrent cold requests for one hash fetch and compile it once while other hashes proceed:
+A hash is loaded in one of two scopes (:class:`Scope`), each its own cache entry: ``code`` unpacks
+``manifest.json`` and the ``.wasm`` files (what calls and precompile read), ``ui`` unpacks ``manifest.json``
+and ``ui/`` (what the UI route serves); every file is still verified, and nothing else of the bundle
+reaches the disk.  A request for a hash goes through these stages; the slow ones run under a lock of that entry only, so
+concurrent cold requests for one hash fetch and compile it once while other hashes proceed:
 
-1. known: the hash is in the disk index (built from ``<cache>/*/`` at start, kept in memory) → use it;
-2. fetch: stream ``<hex>/bundle.tar.zst`` from the store through :func:`verify_bundle` with the expected
-   hash, unpacking into a temp dir inside the cache dir in the same pass; check ``signature.json``
-   against the trust bundle (fail closed when one is configured), with certificates judged at the
-   publish time finalize recorded in ``published.json`` (expiry is not revocation; removing a key is);
-   write ``index.json`` (the verified files and their sha256); only then ``os.replace`` the temp dir to
-   ``<cache>/<hex>/``.  Any failure deletes the temp dir, so nothing unverified is ever used or left
-   behind;
-3. module (bundles with an ``api``): the in-memory LRU, else ``<cache>/<hex>/<fingerprint>.cwasm``, else
-   the platform's ``precompiled/<fingerprint>.cwasm`` from the store, else the recorded compile failure
-   (``EXTENSION_FAILED`` at once, never compiled again), else a compile.  Compiles run only in bounded
-   child processes (:mod:`runner_container.compiler`): a compile job (:meth:`BundleCache.precompile`,
-   after publish or when a call asks for one, :mod:`runner_container.compile_jobs`) with the full limits,
-   or, inside a call, small code within half of the call's remaining time; otherwise the call
-   answers ``EXTENSION_NOT_READY``.  A job's outcome (the ``.cwasm``, or a failure record) goes to the
-   store, so every runner sees it.  A ``.cwasm`` is never taken from a bundle: deserializing one is
-   running native code;
-4. evict: past ``RUNNER_CACHE_MAX_BYTES`` the least recently used hashes are removed, never one in use.
+1. known: the entry is in the disk index (built from ``<cache>/*/`` at start, kept in memory) → use it;
+2. fetch: wait for a load slot of the scope (``RUNNER_MAX_COLD_LOADS`` each, so UI loads never take the
+   slots of calls; ``RUNNER_BUSY`` after 5 s); stream ``<hex>/bundle.tar.zst`` from the store through
+   :func:`verify_bundle` with the expected hash, unpacking the scope's files into a temp dir inside the
+   cache dir in the same pass, each file's size reserved against the budget before its bytes are
+   written; check ``signature.json`` against the trust bundle (fail closed when one is configured), with
+   certificates judged at the publish time finalize recorded in ``published.json`` (expiry is not
+   revocation; removing a key is); write ``index.json`` (the verified files and their sha256); only then
+   ``os.replace`` the temp dir to ``<cache>/<hex>/`` (``<cache>/<hex>.ui/`` for the UI).  Any failure
+   deletes the temp dir, so nothing unverified is ever used or left behind;
+3. module (bundles with an ``api``, from the ``code`` entry): the in-memory LRU, else
+   ``<cache>/<hex>/<fingerprint>.cwasm``, else the platform's ``precompiled/<fingerprint>.cwasm`` from the
+   store, else the recorded compile failure (``EXTENSION_FAILED`` at once, never compiled again), else a
+   compile.  Compiles run only in bounded child processes (:mod:`runner_container.compiler`): a compile
+   job (:meth:`BundleCache.precompile`, after publish or when a call asks for one,
+   :mod:`runner_container.compile_jobs`) with the full limits, or, inside a call, small code within half
+   of the call's remaining time; otherwise the call answers ``EXTENSION_NOT_READY``.  A job's outcome
+   (the ``.cwasm``, or a failure record) goes to the store, so every runner sees it.  A ``.cwasm`` is
+   never taken from a bundle: deserializing one is running native code;
+4. evict: entries on disk plus the reservations of loads in progress stay within
+   ``RUNNER_CACHE_MAX_BYTES``; least recently used entries make room, never one in use (a UI response
+   keeps its entry in use until its file is closed, so no evicted file lives on uncounted).  A load that
+   cannot get room is ``RUNNER_BUSY``; one larger than the whole budget is ``BUNDLE_UNPACKED_TOO_LARGE``.
 
 Layout::
 
-    <cache>/<hex>/index.json            verified file list, signature status, trust fingerprint
-    <cache>/<hex>/bundle/…              the unpacked bundle
+    <cache>/<hex>/index.json            verified file list, scope, signature status, trust fingerprint
+    <cache>/<hex>/bundle/…              manifest.json and the .wasm files
     <cache>/<hex>/<fingerprint>.cwasm   compiled code (this runner's, or downloaded from the store)
+    <cache>/<hex>.ui/index.json         the same, for the UI scope
+    <cache>/<hex>.ui/bundle/…           manifest.json and ui/
     <cache>/.incoming/                  loads and compiles in progress (cleared on start)
     <cache>/.trash/                     evicted entries being deleted (cleared on start)
 
@@ -76,9 +86,17 @@ from chalicelib.bundles.signing import (
     TrustBundle,
     verify_signature,
 )
-from chalicelib.bundles.verify import BundleFile, VerifiedBundle, verify_bundle
+from chalicelib.bundles.verify import MANIFEST_PATH, BundleFile, VerifiedBundle, verify_bundle
 from chalicelib.config import Settings
-from chalicelib.errors import ExtensionNotReady, ExtError, NotFound, StorageError, WasmInvalid
+from chalicelib.errors import (
+    BundleUnpackedTooLarge,
+    ExtensionNotReady,
+    ExtError,
+    NotFound,
+    RunnerBusy,
+    StorageError,
+    WasmInvalid,
+)
 from chalicelib.logs import log_event, stage
 from chalicelib.storage.store import (
     BUNDLE_OBJECT,
@@ -110,16 +128,19 @@ __all__ = [
     "ModuleSource",
     "PrecompileResult",
     "RunnerStore",
+    "Scope",
     "trust_fingerprint",
 ]
 
 CWASM_CONTENT_TYPE = "application/octet-stream"
 INDEX_FILE = "index.json"
 BUNDLE_DIR = "bundle"
-_INDEX_FORMAT = "ext-runner-cache/v1"
+_INDEX_FORMAT = "ext-runner-cache/v2"
 _MAX_INDEX_BYTES = 16 * 1024 * 1024
 _CHUNK = 1024 * 1024
-_HEX = re.compile(r"[0-9a-f]{64}")
+_ENTRY = re.compile(r"([0-9a-f]{64})(\.ui)?")
+_LOAD_SLOT_WAIT_S = 5.0
+_RETRY_AFTER_S = 1
 _INCOMING = ".incoming"
 _TRASH = ".trash"
 MiB = 1024 * 1024
@@ -145,6 +166,30 @@ class RunnerStore(Protocol):
     def put_immutable(self, key: str, body: bytes | BinaryIO, content_type: str) -> PutOutcome: ...
 
 
+class Scope(StrEnum):
+    """What of a bundle one cache entry unpacks: calls need the code, the UI route its ``ui/`` folder."""
+
+    CODE = "code"
+    UI = "ui"
+
+    def wants(self, path: str) -> bool:
+        """Whether ``path`` (a bundle path) is unpacked for this scope."""
+        if path == MANIFEST_PATH:
+            return True
+        return path.startswith("ui/") if self is Scope.UI else path.endswith(".wasm")
+
+    def key(self, hex_digest: str) -> str:
+        """The entry's name in the cache dir and in the index: ``<hex>`` for code, ``<hex>.ui`` for the UI."""
+        return hex_digest if self is Scope.CODE else f"{hex_digest}.ui"
+
+
+@dataclass
+class _Reservation:
+    """Bytes a load in progress has reserved against the cache's budget for files it is writing."""
+
+    bytes: int = 0
+
+
 class ModuleSource(StrEnum):
     """Where a compiled module came from."""
 
@@ -156,7 +201,10 @@ class ModuleSource(StrEnum):
 
 @dataclass(frozen=True)
 class CachedBundle:
-    """A verified bundle unpacked on local disk; ``files`` maps each bundle path to its size and sha256."""
+    """A verified bundle on local disk; ``files`` maps each bundle path to its size and sha256.
+
+    Only the files of its scope are under ``root``; ``files`` lists all of them, as verified.
+    """
 
     content_hash: str
     root: Path
@@ -355,6 +403,10 @@ class BundleCache:
         self._sizes: OrderedDict[str, int] = OrderedDict()
         self._total = 0
         self._pins: Counter[str] = Counter()
+        self._loading = 0
+        self._load_slots = {scope: threading.BoundedSemaphore(int(settings.runner_max_cold_loads)) for scope in Scope}
+        self.load_wait_s = _LOAD_SLOT_WAIT_S
+        """How long a cold load waits for a load slot before ``RUNNER_BUSY``."""
         self._modules: OrderedDict[str, wasmtime.Module] = OrderedDict()
         self._failures: OrderedDict[str, CompileFailure] = OrderedDict()
         self._compiling: set[str] = set()
@@ -402,11 +454,13 @@ class BundleCache:
             )
 
     @contextmanager
-    def lease(self, content_hash: str) -> Iterator[CachedBundle]:
-        """The verified bundle, unpacked, kept on disk (not evicted) until the block ends; no compiling."""
+    def lease(self, content_hash: str, scope: Scope = Scope.UI) -> Iterator[CachedBundle]:
+        """The verified bundle with ``scope``'s files unpacked, kept on disk (never evicted) until the block
+        ends; no compiling.  Raises what :meth:`get` raises, and ``RUNNER_BUSY`` when the cache has no room
+        or no load slot for it now."""
         hex_digest = content_hash_hex(content_hash)
-        with self._pinned(hex_digest):
-            yield self._bundle(content_hash, hex_digest)
+        with self._pinned(scope.key(hex_digest)):
+            yield self._bundle(content_hash, hex_digest, scope)
 
     def precompile(self, content_hash: str) -> PrecompileResult:
         """The compile job: make sure the store holds this engine's outcome for ``content_hash``.
@@ -452,24 +506,25 @@ class BundleCache:
         found: list[tuple[float, str, CachedBundle]] = []
         for child in self._root.iterdir():
             # Only names this cache writes are touched: a cache dir set to a shared folder loses nothing else.
-            if not _HEX.fullmatch(child.name) or not child.is_dir() or child.is_symlink():
+            name = _ENTRY.fullmatch(child.name)
+            if name is None or not child.is_dir() or child.is_symlink():
                 continue
-            bundle = self._read_entry(child)
+            bundle = self._read_entry(child, name.group(1), Scope.UI if name.group(2) else Scope.CODE)
             if bundle is None:
                 shutil.rmtree(self._retire(child), ignore_errors=True)
                 continue
             for stale in child.glob(".*.tmp"):
                 stale.unlink(missing_ok=True)
             found.append((child.stat().st_mtime, child.name, bundle))
-        for _mtime, hex_digest, bundle in sorted(found, key=lambda item: item[0]):
-            self._bundles[hex_digest] = bundle
-            self._sizes[hex_digest] = _tree_size(bundle.root.parent)
-            self._total += self._sizes[hex_digest]
+        for _mtime, key, bundle in sorted(found, key=lambda item: item[0]):
+            self._bundles[key] = bundle
+            self._sizes[key] = _tree_size(bundle.root.parent)
+            self._total += self._sizes[key]
         if found:
             log_event("runner.cache_rebuilt", entries=len(found), bytes=self._total)
         self._evict(keep=None)
 
-    def _read_entry(self, path: Path) -> CachedBundle | None:
+    def _read_entry(self, path: Path, hex_digest: str, scope: Scope) -> CachedBundle | None:
         """The bundle an entry left by an earlier process holds, or None when it cannot be trusted."""
         try:
             index_path = path / INDEX_FILE
@@ -478,7 +533,8 @@ class BundleCache:
             index = json.loads(index_path.read_bytes())
             if (
                 index.get("format") != _INDEX_FORMAT
-                or index.get("content_hash") != f"sha256:{path.name}"
+                or index.get("content_hash") != f"sha256:{hex_digest}"
+                or index.get("scope") != scope.value
                 or index.get("trust") != self._trust_id
             ):
                 return None
@@ -508,7 +564,7 @@ class BundleCache:
                 released = self._pins[hex_digest] <= 0
                 if released:
                     del self._pins[hex_digest]
-                over_budget = self._total > self._max_bytes
+                over_budget = self._total + self._loading > self._max_bytes
             if released and over_budget:
                 self._evict(keep=None)
 
@@ -519,32 +575,85 @@ class BundleCache:
                 self._sizes.move_to_end(hex_digest)
             return bundle
 
-    def _bundle(self, content_hash: str, hex_digest: str) -> CachedBundle:
-        bundle = self._touch(hex_digest)
+    def _bundle(self, content_hash: str, hex_digest: str, scope: Scope = Scope.CODE) -> CachedBundle:
+        key = scope.key(hex_digest)
+        bundle = self._touch(key)
         if bundle is not None:
             return bundle
-        with self._locks.hold(hex_digest):
-            bundle = self._touch(hex_digest)
+        with self._locks.hold(key):
+            bundle = self._touch(key)
             if bundle is not None:
                 return bundle
-            bundle = self._fetch(content_hash, hex_digest)
-            size = _tree_size(bundle.root.parent)
-            with self._state:
-                self._bundles[hex_digest] = bundle
-                self._sizes[hex_digest] = size
-                self._total += size
-        self._evict(keep=hex_digest)
+            with self._load_slot(scope), self._reserving() as reservation:
+                bundle = self._fetch(content_hash, key, scope, reservation)
+                size = _tree_size(bundle.root.parent)
+                with self._state:
+                    # One step: the reserved bytes become the entry's, so the room is never counted free.
+                    self._bundles[key] = bundle
+                    self._sizes[key] = size
+                    self._total += size
+                    self._loading -= reservation.bytes
+                    reservation.bytes = 0
+        self._evict(keep=key)
         return bundle
 
-    def _fetch(self, content_hash: str, hex_digest: str) -> CachedBundle:
-        """Download, verify and unpack in one pass, check the signature, then move into place."""
-        started = time.perf_counter()
-        incoming = Path(tempfile.mkdtemp(prefix=f"{hex_digest}.", dir=self._incoming))
+    @contextmanager
+    def _load_slot(self, scope: Scope) -> Iterator[None]:
+        """One of ``RUNNER_MAX_COLD_LOADS`` concurrent loads of ``scope``; ``RUNNER_BUSY`` after a short wait."""
+        slots = self._load_slots[scope]
+        if not slots.acquire(timeout=self.load_wait_s):
+            raise RunnerBusy(
+                f"this runner is loading as many bundles as it may ({scope.value}); retry shortly",
+                retry_after=_RETRY_AFTER_S,
+            )
         try:
-            verified = self._download(content_hash, incoming / BUNDLE_DIR)
+            yield
+        finally:
+            slots.release()
+
+    @contextmanager
+    def _reserving(self) -> Iterator[_Reservation]:
+        """A reservation for one load; whatever it still holds when the block ends is given back."""
+        reservation = _Reservation()
+        try:
+            yield reservation
+        finally:
+            with self._state:
+                self._loading -= reservation.bytes
+                reservation.bytes = 0
+
+    def _reserve(self, reservation: _Reservation, size: int) -> None:
+        """Count ``size`` more bytes of a load in progress against the budget, evicting to make room.
+
+        Raises ``RUNNER_BUSY`` when entries in use and other loads hold the room, and
+        ``BUNDLE_UNPACKED_TOO_LARGE`` when the load alone is larger than the whole budget.
+        """
+        if reservation.bytes + size > self._max_bytes:
+            raise BundleUnpackedTooLarge(
+                f"the bundle's files to unpack are larger than this runner's cache ({self._max_bytes} bytes)"
+            )
+        with self._state:
+            retired = self._retire_lru_locked(keep=None, need=size)
+            fits = self._total + self._loading + size <= self._max_bytes
+            if fits:
+                self._loading += size
+                reservation.bytes += size
+        self._delete(retired)
+        if not fits:
+            log_event("runner.cache_full", level=logging.WARNING, need=size, max_bytes=self._max_bytes)
+            raise RunnerBusy(
+                "this runner's disk cache is full of bundles in use; retry shortly", retry_after=_RETRY_AFTER_S
+            )
+
+    def _fetch(self, content_hash: str, key: str, scope: Scope, reservation: _Reservation) -> CachedBundle:
+        """Download, verify and unpack ``scope``'s files in one pass, check the signature, move into place."""
+        started = time.perf_counter()
+        incoming = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=self._incoming))
+        try:
+            verified = self._download(content_hash, incoming / BUNDLE_DIR, scope, reservation)
             check = self._check_signature(content_hash, verified.manifest.name)
-            self._write_index(incoming / INDEX_FILE, verified, check)
-            final = self._root / hex_digest
+            self._write_index(incoming / INDEX_FILE, verified, check, scope)
+            final = self._root / key
             self._install(incoming, final)
         except BaseException:
             shutil.rmtree(incoming, ignore_errors=True)
@@ -552,6 +661,7 @@ class BundleCache:
         log_event(
             "runner.bundle_fetched",
             content_hash=content_hash,
+            scope=scope.value,
             extension=verified.manifest.name,
             signature=check.status.value,
             compressed_bytes=verified.compressed_size,
@@ -560,7 +670,7 @@ class BundleCache:
         files = {f.path: f for f in verified.files}
         return CachedBundle(content_hash, final / BUNDLE_DIR, verified.manifest, MappingProxyType(files), check.status)
 
-    def _download(self, content_hash: str, extract_to: Path) -> VerifiedBundle:
+    def _download(self, content_hash: str, extract_to: Path, scope: Scope, reservation: _Reservation) -> VerifiedBundle:
         extract_to.mkdir()
         try:
             stream = self._store.open_stream(self._store.object_key(content_hash, BUNDLE_OBJECT))
@@ -570,7 +680,14 @@ class BundleCache:
         try:
             # verify_bundle only calls read(size); the cast states that duck type.
             source = cast(BinaryIO, stream)
-            return verify_bundle(source, self._limits, expected_hash=content_hash, extract_to=extract_to)
+            return verify_bundle(
+                source,
+                self._limits,
+                expected_hash=content_hash,
+                extract_to=extract_to,
+                extract_filter=scope.wants,
+                reserve=lambda size: self._reserve(reservation, size),
+            )
         finally:
             stream.close()
 
@@ -608,10 +725,11 @@ class BundleCache:
         record.check(content_hash, extension_name, now=datetime.now(UTC))
         return record.published_at
 
-    def _write_index(self, path: Path, verified: VerifiedBundle, check: SignatureCheck) -> None:
+    def _write_index(self, path: Path, verified: VerifiedBundle, check: SignatureCheck, scope: Scope) -> None:
         index = {
             "format": _INDEX_FORMAT,
             "content_hash": verified.content_hash,
+            "scope": scope.value,
             "trust": self._trust_id,
             "signature_status": check.status.value,
             "signature_key_id": check.key_id,
@@ -650,24 +768,34 @@ class BundleCache:
         self._evict(keep=hex_digest)
 
     def _evict(self, keep: str | None) -> None:
-        """Drop least recently used hashes until the cache fits; pinned ones and ``keep`` stay."""
-        retired: list[tuple[str, Path]] = []
+        """Drop least recently used entries until the cache fits; pinned ones and ``keep`` stay."""
         with self._state:
-            for hex_digest in list(self._sizes):
-                if self._total <= self._max_bytes:
-                    break
-                if hex_digest == keep or self._pins[hex_digest]:
-                    continue
-                self._total -= self._sizes.pop(hex_digest)
-                self._bundles.pop(hex_digest, None)
-                self._modules.pop(hex_digest, None)
-                retired.append((hex_digest, self._retire(self._root / hex_digest)))
-            total = self._total
-        for hex_digest, path in retired:
-            shutil.rmtree(path, ignore_errors=True)
-            log_event("runner.bundle_evicted", content_hash=f"sha256:{hex_digest}")
+            retired = self._retire_lru_locked(keep, need=0)
+            total = self._total + self._loading
+        self._delete(retired)
         if total > self._max_bytes:
             log_event("runner.cache_over_budget", level=logging.WARNING, bytes=total, max_bytes=self._max_bytes)
+
+    def _retire_lru_locked(self, keep: str | None, need: int) -> list[tuple[str, Path]]:
+        """Under the state lock: take least recently used entries out of the index until entries, loads in
+        progress and ``need`` more bytes fit the budget; returns them for :meth:`_delete`."""
+        retired: list[tuple[str, Path]] = []
+        for key in list(self._sizes):
+            if self._total + self._loading + need <= self._max_bytes:
+                break
+            if key == keep or self._pins[key]:
+                continue
+            self._total -= self._sizes.pop(key)
+            self._bundles.pop(key, None)
+            self._modules.pop(key, None)
+            retired.append((key, self._retire(self._root / key)))
+        return retired
+
+    @staticmethod
+    def _delete(retired: list[tuple[str, Path]]) -> None:
+        for key, path in retired:
+            shutil.rmtree(path, ignore_errors=True)
+            log_event("runner.bundle_evicted", content_hash=f"sha256:{key[:64]}", entry=key)
 
     # --- modules ------------------------------------------------------------------------------
 

@@ -217,7 +217,7 @@ class RunnerService:
         self._settings = settings
         self._egress = egress_policy
         self._calls = threading.BoundedSemaphore(int(settings.runner_max_concurrent_calls))
-        self.ui = UiServer(cache)
+        self.ui = UiServer(cache, int(settings.runner_ui_max_concurrency))
 
     @property
     def settings(self) -> Settings:

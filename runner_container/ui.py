@@ -42,18 +42,21 @@ from an opaque-origin frame are CORS requests.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
+import threading
 import uuid
 from collections.abc import Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 from urllib.parse import unquote_to_bytes
 
 from chalicelib.bundles.verify import BundleFile
-from chalicelib.errors import AssetTooLarge, BadRequest, ExtError, NotFound
+from chalicelib.errors import AssetTooLarge, BadRequest, ExtError, NotFound, RunnerBusy
 from chalicelib.logs import log_event
 from runner_container.cache import BundleCache, CachedBundle
 
@@ -332,11 +335,29 @@ def redirect_headers(location: str) -> dict[str, str]:
 # --- the server -------------------------------------------------------------------------------
 
 
-class UiServer:
-    """Answers ``/ext-ui/…`` requests from the bundle cache."""
+class _LeasedFile(io.BufferedReader):
+    """An asset being sent: until it is closed, its bundle stays leased (on disk, counted in the cache's
+    budget, never evicted) and its request keeps its UI slot."""
 
-    def __init__(self, cache: BundleCache) -> None:
+    def __init__(self, raw: io.FileIO, held: ExitStack) -> None:
+        self._held = held
+        super().__init__(raw)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._held.close()
+
+
+class UiServer:
+    """Answers ``/ext-ui/…`` requests from the bundle cache, at most ``max_concurrency`` at once
+    (more get ``503 RUNNER_BUSY``: UI traffic cannot take what calls need)."""
+
+    def __init__(self, cache: BundleCache, max_concurrency: int = 64) -> None:
         self._cache = cache
+        self._max_concurrency = max_concurrency
+        self._slots = threading.BoundedSemaphore(max_concurrency)
 
     def serve(
         self,
@@ -349,40 +370,58 @@ class UiServer:
     ) -> HttpResponse:
         """The response to one request; errors become their JSON response (never raised).
 
-        A ``200`` to ``GET`` carries an open ``file``: the caller streams and closes it (it stays readable
-        even if the cache evicts the bundle meanwhile).  An asset over ``max_asset_bytes`` (the most one
-        response can carry, where there is such a limit) is ``413 ASSET_TOO_LARGE``, to ``GET`` and ``HEAD``.
+        A ``200`` to ``GET`` carries an open ``file``: the caller streams it and must close it, which
+        releases the bundle (kept on disk and counted until then) and the request's slot.  An asset over
+        ``max_asset_bytes`` (the most one response can carry, where there is such a limit) is
+        ``413 ASSET_TOO_LARGE``, to ``GET`` and ``HEAD``.
         """
         if method not in SAFE_METHODS:
             return method_not_allowed(method, SAFE_METHODS, request_id)
-        try:
-            target = parse_ui_path(raw_path)
-            if target.redirect is not None:
-                return HttpResponse(308, redirect_headers(target.redirect))
-            return self._serve(
-                target, head=method == "HEAD", if_none_match=if_none_match, max_asset_bytes=max_asset_bytes
-            )
-        except ExtError as exc:
-            return error_response(exc, request_id)
+        with ExitStack() as held:
+            try:
+                target = parse_ui_path(raw_path)
+                if target.redirect is not None:
+                    return HttpResponse(308, redirect_headers(target.redirect))
+                if not self._slots.acquire(blocking=False):
+                    raise RunnerBusy(
+                        f"this runner is answering {self._max_concurrency} UI requests; retry shortly", retry_after=1
+                    )
+                held.callback(self._slots.release)
+                return self._serve(
+                    target,
+                    held,
+                    head=method == "HEAD",
+                    if_none_match=if_none_match,
+                    max_asset_bytes=max_asset_bytes,
+                )
+            except ExtError as exc:
+                return error_response(exc, request_id)
 
     def _serve(
-        self, target: UiTarget, *, head: bool, if_none_match: str | None, max_asset_bytes: int | None
+        self,
+        target: UiTarget,
+        held: ExitStack,
+        *,
+        head: bool,
+        if_none_match: str | None,
+        max_asset_bytes: int | None,
     ) -> HttpResponse:
-        with self._cache.lease(target.content_hash) as bundle:
-            path = self._resolve(bundle, target)
-            file = bundle.files[path]
-            if if_none_match is not None and etag_matches(if_none_match, f'"sha256-{file.sha256}"'):
-                return HttpResponse(304, not_modified_headers(file))
-            if max_asset_bytes is not None and file.size > max_asset_bytes:
-                raise AssetTooLarge(
-                    f"{path.removeprefix(UI_FOLDER)!r} is {file.size} bytes; this runner sends UI assets of at "
-                    f"most {max_asset_bytes} bytes (Lambda's response limit): split it or host it elsewhere"
-                )
-            headers = asset_headers(path, file)
-            if head:
-                return HttpResponse(200, headers)
-            # Opened under the lease: once open, eviction (an unlink) cannot take the bytes away.
-            return HttpResponse(200, headers, file=Path(bundle.root, path).open("rb"))
+        """The answer; a ``200`` to ``GET`` takes over ``held`` (the slot and the lease) until its file closes."""
+        bundle = held.enter_context(self._cache.lease(target.content_hash))
+        path = self._resolve(bundle, target)
+        file = bundle.files[path]
+        if if_none_match is not None and etag_matches(if_none_match, f'"sha256-{file.sha256}"'):
+            return HttpResponse(304, not_modified_headers(file))
+        if max_asset_bytes is not None and file.size > max_asset_bytes:
+            raise AssetTooLarge(
+                f"{path.removeprefix(UI_FOLDER)!r} is {file.size} bytes; this runner sends UI assets of at "
+                f"most {max_asset_bytes} bytes (Lambda's response limit): split it or host it elsewhere"
+            )
+        headers = asset_headers(path, file)
+        if head:
+            return HttpResponse(200, headers)
+        raw = io.FileIO(Path(bundle.root, path), "r")
+        return HttpResponse(200, headers, file=_LeasedFile(raw, held.pop_all()))
 
     @staticmethod
     def _resolve(bundle: CachedBundle, target: UiTarget) -> str:

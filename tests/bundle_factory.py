@@ -149,6 +149,22 @@ def write_project(root: Path, files: dict[str, bytes]) -> Path:
     return root
 
 
+def zero_filled_bundle(files: dict[str, bytes], zeros: dict[str, int]) -> bytes:
+    """A bundle of ``files`` plus files of ``zeros[name]`` zero bytes each, compressed as it is written:
+    a few KiB that unpack to any size, without ever holding the unpacked bytes in memory."""
+    compressor = zstandard.ZstdCompressor(level=3, write_checksum=True).compressobj()
+    out = bytearray(compressor.compress(raw_tar(files_tar(files), end=b"")))
+    chunk = b"\0" * (1024 * 1024)
+    for name, size in zeros.items():
+        out += compressor.compress(raw_header(Entry(name=name, size=size)))
+        for offset in range(0, size, len(chunk)):
+            out += compressor.compress(chunk[: min(len(chunk), size - offset)])
+        out += compressor.compress(b"\0" * (-size % 512))
+    out += compressor.compress(b"\0" * 1024)
+    out += compressor.flush()
+    return bytes(out)
+
+
 # --- code that is hostile to the compiler ------------------------------------------------------------
 
 

@@ -5,7 +5,8 @@ One pass over the compressed bytes does everything, in this order per chunk:
 1. count and hash the compressed bytes (``BUNDLE_TOO_LARGE`` past the cap);
 2. walk the zstd frame structure: exactly one frame, a window within the limit
    (checked from the frame header, before any decoding), no trailing data;
-3. decompress with a bounded window and a bounded total;
+3. decompress with a bounded window, a bounded total and a bounded ratio of
+   decompressed to compressed bytes (past a floor), so a bomb stops early;
 4. walk the tar with our own header parser (ustar, pax and GNU headers; header
    checksums; an explicit end-of-archive marker) instead of ``tarfile``, which
    silently ends iteration at a bad header and tolerates missing end blocks;
@@ -283,9 +284,12 @@ class _TarStream:
         decompressor = zstandard.ZstdDecompressor(max_window_size=limits.max_window_bytes)
         # stream_reader only calls read(); the cast states that duck type to mypy.
         self._reader = decompressor.stream_reader(cast(BinaryIO, source), read_size=_CHUNK, read_across_frames=False)
+        self._source = source
         self._buffer = b""
         self.total = 0
         self._cap = limits.max_unpacked_bytes + (limits.max_entries * 4 + 16) * _BLOCK + _MAX_END_PADDING
+        self._ratio = limits.max_compression_ratio
+        self._floor = limits.compression_floor_bytes
 
     def _pull(self, size: int) -> bytes:
         try:
@@ -295,7 +299,21 @@ class _TarStream:
         self.total += len(data)
         if self.total > self._cap:
             raise BundleUnpackedTooLarge("the bundle decompresses to more than the unpacked limit")
+        self._check_ratio()
         return data
+
+    def _check_ratio(self) -> None:
+        """Past the floor, what came out may be at most ``ratio`` times what went in so far.
+
+        Checked on every pull, so a bomb stops within ``ratio`` times the compressed bytes already read
+        (the reader reads ahead, so "read so far" only ever flatters the ratio, never the other way).
+        """
+        if self.total > self._floor and self.total > self._ratio * self._source.size:
+            raise BundleUnpackedTooLarge(
+                f"the bundle expands to more than {self._ratio} times its compressed size "
+                f"({self.total} bytes from the first {self._source.size}); bundles may expand that much "
+                f"only up to {self._floor} bytes"
+            )
 
     def read_exact(self, size: int, what: str) -> bytes:
         while len(self._buffer) < size:
@@ -419,12 +437,14 @@ class _Walker:
         hashing: _HashPipeline,
         extract_to: Path | None,
         extract_filter: Callable[[str], bool] | None,
+        reserve: Callable[[int], None] | None,
     ) -> None:
         self.stream = stream
         self.hashing = hashing
         self.limits = limits
         self.extract_to = extract_to
         self.extract_filter = extract_filter
+        self.reserve = reserve
         self.entries = 0
         self.unpacked = 0
         self.files: list[tuple[str, int, Any]] = []
@@ -548,7 +568,7 @@ class _Walker:
         keep_manifest = path == MANIFEST_PATH
         manifest = bytearray()
         inspector = EntryInspector() if path.endswith(".wasm") else None
-        out = self._open_for_extract(path)
+        out = self._open_for_extract(path, size)
         try:
             for chunk in self.stream.chunks(size, f"data of {path!r}"):
                 if hash_aside:
@@ -580,10 +600,12 @@ class _Walker:
         if self.extract_to is not None and self.extract_filter is None:
             (self.extract_to / path).mkdir(parents=True, exist_ok=True)
 
-    def _open_for_extract(self, path: str) -> BinaryIO | None:
+    def _open_for_extract(self, path: str, size: int) -> BinaryIO | None:
         if not self._wanted(path):
             return None
         assert self.extract_to is not None
+        if self.reserve is not None:
+            self.reserve(size)
         target = self.extract_to / path
         target.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
@@ -601,20 +623,23 @@ def verify_bundle(
     expected_hash: str | None = None,
     extract_to: Path | None = None,
     extract_filter: Callable[[str], bool] | None = None,
+    reserve: Callable[[int], None] | None = None,
 ) -> VerifiedBundle:
     """Verify a bundle read from ``source`` in one streaming pass.
 
     ``expected_hash`` (``sha256:<hex>``) turns a different content hash into
     ``HASH_MISMATCH``.  With ``extract_to`` (an existing empty directory) the
     members are written there as they pass (only those ``extract_filter`` keeps);
-    on failure the caller discards that directory.  Raises an ``ExtError``
-    subclass with the stable code of the first problem found.
+    ``reserve`` is called with each extracted file's size before any of its bytes
+    are written, and what it raises stops verification; on failure the caller
+    discards that directory.  Raises an ``ExtError`` subclass with the stable code
+    of the first problem found.
     """
     limits = limits or BundleLimits()
     hashing = _HashPipeline()
     try:
         compressed = _CompressedSource(source, limits, hashing)
-        walker = _Walker(_TarStream(compressed, limits), limits, hashing, extract_to, extract_filter)
+        walker = _Walker(_TarStream(compressed, limits), limits, hashing, extract_to, extract_filter, reserve)
         walker.walk()
         compressed.drain()
     finally:

@@ -23,7 +23,7 @@ from tests.infra.cfn import Stack
 pytestmark = pytest.mark.xdist_group("infra")
 
 ROOT = Path(__file__).resolve().parents[2]
-FUNCTIONS = ("APIHandler", "FinalizeWorker", "Runner", "Compiler")
+FUNCTIONS = ("APIHandler", "FinalizeWorker", "Runner", "RunnerUi", "Compiler")
 BY_NAME = {setting.env: setting for setting in SETTINGS}
 
 NOT_SETTINGS = frozenset({"FINALIZE_QUEUE_NAME"})

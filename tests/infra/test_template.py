@@ -32,7 +32,7 @@ CANONICAL_OBJECTS = ("bundle.tar.zst", "manifest.json", "signature.json", "entry
 PRECOMPILED = f"{BUCKET_ARN}/sha256/{HEX}/precompiled/wasmtime-50.0.1-x86_64-linux-0123abcd.cwasm"
 STAGED = f"{BUCKET_ARN}/staging/tenant-1/upload-1/bundle.tar.zst"
 TABLES = ("extensions", "versions", "installs", "uploads", "ratelimits", "audit", "kv", "secrets")
-FUNCTIONS = ("APIHandler", "FinalizeWorker", "Runner", "Compiler")
+FUNCTIONS = ("APIHandler", "FinalizeWorker", "Runner", "RunnerUi", "Compiler")
 COMPILE_FAILURE = (
     f"{BUCKET_ARN}/sha256/{HEX}/precompiled/wasmtime-50.0.1-x86_64-linux-0123abcd.failed-0123456789ab.json"
 )
@@ -469,6 +469,7 @@ def test_each_function_reaches_only_its_own_tables(stack: Stack) -> None:
         "APIHandler": {"extensions", "versions", "installs", "uploads", "ratelimits"},
         "FinalizeWorker": {"extensions", "versions", "uploads"},
         "Runner": {"kv", "secrets"},
+        "RunnerUi": set(),
         "Compiler": set(),
     }
     for function, tables in expected.items():
@@ -531,12 +532,16 @@ def test_compile_jobs_are_asked_for_by_the_worker_after_a_publish_and_by_runners
     assert public == [], "the compile function must not be reachable from outside the account"
 
 
-def test_the_public_may_reach_the_runner_only_through_its_function_url(stack: Stack) -> None:
-    permissions = [
+def public_permissions(stack: Stack, function: str) -> list[dict[str, Any]]:
+    return [
         stack.resolve(p["Properties"])
         for p in stack.of_type("AWS::Lambda::Permission").values()
-        if p["Properties"]["FunctionName"] == {"Ref": "Runner"}
+        if p["Properties"]["FunctionName"] == {"Ref": function}
     ]
+
+
+def test_the_public_reaches_only_the_ui_function_and_only_through_its_function_url(stack: Stack) -> None:
+    permissions = public_permissions(stack, "RunnerUi")
     assert sorted(p["Action"] for p in permissions) == ["lambda:InvokeFunction", "lambda:InvokeFunctionUrl"]
     for permission in permissions:
         if permission["Action"] == "lambda:InvokeFunction":
@@ -544,7 +549,45 @@ def test_the_public_may_reach_the_runner_only_through_its_function_url(stack: St
         else:
             assert permission["FunctionUrlAuthType"] == "NONE"
     url = stack.resolve(stack.resources["RunnerUrl"]["Properties"])
-    assert (url["TargetFunctionArn"], url["AuthType"]) == (runner_arn(stack), "NONE")
+    ui_arn = stack.resolve({"Fn::GetAtt": ["RunnerUi", "Arn"]})
+    assert (url["TargetFunctionArn"], url["AuthType"]) == (ui_arn, "NONE")
+    # The runner that executes has no public entry: only the API's and the worker's roles reach it.
+    assert public_permissions(stack, "Runner") == []
+    assert [u for u in stack.of_type("AWS::Lambda::Url").values() if "Runner" in str(u)] == [
+        stack.resources["RunnerUrl"]
+    ]
+
+
+def test_ui_traffic_has_a_function_and_a_concurrency_of_its_own(stack: Stack) -> None:
+    # One unauthenticated flood of /ext-ui/ requests must not take the executions calls need.
+    runner = stack.resolve(stack.resources["Runner"]["Properties"])
+    ui = stack.resolve(stack.resources["RunnerUi"]["Properties"])
+    assert ui["ImageUri"] == runner["ImageUri"]
+    assert int(ui["ReservedConcurrentExecutions"]) > 0
+    assert int(runner["ReservedConcurrentExecutions"]) > 0
+    assert stack.resolve(stack.resources["APIHandler"]["Properties"]["Environment"]["Variables"])[
+        "RUNNER_FUNCTION_NAME"
+    ] == stack.resolve({"Ref": "Runner"})
+    settings = load_settings(ui["Environment"]["Variables"])
+    assert settings.runner_cache_dir.startswith("/tmp/")
+    tmp_bytes = int(ui["EphemeralStorage"]["Size"]) * 1024 * 1024
+    assert tmp_bytes > settings.runner_cache_max_bytes
+
+
+def test_the_ui_function_reads_the_store_and_writes_nothing(stack: Stack) -> None:
+    for name in CANONICAL_OBJECTS:
+        assert can(stack, "RunnerUi", "s3:GetObject", canonical(name))
+        assert not can(stack, "RunnerUi", "s3:PutObject", canonical(name))
+    assert not can(stack, "RunnerUi", "s3:PutObject", PRECOMPILED)
+    assert not can(stack, "RunnerUi", "s3:PutObject", COMPILE_FAILURE)
+    assert not can(stack, "RunnerUi", "s3:GetObject", STAGED)
+    assert not can(stack, "RunnerUi", "lambda:InvokeFunction", runner_arn(stack))
+    assert not can(stack, "RunnerUi", "lambda:InvokeFunction", compiler_arn(stack))
+
+
+def test_a_zero_reserved_concurrency_leaves_the_ui_function_unreserved(template: dict[str, Any]) -> None:
+    ui = Stack(template, {"RunnerUiReservedConcurrency": "0"}).resolve(template["Resources"]["RunnerUi"])
+    assert "ReservedConcurrentExecutions" not in ui["Properties"]
 
 
 # --- extension state: KV and secrets ----------------------------------------------------------------

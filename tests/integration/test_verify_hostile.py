@@ -23,6 +23,7 @@ from tests.bundle_factory import (
     raw_tar,
     std_tar,
     wasm,
+    zero_filled_bundle,
     zst,
 )
 
@@ -441,3 +442,40 @@ def test_data_after_the_end_marker_is_found_beyond_the_read_buffer() -> None:
     tar = raw_tar(files_tar(good_files()), end=b"\0" * 1024)
     padding = b"\0" * (1024 * 1024 - len(tar) % (1024 * 1024))
     rejects(zst(tar + padding + hidden), "BUNDLE_CORRUPT", "end-of-archive")
+
+
+# --- the compression ratio (issue 9, item 5) ------------------------------------------------------
+
+
+def test_a_small_bundle_that_unpacks_huge_is_refused_by_the_ratio_cap() -> None:
+    # Within every size limit (one 60 MiB file, 60 MiB in all), yet thousands of times its compressed size.
+    data = zero_filled_bundle(good_files(), {"data/zeros.bin": 60 * MiB})
+    assert len(data) < 64 * 1024
+
+    rejects(data, "BUNDLE_UNPACKED_TOO_LARGE", "times its compressed size")
+
+
+def test_a_tiny_bundle_may_unpack_up_to_the_floor_whatever_its_ratio() -> None:
+    data = zero_filled_bundle(good_files(), {"ui/zeros.bin": 12 * MiB})
+
+    assert verify_bundle(io.BytesIO(data)).file("ui/zeros.bin") is not None
+
+
+def test_generated_html_at_the_ratio_real_documentation_reaches_is_accepted() -> None:
+    # Generated API documentation compresses about 50 times (rustdoc's pages for core measured 49):
+    # the highest ratio of real content we found, so the cap must leave it room.
+    rows = "".join(
+        f'<tr><td class="n">{i}</td><td><a href="#m{i % 97}">method {i % 97}</a></td></tr>\n' for i in range(400_000)
+    )
+    data = bundle({**good_files(), "ui/docs/index.html": rows.encode()})
+    ratio = len(rows) / len(data)
+    assert 30 < ratio < 100, ratio
+
+    assert verify_bundle(io.BytesIO(data)).file("ui/docs/index.html") is not None
+
+
+def test_the_ratio_cap_and_its_floor_are_settings() -> None:
+    data = zero_filled_bundle(good_files(), {"ui/zeros.bin": 2 * MiB})
+    limits = BundleLimits(max_compression_ratio=10, compression_floor_bytes=1 * MiB)
+
+    rejects(data, "BUNDLE_UNPACKED_TOO_LARGE", "10 times", limits=limits)

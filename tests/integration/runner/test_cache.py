@@ -18,14 +18,22 @@ from chalicelib.errors import (
     BadRequest,
     HashMismatch,
     NotFound,
+    RunnerBusy,
     SignatureInvalid,
     SignatureMissing,
     SignatureUntrusted,
 )
-from chalicelib.storage.store import BUNDLE_OBJECT, PUBLISH_RECORD_OBJECT, SIGNATURE_OBJECT
-from runner_container.cache import ModuleSource
+from chalicelib.storage.store import (
+    BUNDLE_OBJECT,
+    PUBLISH_RECORD_OBJECT,
+    SIGNATURE_OBJECT,
+    ReadableStream,
+    S3BundleStore,
+)
+from runner_container.cache import BundleCache, ModuleSource
 from runner_container.engine import WasmEngine
 from tests.integration.runner_fixtures import (
+    EXAMPLE,
     CountingStore,
     RunnerEnv,
     content_hash_of,
@@ -35,6 +43,7 @@ from tests.integration.runner_fixtures import (
     ui_bundle,
 )
 
+MiB = 1024 * 1024
 CALL_BUDGET_S = 30.0
 """What a call has left when it loads a bundle: enough for the inline compile of small code."""
 
@@ -65,8 +74,12 @@ def test_a_cold_get_verifies_unpacks_and_compiles_the_bundle(env: RunnerEnv, eng
     assert loaded.manifest.name == "com.example.hello"
     assert loaded.module is not None
     assert loaded.module_source is ModuleSource.COMPILED
-    index_html = (loaded.root / "ui" / "index.html").read_bytes()
+    main_wasm = (loaded.root / "dist" / "main.wasm").read_bytes()
+    assert loaded.files["dist/main.wasm"].sha256 == hashlib.sha256(main_wasm).hexdigest()
+    # Every file is verified and listed, but a call's entry unpacks only the code.
+    index_html = (EXAMPLE / "ui" / "index.html").read_bytes()
     assert loaded.files["ui/index.html"].sha256 == hashlib.sha256(index_html).hexdigest()
+    assert not (loaded.root / "ui").exists()
     entry = env.root / "cache" / content_hash.split(":")[1]
     assert json.loads((entry / "index.json").read_text())["content_hash"] == content_hash
     assert (entry / f"{engine.fingerprint}.cwasm").is_file()
@@ -294,6 +307,8 @@ def test_a_bundle_without_api_has_no_module_and_nothing_to_precompile(env: Runne
 
 def test_a_restarted_cache_serves_its_entries_from_disk(env: RunnerEnv, engine: WasmEngine) -> None:
     content_hash = env.publish(ui_bundle())
+    with env.cache(engine).lease(content_hash):
+        pass
     env.cache(engine).get(content_hash, budget_s=CALL_BUDGET_S)
     store = CountingStore(env.store)
 
@@ -301,8 +316,10 @@ def test_a_restarted_cache_serves_its_entries_from_disk(env: RunnerEnv, engine: 
 
     with restarted.lease(content_hash) as cached:
         assert cached.manifest.name == "com.acme.tools"
+        assert (cached.root / "ui" / "index.html").is_file()
+    assert restarted.get(content_hash).manifest.name == "com.acme.tools"
     assert sum(store.opened.values()) == 0
-    assert restarted.stats().entries == 1
+    assert restarted.stats().entries == 2
 
 
 def test_a_restarted_cache_verifies_again_under_another_trust_bundle(env: RunnerEnv, engine: WasmEngine) -> None:
@@ -314,6 +331,16 @@ def test_a_restarted_cache_verifies_again_under_another_trust_bundle(env: Runner
     assert cache_entries(env.root / "cache") == []
 
 
+def ui_entry(content_hash: str) -> str:
+    """The name of a hash's UI entry in the cache dir."""
+    return content_hash.split(":")[1] + ".ui"
+
+
+def load_ui(cache: BundleCache, content_hash: str) -> None:
+    with cache.lease(content_hash):
+        pass
+
+
 def test_eviction_keeps_the_cache_under_its_budget_dropping_the_least_recently_used(
     env: RunnerEnv, engine: WasmEngine
 ) -> None:
@@ -321,28 +348,32 @@ def test_eviction_keeps_the_cache_under_its_budget_dropping_the_least_recently_u
     store = CountingStore(env.store)
     cache = env.cache(engine, store=store, runner_cache_max_bytes=500_000)
 
-    cache.get(first)
-    cache.get(second)
-    cache.get(first)
-    cache.get(third)
+    load_ui(cache, first)
+    load_ui(cache, second)
+    load_ui(cache, first)
+    load_ui(cache, third)
 
     on_disk = cache_entries(env.root / "cache")
-    assert on_disk == sorted(h.split(":")[1] for h in (first, third))
+    assert on_disk == sorted(ui_entry(h) for h in (first, third))
     assert cache.stats().bytes <= 500_000
-    cache.get(second)
+    load_ui(cache, second)
     assert store.opened[env.store.object_key(second, BUNDLE_OBJECT)] == 2
 
 
-def test_eviction_never_removes_a_bundle_in_use(env: RunnerEnv, engine: WasmEngine) -> None:
+def test_eviction_never_removes_a_bundle_in_use_and_a_load_that_needs_its_room_is_busy(
+    env: RunnerEnv, engine: WasmEngine
+) -> None:
     first, second = (env.publish(ui_bundle(f"com.acme.u{n}", random_ui(200_000))) for n in range(2))
     cache = env.cache(engine, runner_cache_max_bytes=250_000)
 
     with cache.lease(first) as leased:
-        cache.get(second)
+        with pytest.raises(RunnerBusy):
+            load_ui(cache, second)
         assert (leased.root / "ui" / "blob.bin").is_file()
-    cache.get(second)
+        assert cache_entries(env.root / "cache") == [ui_entry(first)]
+    load_ui(cache, second)
 
-    assert cache_entries(env.root / "cache") == [second.split(":")[1]]
+    assert cache_entries(env.root / "cache") == [ui_entry(second)]
 
 
 # --- compiled code shared through S3 -------------------------------------------------------------
@@ -402,3 +433,88 @@ def test_a_restarted_runner_loads_its_local_cwasm(env: RunnerEnv, engine: WasmEn
 
     assert restarted.get(content_hash, budget_s=CALL_BUDGET_S).module_source is ModuleSource.LOCAL
     assert (first.stats().compiles, restarted.stats().compiles) == (1, 0)
+
+
+# --- loads in progress and cold-load slots (issue 9, item 5) -----------------------------------------
+
+
+class _PausingStream:
+    """A stream that stops once ``after`` bytes are read, until ``resume`` is set (``paused`` says when)."""
+
+    def __init__(self, inner: ReadableStream, after: int, paused: threading.Event, resume: threading.Event) -> None:
+        self._inner = inner
+        self._after = after
+        self._read = 0
+        self._paused = paused
+        self._resume = resume
+
+    def read(self, amt: int | None = None) -> bytes:
+        if self._read >= self._after and not self._resume.is_set():
+            self._paused.set()
+            assert self._resume.wait(10), "the paused load was never resumed"
+        data = self._inner.read(amt)
+        self._read += len(data)
+        return data
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class PausingStore(CountingStore):
+    """The store, with the bundle of one hash pausing mid-download."""
+
+    def __init__(self, inner: S3BundleStore, content_hash: str, after: int) -> None:
+        super().__init__(inner)
+        self._key = inner.object_key(content_hash, BUNDLE_OBJECT)
+        self._after = after
+        self.paused = threading.Event()
+        self.resume = threading.Event()
+
+    def open_stream(self, key: str) -> ReadableStream:
+        stream = super().open_stream(key)
+        if key != self._key:
+            return stream
+        return _PausingStream(stream, self._after, self.paused, self.resume)
+
+
+def test_a_load_in_progress_holds_its_room_in_the_budget(env: RunnerEnv, engine: WasmEngine) -> None:
+    first, second = (env.publish(ui_bundle(f"com.acme.l{n}", random_ui(3 * MiB))) for n in range(2))
+    store = PausingStore(env.store, first, after=MiB)
+    cache = env.cache(engine, store=store, runner_cache_max_bytes=4 * MiB)
+    loader = threading.Thread(target=load_ui, args=(cache, first))
+    loader.start()
+    assert store.paused.wait(10)
+
+    # The first load has reserved its 3 MiB before writing them: the second does not fit beside it.
+    with pytest.raises(RunnerBusy):
+        load_ui(cache, second)
+    store.resume.set()
+    loader.join(10)
+
+    assert cache_entries(env.root / "cache") == [ui_entry(first)]
+    assert cache.stats().bytes <= 4 * MiB
+
+
+def test_cold_loads_past_the_cap_are_busy_and_ui_loads_never_take_the_slots_of_calls(
+    env: RunnerEnv, engine: WasmEngine
+) -> None:
+    slow, other, called = (env.publish(ui_bundle(f"com.acme.c{n}")) for n in range(3))
+    store = CountingStore(env.store)
+    gate = threading.Event()
+    store.gates[env.store.object_key(slow, BUNDLE_OBJECT)] = gate
+    cache = env.cache(engine, store=store, runner_max_cold_loads=1)
+    cache.load_wait_s = 0.2
+    loader = threading.Thread(target=load_ui, args=(cache, slow))
+    loader.start()
+    deadline = time.monotonic() + 10
+    while store.opened[env.store.object_key(slow, BUNDLE_OBJECT)] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    with pytest.raises(RunnerBusy):
+        load_ui(cache, other)
+    loaded_for_a_call = cache.get(called).manifest.name
+    gate.set()
+    loader.join(10)
+
+    assert loaded_for_a_call == "com.acme.c2"
+    load_ui(cache, other)

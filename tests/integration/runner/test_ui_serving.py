@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
+from chalicelib.storage.store import BUNDLE_OBJECT
 from runner_container.engine import WasmEngine
 from runner_container.ui import HTML_CSP, IMMUTABLE, HttpResponse, UiServer
+from tests.bundle_factory import good_files, zero_filled_bundle
 from tests.integration.runner_fixtures import (
     EXAMPLE,
     EXAMPLE_NAME,
     RunnerEnv,
+    content_hash_of,
     example_bundle,
     ui_bundle,
 )
 
+MiB = 1024 * 1024
 INDEX_HTML = (EXAMPLE / "ui" / "index.html").read_bytes()
 APP_JS = (EXAMPLE / "ui" / "app.js").read_bytes()
 
@@ -232,15 +241,23 @@ def test_methods_other_than_get_and_head_are_refused(ui: UiServer, hello: str) -
     assert response.headers["Allow"] == "GET, HEAD"
 
 
-def test_an_asset_stays_readable_when_its_bundle_is_evicted_mid_response(env: RunnerEnv, engine: WasmEngine) -> None:
-    hello = env.publish(example_bundle())
-    # A budget nothing fits in: the bundle is evicted as soon as the request stops using it.
-    ui = UiServer(env.cache(engine, runner_cache_max_bytes=1))
+def test_a_bundle_stays_on_disk_and_counted_until_its_asset_response_is_closed(
+    env: RunnerEnv, engine: WasmEngine
+) -> None:
+    # An evicted bundle whose file a slow client still reads would take disk the budget no longer counts.
+    first, second = (env.publish(ui_bundle(f"com.acme.u{n}", {"ui/blob.bin": os.urandom(200_000)})) for n in range(2))
+    ui = UiServer(env.cache(engine, runner_cache_max_bytes=250_000))
+    open_response = ui.serve("GET", f"/ext-ui/com.acme.u0/{first}/blob.bin")
 
-    response = ui.serve("GET", f"/ext-ui/{EXAMPLE_NAME}/{hello}/index.html")
+    busy, body = get(ui, f"/ext-ui/com.acme.u1/{second}/blob.bin")
 
-    assert not (env.root / "cache" / hello.split(":")[1]).exists()
-    assert response.read_body() == INDEX_HTML
+    assert_error(busy, body, 503, "RUNNER_BUSY")
+    assert busy.headers["Retry-After"] == "1"
+    assert (env.root / "cache" / f"{first.split(':')[1]}.ui").is_dir()
+    assert len(open_response.read_body()) == 200_000
+    served, _ = get(ui, f"/ext-ui/com.acme.u1/{second}/blob.bin")
+    assert served.status == 200
+    assert not (env.root / "cache" / f"{first.split(':')[1]}.ui").exists()
 
 
 # --- what a page may do when opened directly (issue 9) -------------------------------------------
@@ -294,3 +311,93 @@ def test_a_hash_nobody_published_is_a_404_that_names_no_storage_key(ui: UiServer
 
     assert_error(response, body, 404, "NOT_FOUND")
     assert "bundle.tar.zst" not in json.loads(body)["error"]["message"]
+
+
+# --- disk and concurrency under a hostile bundle (issue 9, item 5) -----------------------------
+
+
+def tree_size(root: Path) -> int:
+    """Bytes of every file under ``root`` now (files vanishing meanwhile count as gone)."""
+    total = 0
+    for folder, _dirs, names in os.walk(root):
+        for name in names:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except FileNotFoundError:
+                continue
+    return total
+
+
+@contextmanager
+def peak_disk_use(root: Path) -> Iterator[list[int]]:
+    """Samples ``root``'s size while the block runs; the list holds the largest size seen."""
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], tree_size(root))
+            done.wait(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield peak
+    finally:
+        done.set()
+        sampler.join(5)
+        peak[0] = max(peak[0], tree_size(root))
+
+
+def bomb(name: str = "com.acme.bomb") -> bytes:
+    """A UI bundle of a few KiB holding 192 MiB of zeros outside ``ui/``, as published before the ratio cap."""
+    files = good_files(name=name, api=None)
+    del files["dist/main.wasm"]
+    return zero_filled_bundle(files, {f"data/zeros{n}.bin": 64 * MiB for n in range(3)})
+
+
+def publish_unchecked(env: RunnerEnv, data: bytes) -> str:
+    """Store a bundle under ``sha256/`` without the checks of today's finalize (an older platform's)."""
+    content_hash = content_hash_of(data)
+    env.store.put_immutable(env.store.object_key(content_hash, BUNDLE_OBJECT), data, "application/zstd")
+    return content_hash
+
+
+def test_a_ui_request_unpacks_only_the_ui_of_a_bundle_that_expands_hugely(env: RunnerEnv, engine: WasmEngine) -> None:
+    data = bomb()
+    assert len(data) < 64 * 1024
+    content_hash = publish_unchecked(env, data)
+    # The ratio cap lifted, as for a bundle published before it: unpacking only ui/ must bound the disk alone.
+    cache = env.cache(engine, runner_cache_max_bytes=8 * MiB, bundle_max_compression_ratio=10**9)
+
+    with peak_disk_use(env.root / "cache") as peak:
+        response, body = get(UiServer(cache), f"/ext-ui/com.acme.bomb/{content_hash}/index.html")
+
+    assert (response.status, body) == (200, b"<!doctype html><title>t</title>")
+    assert peak[0] < 1 * MiB
+
+
+def test_a_bundle_past_the_ratio_cap_is_refused_before_it_fills_the_disk(env: RunnerEnv, engine: WasmEngine) -> None:
+    content_hash = publish_unchecked(env, bomb())
+    cache = env.cache(engine, runner_cache_max_bytes=64 * MiB)
+
+    with peak_disk_use(env.root / "cache") as peak:
+        response, body = get(UiServer(cache), f"/ext-ui/com.acme.bomb/{content_hash}/index.html")
+
+    assert_error(response, body, 413, "BUNDLE_UNPACKED_TOO_LARGE")
+    assert peak[0] < 1 * MiB
+    assert tree_size(env.root / "cache") == 0
+
+
+def test_ui_requests_past_the_concurrency_cap_are_busy_until_one_finishes(env: RunnerEnv, engine: WasmEngine) -> None:
+    content_hash = env.publish(ui_bundle())
+    ui = UiServer(env.cache(engine), max_concurrency=1)
+    path = f"/ext-ui/com.acme.tools/{content_hash}/index.html"
+    streaming = ui.serve("GET", path)
+
+    busy, body = get(ui, path)
+
+    assert_error(busy, body, 503, "RUNNER_BUSY")
+    assert busy.headers["Retry-After"] == "1"
+    streaming.close()
+    assert get(ui, path)[0].status == 200
