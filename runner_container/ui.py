@@ -10,15 +10,18 @@
 2. check the asset path (:func:`normalize_asset_path`): decoded once; ``..`` or ``.`` segments, empty
    segments, backslashes, NUL and other control characters, a leading ``/`` and double-encoded
    sequences are all ``400`` (even in spellings the lookup below would never match);
-3. load the bundle through the cache (verified and unpacked; no compiling) and require its manifest name
-   to equal ``{extension}``, else ``404``.  That is how "some version of this extension has this hash" is
+3. take one of the server's ``max_concurrency`` slots (``503 RUNNER_BUSY`` when none is free) and lease the
+   bundle's UI from the cache (verified, only ``manifest.json`` and ``ui/`` unpacked; no compiling); both
+   are held until the response's file is closed.  Require the manifest name to equal ``{extension}``, else
+   ``404``.  That is how "some version of this extension has this hash" is
    checked without a database: only finalize writes under ``sha256/``, and only once the registry took
    the version;
 4. resolve (:func:`resolve_asset`) against the bundle's verified file list, never the file system: an empty
    path is ``ui.entry``; an existing file is itself; a missing extensionless path falls back to
    ``ui.entry`` (single-page apps); a missing path with an extension is ``404``;
 5. answer: strong ETag ``"sha256-<file sha256>"``; ``If-None-Match`` (lists, ``*``, weak comparison per
-   RFC 9110 §13.1.2) gives ``304``; ``Cache-Control: public, max-age=31536000, immutable`` on 200/304 only.
+   RFC 9110 §13.1.2) gives ``304``; ``Cache-Control: public, max-age=31536000, immutable`` on 200/304 only;
+   a file over the caller's ``max_asset_bytes`` (Lambda's response limit) is ``413 ASSET_TOO_LARGE``.
 
 Every response carries ``X-Content-Type-Options: nosniff``, ``Referrer-Policy: no-referrer`` and
 ``Cross-Origin-Resource-Policy: cross-origin`` (the host app on another origin embeds these).  Errors are

@@ -28,7 +28,7 @@ from chalicelib.openapi import openapi_document
 from chalicelib.registry import Actor, Models, RegistryService, VersionRecord
 from chalicelib.registry.records import ExistingState
 from chalicelib.storage.store import S3BundleStore
-from tests.bundle_factory import bundle, good_files, manifest, manifest_bytes
+from tests.bundle_factory import bundle, good_files, manifest, manifest_bytes, zero_filled_bundle
 from tests.integration.runner_fixtures import certificate_pem
 from tests.integration.stack import BUCKET, AwsStack, auth, content_hash, fresh_rate_window, publish, token, upload
 
@@ -707,3 +707,15 @@ def test_a_finalize_cut_off_between_register_and_store_completes_the_store_when_
     ]
     versions = stack.call("GET", "/extensions/com.acme.tools/versions").json["versions"]
     assert [(v["version"], v["content_hash"]) for v in versions] == [("1.0.0", content_hash(data))]
+
+
+def test_a_bundle_past_the_compression_ratio_cap_is_refused_at_publish(stack: AwsStack) -> None:
+    # 20 KiB that unpack to 60 MiB: within the size limits, thousands of times past the ratio cap.
+    data = zero_filled_bundle(good_files(), {"data/zeros.bin": 60 * MiB})
+
+    answer = publish(stack, data)
+
+    assert answer.status_code == 413
+    assert answer.json["error"]["code"] == "BUNDLE_UNPACKED_TOO_LARGE"
+    assert "times its compressed size" in answer.json["error"]["message"]
+    assert stack.keys("sha256/") == []
