@@ -379,6 +379,7 @@ class AssetTooLarge(ExtError):
 
     code = "ASSET_TOO_LARGE"
     http_status = 413
+    user_message = "A file of the extension's page is too large for this platform to send."
 
 
 class ExtensionTimeout(ExtError):
@@ -410,7 +411,7 @@ class RunnerBusy(ExtError):
 
     code = "RUNNER_BUSY"
     http_status = 503
-    user_message = "Too many extension calls are running right now; try again in a few seconds."
+    user_message = "The extension runner is busy right now; try again in a few seconds."
 
 
 # --- install configuration ---------------------------------------------------------
