@@ -703,7 +703,7 @@ def test_a_finalize_cut_off_between_register_and_store_completes_the_store_when_
     assert retried.status_code == 200, retried.json
     hex_digest = content_hash(data).split(":")[1]
     assert stack.keys("sha256/") == [
-        f"sha256/{hex_digest}/{n}" for n in ("bundle.tar.zst", "entry.wasm", "manifest.json")
+        f"sha256/{hex_digest}/{n}" for n in ("bundle.tar.zst", "entry.wasm", "manifest.json", "published.json")
     ]
     versions = stack.call("GET", "/extensions/com.acme.tools/versions").json["versions"]
     assert [(v["version"], v["content_hash"]) for v in versions] == [("1.0.0", content_hash(data))]
