@@ -551,7 +551,7 @@ def test_the_public_reaches_only_the_ui_function_and_only_through_its_function_u
     url = stack.resolve(stack.resources["RunnerUrl"]["Properties"])
     ui_arn = stack.resolve({"Fn::GetAtt": ["RunnerUi", "Arn"]})
     assert (url["TargetFunctionArn"], url["AuthType"]) == (ui_arn, "NONE")
-    # The runner that executes has no public entry: only the API's and the worker's roles reach it.
+    # The runner that executes has no public entry: only the API's role reaches it.
     assert public_permissions(stack, "Runner") == []
     assert [u for u in stack.of_type("AWS::Lambda::Url").values() if "Runner" in str(u)] == [
         stack.resources["RunnerUrl"]
