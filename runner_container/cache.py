@@ -427,20 +427,24 @@ class BundleCache:
         """The verified bundle ``content_hash`` with its compiled module, fetching it on a miss.
 
         Code with no compile outcome yet compiles here only when it is small enough
-        (``RUNNER_INLINE_COMPILE_MAX_BYTES``) and does so within half of ``budget_s``, the seconds the
-        caller has left (None: never); otherwise a compile job is requested.
+        (``RUNNER_INLINE_COMPILE_MAX_BYTES``) and does so within half of what is left of ``budget_s``, the
+        seconds the caller had when it asked (None: never), once the bundle is loaded; otherwise a compile
+        job is requested.
 
         Raises ``BadRequest`` for a malformed hash, ``NotFound`` when the store does not hold it, the
         verification error (``HASH_MISMATCH``, ``SIGNATURE_*``, ``BUNDLE_*``…) when it fails a check,
         ``EXTENSION_FAILED`` when its code did not compile, ``EXTENSION_NOT_READY`` while it is compiled.
         """
         hex_digest = content_hash_hex(content_hash)
+        started = time.monotonic()
         with self._pinned(hex_digest):
             bundle = self._bundle(content_hash, hex_digest)
             module: wasmtime.Module | None = None
             source: ModuleSource | None = None
             if bundle.manifest.has_api:
-                module, source = self._module(bundle, hex_digest, budget_s)
+                # A cold load (the download, or the wait for a load slot) spent part of the caller's time.
+                left_s = None if budget_s is None else budget_s - (time.monotonic() - started)
+                module, source = self._module(bundle, hex_digest, left_s)
             with self._state:
                 size = self._sizes.get(hex_digest, 0)
             return LoadedBundle(

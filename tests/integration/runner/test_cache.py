@@ -16,6 +16,7 @@ import pytest
 from chalicelib.bundles.signing import SignatureStatus
 from chalicelib.errors import (
     BadRequest,
+    ExtensionNotReady,
     HashMismatch,
     NotFound,
     RunnerBusy,
@@ -518,3 +519,42 @@ def test_cold_loads_past_the_cap_are_busy_and_ui_loads_never_take_the_slots_of_c
 
     assert loaded_for_a_call == "com.acme.c2"
     load_ui(cache, other)
+
+
+class RecordedJobs:
+    """Compile jobs that are only written down, so a test sees what the request path asked for."""
+
+    def __init__(self) -> None:
+        self.requested: list[str] = []
+
+    def request(self, content_hash: str) -> None:
+        self.requested.append(content_hash)
+
+
+def test_a_call_that_waited_for_a_load_slot_has_only_what_is_left_to_compile_inline(
+    env: RunnerEnv, engine: WasmEngine
+) -> None:
+    budget_s = 4.0
+    content_hash = env.publish(example_bundle())
+    busy = env.publish(ui_bundle("com.acme.busy"))
+    store = CountingStore(env.store)
+    gate = threading.Event()
+    store.gates[env.store.object_key(busy, BUNDLE_OBJECT)] = gate
+    jobs = RecordedJobs()
+    cache = env.cache(engine, store=store, compile_jobs=jobs, runner_max_cold_loads=1)
+    cache.load_wait_s = 3 * budget_s
+    holder = threading.Thread(target=cache.get, args=(busy,))
+    holder.start()
+    deadline = time.monotonic() + 10
+    while store.opened[env.store.object_key(busy, BUNDLE_OBJECT)] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # The only load slot frees once the call's whole budget has gone by: nothing is left to compile in.
+    release = threading.Timer(budget_s, gate.set)
+    release.start()
+
+    with pytest.raises(ExtensionNotReady):
+        cache.get(content_hash, budget_s=budget_s)
+    holder.join(10)
+
+    assert cache.stats().compiles == 0
+    assert jobs.requested == [content_hash]
