@@ -31,7 +31,7 @@ from chalicelib.storage.store import (
     ReadableStream,
     S3BundleStore,
 )
-from runner_container.cache import BundleCache, ModuleSource
+from runner_container.cache import BundleCache, CompileStatus, ModuleSource
 from runner_container.engine import WasmEngine
 from tests.integration.runner_fixtures import (
     EXAMPLE,
@@ -391,6 +391,23 @@ def test_precompile_compiles_and_writes_the_cwasm_to_s3(env: RunnerEnv, engine: 
     local = env.root / "cache" / content_hash.split(":")[1] / f"{engine.fingerprint}.cwasm"
     assert env.store.get_bytes(result.key, 64 * 1024 * 1024) == local.read_bytes()
     assert cache.precompile(content_hash).source is ModuleSource.MEMORY
+
+
+def test_a_compile_job_after_a_ui_request_unpacks_the_code_it_compiles_beside_the_ui_entry(
+    env: RunnerEnv, engine: WasmEngine
+) -> None:
+    content_hash = env.publish(example_bundle())
+    cache = env.cache(engine)
+    load_ui(cache, content_hash)
+
+    result = cache.precompile(content_hash)
+
+    assert (result.status, result.compiled) == (CompileStatus.READY, True)
+    hex_digest = content_hash.split(":")[1]
+    assert (env.root / "cache" / hex_digest / "bundle" / "dist" / "main.wasm").is_file()
+    assert (env.root / "cache" / hex_digest / f"{engine.fingerprint}.cwasm").is_file()
+    assert not (env.root / "cache" / ui_entry(content_hash) / "bundle" / "dist").exists()
+    assert cache.stats().entries == 2
 
 
 def test_a_cold_runner_uses_the_stored_cwasm_instead_of_compiling(env: RunnerEnv, engine: WasmEngine) -> None:
