@@ -631,7 +631,7 @@ def test_a_configuration_error_answers_a_generic_message_and_logs_the_detail(
 
     assert answer.status_code == 500
     error = answer.json["error"]
-    assert error["code"] == "CONFIG_INVALID"
+    assert error["code"] == "SETTINGS_INVALID"
     assert "secret-dir" not in error["message"] and "SIGNING_TRUST_BUNDLE" not in error["message"]
     assert "secret-dir" in logged_detail(ext_records, error["request_id"])
 
