@@ -642,9 +642,9 @@ def key_allows(stack: Stack, who: str, action: str, with_context: bool = True) -
 def test_only_the_runner_decrypts_secrets_and_only_the_api_makes_data_keys(stack: Stack) -> None:
     assert key_allows(stack, "RunnerRole", "kms:Decrypt")
     assert key_allows(stack, "ApiHandlerRole", "kms:GenerateDataKey")
-    for who in ("ApiHandlerRole", "FinalizeWorkerRole", "root"):
+    for who in ("ApiHandlerRole", "FinalizeWorkerRole", "RunnerUiRole", "CompilerRole", "root"):
         assert not key_allows(stack, who, "kms:Decrypt"), who
-    for who in ("RunnerRole", "FinalizeWorkerRole", "root"):
+    for who in ("RunnerRole", "FinalizeWorkerRole", "RunnerUiRole", "CompilerRole", "root"):
         assert not key_allows(stack, who, "kms:GenerateDataKey"), who
     for who in ("RunnerRole", "ApiHandlerRole", "root"):
         for action in ("kms:Encrypt", "kms:ReEncryptFrom", "kms:CreateGrant", "kms:GenerateDataKeyWithoutPlaintext"):
