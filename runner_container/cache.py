@@ -76,7 +76,7 @@ from typing import Any, BinaryIO, Protocol, cast
 
 import wasmtime
 
-from chalicelib.bundles.manifest import Manifest
+from chalicelib.bundles.manifest import MANIFEST_PATH, Manifest
 from chalicelib.bundles.publication import MAX_PUBLISH_RECORD_BYTES, PublishRecord
 from chalicelib.bundles.signing import (
     MAX_ENVELOPE_BYTES,
@@ -86,7 +86,7 @@ from chalicelib.bundles.signing import (
     TrustBundle,
     verify_signature,
 )
-from chalicelib.bundles.verify import MANIFEST_PATH, BundleFile, VerifiedBundle, verify_bundle
+from chalicelib.bundles.verify import BundleFile, VerifiedBundle, verify_bundle
 from chalicelib.config import Settings
 from chalicelib.errors import (
     BundleUnpackedTooLarge,

@@ -30,8 +30,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from chalicelib.bundles.digests import CONTENT_HASH_RE
 from chalicelib.bundles.signing import TrustBundle
-from chalicelib.bundles.verify import CONTENT_HASH_RE
 from chalicelib.config import Settings
 from chalicelib.errors import BadRequest, ConfigInvalid, EndpointNotFound, ExtensionTimeout, RunnerBusy
 from chalicelib.logs import configure_logging, log_event

@@ -31,6 +31,7 @@ from chalicelib.errors import BundleError, ManifestInvalid
 __all__ = [
     "DEFAULT_ENTRY",
     "KNOWN_CAPABILITIES",
+    "MANIFEST_PATH",
     "MAX_ENDPOINT_SEGMENTS",
     "RUNTIMES",
     "Endpoint",
@@ -40,6 +41,8 @@ __all__ = [
     "manifest_schema",
 ]
 
+MANIFEST_PATH = "manifest.json"
+"""Where the manifest lives in a bundle."""
 DEFAULT_ENTRY = "dist/main.wasm"
 RUNTIMES = ("wasm-core@1", "wasm-component@1")
 KNOWN_CAPABILITIES = (
