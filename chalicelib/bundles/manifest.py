@@ -25,6 +25,7 @@ from typing import Any
 import jsonschema
 
 from chalicelib.bundles.config_schema import check_config_schema, ecma_pattern
+from chalicelib.bundles.duplicate_keys import refuse_duplicate_keys
 from chalicelib.bundles.paths import normalize_member_path
 from chalicelib.errors import BundleError, ManifestInvalid
 
@@ -220,13 +221,7 @@ class Manifest:
 # --- stage 1: bytes → JSON ------------------------------------------------------------
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ManifestInvalid(f"duplicate key {key!r} in manifest.json")
-        result[key] = value
-    return result
+_unique_keys = refuse_duplicate_keys(lambda key: ManifestInvalid(f"duplicate key {key!r} in manifest.json"))
 
 
 def _reject_constant(name: str) -> Any:
@@ -254,7 +249,7 @@ def _load_json(data: bytes | str) -> Any:
     try:
         return json.loads(
             text,
-            object_pairs_hook=_reject_duplicates,
+            object_pairs_hook=_unique_keys,
             parse_constant=_reject_constant,
             parse_float=_parse_float,
         )
