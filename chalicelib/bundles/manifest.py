@@ -16,7 +16,7 @@ message that names the field:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -39,6 +39,7 @@ __all__ = [
     "Manifest",
     "SecretSpec",
     "UiSpec",
+    "find_endpoint",
     "manifest_schema",
 ]
 
@@ -73,21 +74,30 @@ _FIELD_ORDER = (
 )
 
 
+def _segments(path: str) -> tuple[str, ...]:
+    return tuple(s for s in path.split("/") if s)
+
+
 @dataclass(frozen=True)
 class Endpoint:
     method: str
     path: str
     handler: str
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Endpoint:
+        """An endpoint of an already validated manifest (for example a stored version's ``endpoints``)."""
+        return cls(data["method"], data["path"], data["handler"])
+
     @property
     def segments(self) -> tuple[str, ...]:
-        return tuple(s for s in self.path.split("/") if s)
+        return _segments(self.path)
 
     def match(self, method: str, path: str) -> dict[str, str] | None:
         """Return the ``:param`` values when ``method path`` hits this endpoint."""
         if method != self.method:
             return None
-        given = [s for s in path.split("/") if s]
+        given = _segments(path)
         if len(given) != len(self.segments):
             return None
         params: dict[str, str] = {}
@@ -172,7 +182,7 @@ class Manifest:
             label = ui_doc.get("hooks", {}).get("appMenu", {}).get("label")
             ui = UiSpec(entry=ui_doc["entry"], app_menu_label=label)
         api = doc.get("api")
-        endpoints = tuple(Endpoint(e["method"], e["path"], e["handler"]) for e in (api or {}).get("endpoints", []))
+        endpoints = tuple(Endpoint.from_dict(e) for e in (api or {}).get("endpoints", []))
         return cls(
             name=doc["name"],
             publisher=doc["publisher"],
@@ -206,16 +216,22 @@ class Manifest:
         return files
 
     def find_endpoint(self, method: str, path: str) -> tuple[Endpoint, dict[str, str]] | None:
-        """The first declared endpoint matching ``method path``, literal segments first."""
-        ranked = sorted(self.endpoints, key=lambda e: [s.startswith(":") for s in e.segments])
-        for endpoint in ranked:
-            params = endpoint.match(method, path)
-            if params is not None:
-                return endpoint, params
-        return None
+        """:func:`find_endpoint` among this manifest's endpoints."""
+        return find_endpoint(self.endpoints, method, path)
 
-    def to_json_bytes(self) -> bytes:
-        return json.dumps(self.raw, sort_keys=True, separators=(",", ":")).encode()
+
+def find_endpoint(endpoints: Iterable[Endpoint], method: str, path: str) -> tuple[Endpoint, dict[str, str]] | None:
+    """The endpoint that answers ``method path`` and its ``:param`` values (undecoded), or None.
+
+    Where several match, the one with literal segments earliest wins (``/items/new`` before
+    ``/items/:id``); the manifest's validation makes that choice unique.
+    """
+    ranked = sorted(endpoints, key=lambda e: [s.startswith(":") for s in e.segments])
+    for endpoint in ranked:
+        params = endpoint.match(method, path)
+        if params is not None:
+            return endpoint, params
+    return None
 
 
 # --- stage 1: bytes → JSON ------------------------------------------------------------
@@ -366,7 +382,7 @@ def _check_semantics(doc: Mapping[str, Any]) -> None:
                 f"(same as api.endpoints[{seen[key]}])"
             )
         seen[key] = index
-        if len([s for s in endpoint["path"].split("/") if s]) > MAX_ENDPOINT_SEGMENTS:
+        if len(_segments(endpoint["path"])) > MAX_ENDPOINT_SEGMENTS:
             raise ManifestInvalid(f"`api.endpoints[{index}].path` has more than {MAX_ENDPOINT_SEGMENTS} segments")
         params = [s[1:] for s in endpoint["path"].split("/") if s.startswith(":")]
         if len(set(params)) != len(params):

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 from urllib.parse import quote, unquote
 
 from chalicelib.auth import Identity
-from chalicelib.bundles.manifest import Endpoint
+from chalicelib.bundles.manifest import Endpoint, find_endpoint
 from chalicelib.config import Settings
 from chalicelib.errors import EndpointNotFound, ExtensionFailed, ExtensionTimeout, NotInstalled, PayloadTooLarge
 from chalicelib.gateway.runner_client import RunnerClient
@@ -273,12 +273,11 @@ class GatewayService:
 
     @staticmethod
     def _endpoint(version: VersionRecord, request: GatewayRequest) -> tuple[Endpoint, dict[str, str]]:
-        endpoints = [Endpoint(e["method"], e["path"], e["handler"]) for e in version.endpoints]
-        ranked = sorted(endpoints, key=lambda e: [s.startswith(":") for s in e.segments])
-        for endpoint in ranked:
-            params = endpoint.match(request.method, request.path)
-            if params is not None:
-                return endpoint, {k: unquote(v) for k, v in params.items()}
+        endpoints = [Endpoint.from_dict(e) for e in version.endpoints]
+        found = find_endpoint(endpoints, request.method, request.path)
+        if found is not None:
+            endpoint, params = found
+            return endpoint, {k: unquote(v) for k, v in params.items()}
         allowed = sorted({e.method for e in endpoints if e.match(e.method, request.path) is not None})
         hint = f" (it accepts {', '.join(allowed)} there)" if allowed else ""
         raise EndpointNotFound(f"{request.extension} has no endpoint for {request.method} {request.path}{hint}")

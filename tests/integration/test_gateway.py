@@ -344,6 +344,22 @@ def test_deep_paths_and_params_are_routed(gateway_stack: AwsStack) -> None:
     assert seen["endpoint"]["params"] == {"one": "x/y", "two": "2"}
 
 
+def test_a_literal_segment_wins_over_a_param_whatever_the_declared_order(gateway_stack: AwsStack) -> None:
+    endpoints = [
+        {"method": "GET", "path": "/items/:id", "handler": "item"},
+        {"method": "GET", "path": "/items/new", "handler": "form"},
+        {"method": "POST", "path": "/items/:id", "handler": "save"},
+    ]
+    install(gateway_stack, _guest_bundle(wasm((WAT / "echo.wat").read_text()), api={"endpoints": endpoints}))
+    form = json.loads(call(gateway_stack, "GET", "/api/ext/com.acme.tools/items/new").body)["endpoint"]
+    item = json.loads(call(gateway_stack, "GET", "/api/ext/com.acme.tools/items/a%20b").body)["endpoint"]
+    assert (form["handler"], form["params"]) == ("form", {})
+    assert (item["handler"], item["params"]) == ("item", {"id": "a b"})
+    answer = call(gateway_stack, "DELETE", "/api/ext/com.acme.tools/items/42")
+    assert answer.status_code == 404
+    assert json.loads(answer.body)["error"]["message"].endswith("(it accepts GET, POST there)")
+
+
 def test_config_reaches_the_guest(gateway_stack: AwsStack) -> None:
     install(gateway_stack, _guest_bundle(wasm((WAT / "echo.wat").read_text())))
     gateway_stack.call("PATCH", "/installs/com.acme.tools", {"config": {"greeting": "bonjour"}})
