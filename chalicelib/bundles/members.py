@@ -37,8 +37,10 @@ _HASH_INLINE_BELOW = 256 * 1024
 
 
 class Members:
-    """Reads every member of ``reader``'s archive under the rules above; what passed is in the attributes.
+    """Reads every member of ``reader``'s archive under the rules above.
 
+    After :meth:`read`: ``files`` (path, size and sha256 hasher of each), ``directories``, ``unpacked``
+    (the files' total size), ``manifest_bytes`` and ``wasm`` (an inspector fed each ``.wasm`` file).
     With ``extract_to`` the files ``extract_filter`` keeps (all when it is None) are written there, after
     ``reserve`` accepted each one's size.
     """
@@ -52,23 +54,23 @@ class Members:
         extract_filter: Callable[[str], bool] | None,
         reserve: Callable[[int], None] | None,
     ) -> None:
-        self.reader = reader
-        self.hashing = hashing
-        self.limits = limits
-        self.extract_to = extract_to
-        self.extract_filter = extract_filter
-        self.reserve = reserve
-        self.entries = 0
+        self._reader = reader
+        self._hashing = hashing
+        self._limits = limits
+        self._extract_to = extract_to
+        self._extract_filter = extract_filter
+        self._reserve = reserve
+        self._entries = 0
         self.unpacked = 0
         self.files: list[tuple[str, int, Any]] = []
         self.directories: list[str] = []
-        self.kinds: dict[str, str] = {}
+        self._kinds: dict[str, str] = {}
         self.manifest_bytes: bytes | None = None
         self.wasm: dict[str, EntryInspector] = {}
 
     def read(self) -> None:
         """Read the archive to its end; raise at the first member a bundle may not hold."""
-        for entry in self.reader.entries():
+        for entry in self._reader.entries():
             self._member(entry)
 
     def _member(self, entry: TarEntry) -> None:
@@ -82,7 +84,7 @@ class Members:
             )
         if entry.typeflag not in REGULAR and entry.typeflag != DIRECTORY:
             raise BundleUnsupportedEntry(f"{name!r} has the unsupported tar entry type {entry.typeflag!r}")
-        path = normalize_member_path(name, max_bytes=self.limits.max_path_bytes, max_depth=self.limits.max_path_depth)
+        path = normalize_member_path(name, max_bytes=self._limits.max_path_bytes, max_depth=self._limits.max_path_depth)
         if entry.typeflag == DIRECTORY:
             if entry.size:
                 raise BundleCorrupt(f"directory {name!r} claims {entry.size} bytes of data")
@@ -100,34 +102,34 @@ class Members:
         self._read_file(path, entry)
 
     def _count(self) -> None:
-        self.entries += 1
-        if self.entries > self.limits.max_entries:
-            raise BundleTooManyEntries(f"the bundle has more than {self.limits.max_entries} entries")
+        self._entries += 1
+        if self._entries > self._limits.max_entries:
+            raise BundleTooManyEntries(f"the bundle has more than {self._limits.max_entries} entries")
 
     def _claim(self, path: str, kind: str) -> None:
         key = collision_key(path)
-        previous = self.kinds.get(key)
+        previous = self._kinds.get(key)
         if previous is not None:
             if previous == "implicit" and kind == "dir":
-                self.kinds[key] = "dir"
+                self._kinds[key] = "dir"
                 return
             raise BundleDuplicateEntry(f"{path!r} appears more than once in the bundle (or collides with another name)")
         parts = key.split("/")
         for depth in range(1, len(parts)):
             ancestor = "/".join(parts[:depth])
-            if self.kinds.get(ancestor) == "file":
+            if self._kinds.get(ancestor) == "file":
                 raise BundleDuplicateEntry(f"{path!r} is inside {ancestor!r}, which is a file")
-            self.kinds.setdefault(ancestor, "implicit")
-        self.kinds[key] = kind
+            self._kinds.setdefault(ancestor, "implicit")
+        self._kinds[key] = kind
 
     def _check_sizes(self, path: str, size: int) -> None:
-        if path == MANIFEST_PATH and size > self.limits.max_manifest_bytes:
-            raise ManifestInvalid(f"manifest.json is {size} bytes (limit {self.limits.max_manifest_bytes})")
-        if size > self.limits.max_file_bytes:
-            raise BundleUnpackedTooLarge(f"{path!r} is {size} bytes (limit {self.limits.max_file_bytes} per file)")
-        if self.unpacked + size > self.limits.max_unpacked_bytes:
+        if path == MANIFEST_PATH and size > self._limits.max_manifest_bytes:
+            raise ManifestInvalid(f"manifest.json is {size} bytes (limit {self._limits.max_manifest_bytes})")
+        if size > self._limits.max_file_bytes:
+            raise BundleUnpackedTooLarge(f"{path!r} is {size} bytes (limit {self._limits.max_file_bytes} per file)")
+        if self.unpacked + size > self._limits.max_unpacked_bytes:
             raise BundleUnpackedTooLarge(
-                f"the bundle unpacks to more than {self.limits.max_unpacked_bytes} bytes (at {path!r})"
+                f"the bundle unpacks to more than {self._limits.max_unpacked_bytes} bytes (at {path!r})"
             )
         self.unpacked += size
 
@@ -139,9 +141,9 @@ class Members:
         inspector = EntryInspector() if path.endswith(".wasm") else None
         out = self._open_for_extract(path, entry.size)
         try:
-            for chunk in self.reader.data(entry, repr(path)):
+            for chunk in self._reader.data(entry, repr(path)):
                 if hash_aside:
-                    self.hashing.update(digest, chunk)
+                    self._hashing.update(digest, chunk)
                 else:
                     digest.update(chunk)
                 if keep_manifest:
@@ -160,19 +162,19 @@ class Members:
         self.files.append((path, entry.size, digest))
 
     def _wanted(self, path: str) -> bool:
-        return self.extract_to is not None and (self.extract_filter is None or self.extract_filter(path))
+        return self._extract_to is not None and (self._extract_filter is None or self._extract_filter(path))
 
     def _extract_dir(self, path: str) -> None:
-        if self.extract_to is not None and self.extract_filter is None:
-            (self.extract_to / path).mkdir(parents=True, exist_ok=True)
+        if self._extract_to is not None and self._extract_filter is None:
+            (self._extract_to / path).mkdir(parents=True, exist_ok=True)
 
     def _open_for_extract(self, path: str, size: int) -> BinaryIO | None:
         if not self._wanted(path):
             return None
-        assert self.extract_to is not None
-        if self.reserve is not None:
-            self.reserve(size)
-        target = self.extract_to / path
+        assert self._extract_to is not None
+        if self._reserve is not None:
+            self._reserve(size)
+        target = self._extract_to / path
         target.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
         return os.fdopen(fd, "wb")

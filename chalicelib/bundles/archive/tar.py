@@ -52,7 +52,10 @@ def max_tar_bytes(limits: BundleLimits) -> int:
 
 @dataclass(frozen=True)
 class TarEntry:
-    """One member as the archive states it: the raw name, the data size and the type flag."""
+    """One header as the archive states it: the raw name, the data size and the type flag.
+
+    :meth:`TarReader.entries` yields those of members, with pax records and GNU long names applied.
+    """
 
     name: bytes
     size: int
