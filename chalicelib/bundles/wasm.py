@@ -20,8 +20,10 @@ __all__ = ["RUNTIME_ABIS", "ExternKind", "FuncType", "WasmInspector", "WasmModul
 
 _MAGIC = b"\0asm"
 _CORE_VERSION = b"\x01\0\0\0"
-_KEPT_SECTIONS = {1: "type", 2: "import", 3: "function", 7: "export"}
+_KEPT_SECTIONS = {1: "type", 2: "import", 3: "function", 5: "memory", 7: "export"}
 _MAX_KEPT_SECTION = 1024 * 1024
+_SHARED_LIMITS = 0x02
+_MEMORY64_LIMITS = 0x04
 _VALTYPES = {0x7F: "i32", 0x7E: "i64", 0x7D: "f32", 0x7C: "f64", 0x7B: "v128", 0x70: "funcref", 0x6F: "externref"}
 
 
@@ -51,10 +53,21 @@ class Import:
 
 
 @dataclass(frozen=True)
+class MemoryType:
+    shared: bool
+    is_64: bool
+
+    @classmethod
+    def from_limits_flags(cls, flags: int) -> MemoryType:
+        return cls(shared=bool(flags & _SHARED_LIMITS), is_64=bool(flags & _MEMORY64_LIMITS))
+
+
+@dataclass(frozen=True)
 class Export:
     name: str
     kind: ExternKind
     type: FuncType | None
+    memory: MemoryType | None = None
 
 
 @dataclass(frozen=True)
@@ -110,7 +123,8 @@ class _Cursor:
             raise _Malformed(f"uses value type 0x{code:02x}, which wasm-core@1 does not support")
         return _VALTYPES[code]
 
-    def limits(self) -> None:
+    def limits(self) -> int:
+        """Read a limits record; returns its flags (shared, 64-bit)."""
         flags = self.byte()
         if flags & ~0x0F:
             raise _Malformed(f"has unknown limits flags 0x{flags:02x}")
@@ -119,6 +133,7 @@ class _Cursor:
             self.uleb(64)
         if flags & 0x08:
             self.uleb()
+        return flags
 
 
 class WasmInspector:
@@ -139,6 +154,7 @@ class WasmInspector:
         self._types: list[FuncType] = []
         self._imports: list[tuple[str, str, ExternKind, int | None]] = []
         self._functions: list[int] = []
+        self._memories: list[MemoryType] = []
         self._exports: list[tuple[str, ExternKind, int]] = []
 
     def feed(self, chunk: bytes | memoryview) -> None:
@@ -216,6 +232,8 @@ class WasmInspector:
                 self._imports.append(self._parse_import(cur))
             elif section_id == 3:
                 self._functions.append(cur.uleb())
+            elif section_id == 5:
+                self._memories.append(MemoryType.from_limits_flags(cur.limits()))
             else:
                 name = cur.name()
                 kind = self._kind(cur.byte())
@@ -233,7 +251,7 @@ class WasmInspector:
             cur.valtype()
             cur.limits()
         elif kind is ExternKind.MEMORY:
-            cur.limits()
+            self._memories.append(MemoryType.from_limits_flags(cur.limits()))
         elif kind is ExternKind.GLOBAL:
             cur.valtype()
             cur.byte()
@@ -268,6 +286,11 @@ class WasmInspector:
             exports = []
             for name, kind, index in self._exports:
                 func_type = None
+                if kind is ExternKind.MEMORY:
+                    if index >= len(self._memories):
+                        raise _Malformed(f"exports memory {index}, which does not exist")
+                    exports.append(Export(name, kind, None, self._memories[index]))
+                    continue
                 if kind is ExternKind.FUNC:
                     if index < len(imported_funcs):
                         func_type = imported_funcs[index]
@@ -331,3 +354,6 @@ def _check_export(exp: Export, expected: FuncType | None, runtime: str, path: st
         )
     if expected is not None and exp.type != expected:
         raise WasmInvalid(f"{path} exports `{exp.name}` as {exp.type}, {runtime} needs {expected}")
+    if exp.memory is not None and (exp.memory.shared or exp.memory.is_64):
+        kind = "a shared memory" if exp.memory.shared else "a 64-bit memory"
+        raise WasmInvalid(f"{path} exports `{exp.name}` as {kind}; {runtime} needs a plain 32-bit, unshared memory")

@@ -403,6 +403,22 @@ def with_extra_files(files: dict[str, bytes], *entries: Entry) -> bytes:
             ),
             "`memory`",
         ),
+        (
+            wasm(
+                '(module (memory (export "memory") 1 1 shared)'
+                ' (func (export "alloc") (param i32) (result i32) i32.const 0)'
+                ' (func (export "handler") (param i32 i32 i32) (result i32) i32.const 0))'
+            ),
+            "shared memory",
+        ),
+        (
+            wasm(
+                '(module (memory (export "memory") i64 1)'
+                ' (func (export "alloc") (param i32) (result i32) i32.const 0)'
+                ' (func (export "handler") (param i32 i32 i32) (result i32) i32.const 0))'
+            ),
+            "64-bit memory",
+        ),
     ],
 )
 def test_an_entry_that_does_not_fit_the_runtime_is_refused(module: bytes, match: str) -> None:
