@@ -25,7 +25,7 @@ from typing import Any
 import jwt
 
 from chalicelib.config import Settings, check_combinations
-from chalicelib.errors import ConfigInvalid, Forbidden, Unauthenticated
+from chalicelib.errors import Forbidden, SettingsInvalid, Unauthenticated
 from chalicelib.tenancy import TENANT_ID
 
 __all__ = ["ADMIN", "OPERATOR", "USER", "Identity", "TokenVerifier", "issue_token"]
@@ -95,7 +95,7 @@ class TokenVerifier:
         self._issuer: str = settings.ext_auth_issuer
         self._audience: str = settings.ext_auth_audience
         if not self._secret and not self._jwks_source:
-            raise ConfigInvalid("set EXT_AUTH_SECRET (development) or EXT_AUTH_JWKS (production)")
+            raise SettingsInvalid("set EXT_AUTH_SECRET (development) or EXT_AUTH_JWKS (production)")
         check_combinations(settings.values)
 
     @cached_property
@@ -107,7 +107,7 @@ class TokenVerifier:
             text = source if source.startswith("{") else Path(source).read_text("utf-8")
             return jwt.PyJWKSet.from_dict(json.loads(text))
         except (OSError, ValueError, jwt.PyJWKSetError) as exc:
-            raise ConfigInvalid(f"EXT_AUTH_JWKS cannot be loaded: {exc}") from None
+            raise SettingsInvalid(f"EXT_AUTH_JWKS cannot be loaded: {exc}") from None
 
     def _key_for(self, token: str) -> tuple[Any, list[str]]:
         try:

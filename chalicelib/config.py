@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from chalicelib.errors import ConfigInvalid
+from chalicelib.errors import SettingsInvalid
 
 __all__ = [
     "SETTINGS",
@@ -367,21 +367,21 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         unknown = set(changes) - set(self.values)
         if unknown:
-            raise ConfigInvalid(f"unknown settings: {', '.join(sorted(unknown))}")
+            raise SettingsInvalid(f"unknown settings: {', '.join(sorted(unknown))}")
         values = {**self.values, **changes}
         check_combinations(values)
         return Settings(values=values)
 
 
 def check_combinations(values: Mapping[str, Any]) -> None:
-    """Refuse settings that are each valid but unsafe together; raises :class:`ConfigInvalid`.
+    """Refuse settings that are each valid but unsafe together; raises :class:`SettingsInvalid`.
 
     A JWKS needs an issuer and an audience: an identity provider signs tokens for every application it
     serves with the same keys, so only ``iss`` and ``aud`` tell a token meant for this platform from one
     meant for another.
     """
     if values.get("ext_auth_jwks") and not (values.get("ext_auth_issuer") and values.get("ext_auth_audience")):
-        raise ConfigInvalid(
+        raise SettingsInvalid(
             "EXT_AUTH_JWKS is set, so EXT_AUTH_ISSUER and EXT_AUTH_AUDIENCE must be set too: without them a "
             "token the identity provider issued for another application would be accepted"
         )
@@ -390,7 +390,7 @@ def check_combinations(values: Mapping[str, Any]) -> None:
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read every setting from ``env`` (default: the process environment).
 
-    Raises :class:`ConfigInvalid` naming the variable when a value does not parse, and when values
+    Raises :class:`SettingsInvalid` naming the variable when a value does not parse, and when values
     conflict (:func:`check_combinations`).
     """
     source = os.environ if env is None else env
@@ -403,9 +403,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         try:
             value = setting.parse(raw)
         except ValueError as exc:
-            raise ConfigInvalid(f"{setting.env}={raw!r} is invalid: {exc}") from None
+            raise SettingsInvalid(f"{setting.env}={raw!r} is invalid: {exc}") from None
         if setting.minimum is not None and value < setting.minimum:
-            raise ConfigInvalid(f"{setting.env}={raw!r} is invalid: must be at least {setting.minimum}")
+            raise SettingsInvalid(f"{setting.env}={raw!r} is invalid: must be at least {setting.minimum}")
         values[setting.attr] = value
     check_combinations(values)
     return Settings(values=values)

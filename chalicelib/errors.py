@@ -25,7 +25,7 @@ __all__ = [
     "BundleUnpackedTooLarge",
     "BundleUnsafePath",
     "BundleUnsupportedEntry",
-    "ConfigInvalid",
+    "SettingsInvalid",
     "EndpointNotFound",
     "ExtError",
     "ExtensionFailed",
@@ -531,11 +531,10 @@ class SecretUnavailable(SecretError):
 # --- operational and local ----------------------------------------------------------
 
 
-class ConfigInvalid(ExtError):
+class SettingsInvalid(ExtError):
     """A setting or the trust bundle is invalid (an operator problem).
 
     Not an install's config: that is :class:`InstallConfigInvalid` (``CONFIG_INVALID``, DESIGN §4).
-    The class keeps its historical name while other branches still raise it; its code says what it is.
     """
 
     code = "SETTINGS_INVALID"

@@ -17,7 +17,7 @@ import boto3
 from chalicelib.auth import TokenVerifier
 from chalicelib.bundles.signing import TrustBundle
 from chalicelib.config import Settings
-from chalicelib.errors import ConfigInvalid
+from chalicelib.errors import SettingsInvalid
 from chalicelib.gateway.runner_client import RunnerClient, make_runner_client
 from chalicelib.gateway.service import GatewayService
 from chalicelib.logs import log_event
@@ -130,7 +130,7 @@ class Services:
 
     def _request_finalize(self, staging_key: str) -> None:
         if not self.settings.finalize_queue_url:
-            raise ConfigInvalid("FINALIZE_MODE=queue needs FINALIZE_QUEUE_URL")
+            raise SettingsInvalid("FINALIZE_MODE=queue needs FINALIZE_QUEUE_URL")
         body = finalize_request(self.settings.storage_s3_bucket, staging_key)
         self.sqs.send_message(QueueUrl=self.settings.finalize_queue_url, MessageBody=body)
 

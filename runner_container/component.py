@@ -51,11 +51,11 @@ from wasmtime.component import Component, Linker, Record, Variant
 from chalicelib.bundles.component import ALLOWED_IMPORTS, COMPONENT_RUNTIME
 from chalicelib.errors import (
     BadRequest,
-    ConfigInvalid,
     ExtensionFailed,
     ExtensionTimeout,
     ExtError,
     PayloadTooLarge,
+    SettingsInvalid,
     WasmInvalid,
 )
 from runner_container import wasmtime_bytes
@@ -579,7 +579,7 @@ class ComponentEngine:
             fuel = limits.fuel if limits.fuel is not None else _UNMETERED_FUEL
             store.set_fuel(fuel)
         elif limits.fuel is not None:
-            raise ConfigInvalid("a fuel limit needs an engine built with consume_fuel=True")
+            raise SettingsInvalid("a fuel limit needs an engine built with consume_fuel=True")
         return store, fuel
 
     def execute(

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
 from chalicelib.config import Settings
-from chalicelib.errors import ConfigInvalid
+from chalicelib.errors import SettingsInvalid
 from chalicelib.headers import is_header_name, is_header_value
 
 if TYPE_CHECKING:
@@ -526,14 +526,14 @@ class EgressPolicy:
     def from_settings(cls, settings: Settings) -> EgressPolicy:
         """The policy configured by ``EXT_EGRESS_*`` and ``EXT_HTTP_FETCH_*`` settings.
 
-        Raises :class:`ConfigInvalid` for an ``EXT_EGRESS_ALLOWLIST`` entry with a malformed port, so the
+        Raises :class:`SettingsInvalid` for an ``EXT_EGRESS_ALLOWLIST`` entry with a malformed port, so the
         runner refuses to start rather than silently never matching it.
         """
         for entry in settings.ext_egress_allowlist:
             try:
                 split_entry(entry)
             except ValueError as exc:
-                raise ConfigInvalid(f"EXT_EGRESS_ALLOWLIST: {exc}") from None
+                raise SettingsInvalid(f"EXT_EGRESS_ALLOWLIST: {exc}") from None
         return cls(
             allowlist=tuple(settings.ext_egress_allowlist),
             allow_private=bool(settings.ext_egress_allow_private),

@@ -45,7 +45,7 @@ from typing import Any
 import wasmtime
 
 from chalicelib.config import Settings
-from chalicelib.errors import ConfigInvalid, ExtensionFailed, ExtensionTimeout, ExtError, ManifestInvalid, WasmInvalid
+from chalicelib.errors import ExtensionFailed, ExtensionTimeout, ExtError, ManifestInvalid, SettingsInvalid, WasmInvalid
 from chalicelib.headers import is_header_name, is_header_value
 from chalicelib.logs import log_event
 from runner_container.egress import EgressPolicy, FetchError, FetchOutcome
@@ -475,7 +475,7 @@ class WasmEngine:
 
     def __init__(self, *, consume_fuel: bool = False, epoch_tick_ms: int = DEFAULT_EPOCH_TICK_MS) -> None:
         if epoch_tick_ms < 1:
-            raise ConfigInvalid("epoch_tick_ms must be at least 1")
+            raise SettingsInvalid("epoch_tick_ms must be at least 1")
         self.consume_fuel = consume_fuel
         self.epoch_tick_ms = epoch_tick_ms
         # The restore plan's marker version is part of the fingerprint: compiled code carries its rewrite.
@@ -625,7 +625,7 @@ class WasmEngine:
         if self.consume_fuel:
             return limits.fuel if limits.fuel is not None else _UNMETERED_FUEL
         if limits.fuel is not None:
-            raise ConfigInvalid("a fuel limit needs an engine built with consume_fuel=True")
+            raise SettingsInvalid("a fuel limit needs an engine built with consume_fuel=True")
         return None
 
     def _new_store(self, limits: CallLimits) -> wasmtime.Store:

@@ -36,7 +36,15 @@ from types import FrameType
 from typing import Any
 
 from chalicelib.config import Settings
-from chalicelib.errors import BadRequest, ConfigInvalid, ExtError, Internal, NotFound, PayloadTooLarge, Unauthenticated
+from chalicelib.errors import (
+    BadRequest,
+    ExtError,
+    Internal,
+    NotFound,
+    PayloadTooLarge,
+    SettingsInvalid,
+    Unauthenticated,
+)
 from chalicelib.logs import LOGGER, log_event
 from runner_container.service import RunnerService, build_service
 from runner_container.ui import (
@@ -288,11 +296,11 @@ class _Handler(BaseHTTPRequestHandler):
 def make_server(service: RunnerService, host: str, port: int, *, insecure_no_auth: bool = False) -> RunnerHTTPServer:
     """A bound, not yet serving, server (port 0 picks a free port; see ``server.url``).
 
-    Raises ``ConfigInvalid`` when ``RUNNER_AUTH_TOKEN`` is empty, unless ``insecure_no_auth`` is set.
+    Raises ``SettingsInvalid`` when ``RUNNER_AUTH_TOKEN`` is empty, unless ``insecure_no_auth`` is set.
     """
     token = str(service.settings.runner_auth_token)
     if not token and not insecure_no_auth:
-        raise ConfigInvalid("RUNNER_AUTH_TOKEN is empty; set it, or pass --insecure-no-auth for local development")
+        raise SettingsInvalid("RUNNER_AUTH_TOKEN is empty; set it, or pass --insecure-no-auth for local development")
     if insecure_no_auth:
         log_event(
             "runner.auth_disabled",

@@ -33,7 +33,7 @@ from typing import Any
 from chalicelib.bundles.digests import CONTENT_HASH_RE
 from chalicelib.bundles.signing import TrustBundle
 from chalicelib.config import Settings
-from chalicelib.errors import BadRequest, ConfigInvalid, EndpointNotFound, ExtensionTimeout, RunnerBusy
+from chalicelib.errors import BadRequest, EndpointNotFound, ExtensionTimeout, RunnerBusy, SettingsInvalid
 from chalicelib.logs import configure_logging, log_event
 from chalicelib.storage.s3 import make_s3_client
 from chalicelib.storage.store import S3BundleStore
@@ -296,19 +296,19 @@ class RunnerService:
 def configure_process_logging(level: str) -> None:
     """The runner process's logs: JSON lines on stderr (:mod:`chalicelib.logs`) at ``level``.
 
-    Raises ``ConfigInvalid`` for a level :mod:`logging` does not know.
+    Raises ``SettingsInvalid`` for a level :mod:`logging` does not know.
     """
     try:
         configure_logging(level)
     except ValueError:
-        raise ConfigInvalid(f"LOG_LEVEL={level!r} is not a logging level") from None
+        raise SettingsInvalid(f"LOG_LEVEL={level!r} is not a logging level") from None
 
 
 def build_service(settings: Settings, *, compile_jobs: CompileJobs | None = None) -> RunnerService:
     """The runner as ``settings`` describe it: one engine, the S3 store, the trust bundle, the egress policy.
 
     ``compile_jobs`` runs the compile jobs calls ask for (default: this process, in the background).
-    Raises ``ConfigInvalid`` for an unreadable trust bundle, before anything is served.
+    Raises ``SettingsInvalid`` for an unreadable trust bundle, before anything is served.
     """
     trust = TrustBundle.from_setting(settings.signing_trust_bundle)
     engine = WasmEngine.from_settings(settings)

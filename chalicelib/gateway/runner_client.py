@@ -22,7 +22,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
 
 from chalicelib.config import Settings
-from chalicelib.errors import ConfigInvalid, ExtensionFailed, ExtensionTimeout, RunnerBusy, error_for_code
+from chalicelib.errors import ExtensionFailed, ExtensionTimeout, RunnerBusy, SettingsInvalid, error_for_code
 from chalicelib.logs import log_event
 
 __all__ = ["HttpRunnerClient", "LambdaRunnerClient", "RunnerClient", "make_runner_client"]
@@ -186,4 +186,4 @@ def make_runner_client(settings: Settings, lambda_client: Any = None) -> RunnerC
         # The HTTP runner answers a precompile once its job is done: wait for the job's limit and a margin.
         wait_s = settings.runner_compile_timeout_ms / 1000 + 60
         return HttpRunnerClient(settings.runner_base_url, settings.runner_auth_token, precompile_wait_s=wait_s)
-    raise ConfigInvalid("set RUNNER_FUNCTION_NAME (AWS) or RUNNER_BASE_URL (local, self-hosted)")
+    raise SettingsInvalid("set RUNNER_FUNCTION_NAME (AWS) or RUNNER_BASE_URL (local, self-hosted)")

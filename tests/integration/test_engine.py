@@ -14,11 +14,11 @@ import wasmtime
 
 from chalicelib.config import load_settings
 from chalicelib.errors import (
-    ConfigInvalid,
     ExtensionFailed,
     ExtensionTimeout,
     ExtError,
     ManifestInvalid,
+    SettingsInvalid,
     WasmInvalid,
 )
 from runner_container.engine import (
@@ -293,7 +293,7 @@ def test_fuel_engine_without_a_fuel_limit_runs_unmetered(fuel_engine):
 def test_fuel_limit_on_an_engine_without_fuel_is_a_configuration_error(engine):
     limits = CallLimits(timeout_ms=2000, memory_bytes=16 * MiB, fuel=1000, max_response_bytes=MiB)
 
-    with pytest.raises(ConfigInvalid, match="consume_fuel"):
+    with pytest.raises(SettingsInvalid, match="consume_fuel"):
         run(engine, fixture("echo"), limits)
 
 

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from chalicelib.auth import Identity, TokenVerifier, issue_token
 from chalicelib.config import Settings, load_settings
-from chalicelib.errors import ConfigInvalid, Forbidden, Unauthenticated
+from chalicelib.errors import Forbidden, SettingsInvalid, Unauthenticated
 
 SECRET = "test-secret-0123456789-abcdefghij"
 
@@ -127,12 +127,12 @@ def test_production_tokens_verify_against_the_jwks(algorithm: str, key: rsa.RSAP
 )
 def test_a_jwks_without_both_issuer_and_audience_refuses_to_start(env: dict[str, str]) -> None:
     jwks = _jwks(ec.generate_private_key(ec.SECP256R1()).public_key(), "k1")
-    with pytest.raises(ConfigInvalid, match="EXT_AUTH_ISSUER and EXT_AUTH_AUDIENCE"):
+    with pytest.raises(SettingsInvalid, match="EXT_AUTH_ISSUER and EXT_AUTH_AUDIENCE"):
         load_settings({"EXT_AUTH_JWKS": jwks, **env})
     # Settings built without load_settings still cannot make a verifier that skips the checks.
     values = {**load_settings({"EXT_AUTH_SECRET": SECRET}).values, "ext_auth_jwks": jwks}
     values.update((name.lower(), value) for name, value in env.items())
-    with pytest.raises(ConfigInvalid, match="EXT_AUTH_ISSUER and EXT_AUTH_AUDIENCE"):
+    with pytest.raises(SettingsInvalid, match="EXT_AUTH_ISSUER and EXT_AUTH_AUDIENCE"):
         TokenVerifier(Settings(values=values))
 
 
@@ -180,5 +180,5 @@ def test_roles_gate_actions() -> None:
 
 
 def test_a_verifier_needs_keys() -> None:
-    with pytest.raises(ConfigInvalid):
+    with pytest.raises(SettingsInvalid):
         verifier()

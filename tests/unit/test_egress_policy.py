@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from chalicelib.config import load_settings
-from chalicelib.errors import ConfigInvalid
+from chalicelib.errors import SettingsInvalid
 from runner_container.egress import (
     AddressClass,
     EgressPolicy,
@@ -340,7 +340,7 @@ def test_an_entry_allows_its_port_or_else_80_and_443(entries, host, port, expect
 def test_a_platform_allowlist_entry_with_a_bad_port_stops_the_runner_from_starting(entry):
     settings = load_settings({"EXT_EGRESS_ALLOWLIST": f"ok.example.com,{entry}"})
 
-    with pytest.raises(ConfigInvalid, match="EXT_EGRESS_ALLOWLIST"):
+    with pytest.raises(SettingsInvalid, match="EXT_EGRESS_ALLOWLIST"):
         EgressPolicy.from_settings(settings)
 
 

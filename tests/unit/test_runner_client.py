@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from chalicelib.config import load_settings
-from chalicelib.errors import ConfigInvalid
+from chalicelib.errors import SettingsInvalid
 from chalicelib.gateway.runner_client import HttpRunnerClient, LambdaRunnerClient, make_runner_client
 
 
@@ -25,5 +25,5 @@ def test_a_base_url_means_http() -> None:
 
 
 def test_no_runner_configured_is_an_operator_error() -> None:
-    with pytest.raises(ConfigInvalid, match="RUNNER_FUNCTION_NAME"):
+    with pytest.raises(SettingsInvalid, match="RUNNER_FUNCTION_NAME"):
         make_runner_client(load_settings({}))

@@ -12,9 +12,9 @@ from chalicelib.config import SETTINGS, load_settings, settings_table_markdown
 from chalicelib.errors import (
     ABSTRACT_ERRORS,
     ALL_ERRORS,
-    ConfigInvalid,
     ExtError,
     InstallConfigInvalid,
+    SettingsInvalid,
     error_table_markdown,
     error_texts,
 )
@@ -120,11 +120,11 @@ def test_values_are_parsed_and_invalid_ones_name_the_variable() -> None:
     assert settings.storage_s3_force_path_style is True
     assert settings.ext_egress_allowlist == ("a.com", "*.b.io")
     assert settings.bundle_store_base == "blobs/"
-    with pytest.raises(ConfigInvalid, match="BUNDLE_MAX_ENTRIES"):
+    with pytest.raises(SettingsInvalid, match="BUNDLE_MAX_ENTRIES"):
         load_settings({"BUNDLE_MAX_ENTRIES": "many"})
-    with pytest.raises(ConfigInvalid, match="at least"):
+    with pytest.raises(SettingsInvalid, match="at least"):
         load_settings({"BUNDLE_MAX_ENTRIES": "0"})
-    with pytest.raises(ConfigInvalid, match="STORAGE_S3_FORCE_PATH_STYLE"):
+    with pytest.raises(SettingsInvalid, match="STORAGE_S3_FORCE_PATH_STYLE"):
         load_settings({"STORAGE_S3_FORCE_PATH_STYLE": "maybe"})
 
 
@@ -197,4 +197,4 @@ def test_each_code_has_one_meaning() -> None:
     codes = [cls.code for cls in concrete]
     assert sorted(code for code in set(codes) if codes.count(code) > 1) == []
     assert (InstallConfigInvalid.code, InstallConfigInvalid.http_status) == ("CONFIG_INVALID", 400)
-    assert (ConfigInvalid.code, ConfigInvalid.http_status) == ("SETTINGS_INVALID", 500)
+    assert (SettingsInvalid.code, SettingsInvalid.http_status) == ("SETTINGS_INVALID", 500)

@@ -37,8 +37,8 @@ from chalicelib.bundles.signing import (
     verify_signature,
 )
 from chalicelib.errors import (
-    ConfigInvalid,
     KeyInvalid,
+    SettingsInvalid,
     SignatureInvalid,
     SignatureMissing,
     SignatureScope,
@@ -343,7 +343,7 @@ def test_a_key_may_repeat_only_in_renewed_certificates_with_the_same_scope(ed_ke
     cert = self_signed_cert(ed_key, now - timedelta(days=1), now + timedelta(days=1))
     renewal = self_signed_cert(ed_key, now, now + timedelta(days=30))
     text = cert + second_block(cert if "repeats the certificate" in expected else renewal, public_pem(ed_key))
-    with pytest.raises(ConfigInvalid) as caught:
+    with pytest.raises(SettingsInvalid) as caught:
         TrustBundle.parse(text)
     assert expected in caught.value.message
 
@@ -351,7 +351,7 @@ def test_a_key_may_repeat_only_in_renewed_certificates_with_the_same_scope(ed_ke
 def test_a_trust_bundle_with_an_rsa_certificate_is_rejected(ed_key, rsa_key):
     now = datetime.now(UTC)
     cert = self_signed_cert(rsa_key, now, now + timedelta(days=1))
-    with pytest.raises(ConfigInvalid, match="block 2: RSA-2048 keys are not supported"):
+    with pytest.raises(SettingsInvalid, match="block 2: RSA-2048 keys are not supported"):
         trust_of(public_pem(ed_key), cert)
 
 
@@ -552,7 +552,7 @@ def test_a_publisher_annotation_names_who_a_key_signs_for(ed_key, p256_key):
 
 @pytest.mark.parametrize("publisher", ["Acme Inc.", "-acme", "acme:x", "a" * 65, ""])
 def test_a_malformed_publisher_annotation_is_rejected_naming_the_block(ed_key, publisher):
-    with pytest.raises(ConfigInvalid, match="trust bundle block 1: '# publisher:'"):
+    with pytest.raises(SettingsInvalid, match="trust bundle block 1: '# publisher:'"):
         TrustBundle.parse(f"# publisher: {publisher}\n" + public_pem(ed_key))
 
 
@@ -593,7 +593,7 @@ def test_a_malformed_publisher_annotation_is_rejected_naming_the_block(ed_key, p
     ],
 )
 def test_a_malformed_trust_bundle_is_rejected_naming_the_line_or_block(ed_key, text_for, expected):
-    with pytest.raises(ConfigInvalid, match="trust bundle") as caught:
+    with pytest.raises(SettingsInvalid, match="trust bundle") as caught:
         TrustBundle.parse(text_for(public_pem(ed_key)))
     assert expected in caught.value.message
     assert caught.value.code == "SETTINGS_INVALID"
@@ -602,7 +602,7 @@ def test_a_malformed_trust_bundle_is_rejected_naming_the_line_or_block(ed_key, t
 @pytest.mark.parametrize("unsupported_key", ["RSA-2048", "EC secp384r1"], indirect=True)
 def test_a_trust_bundle_with_an_unsupported_public_key_is_rejected_naming_the_block(ed_key, unsupported_key, request):
     key_type = request.node.callspec.params["unsupported_key"]
-    with pytest.raises(ConfigInvalid) as caught:
+    with pytest.raises(SettingsInvalid) as caught:
         TrustBundle.parse(public_pem(ed_key) + public_pem(unsupported_key))
     assert caught.value.message.startswith(f"trust bundle block 2: {key_type} keys are not supported")
 
@@ -617,7 +617,7 @@ def test_a_trust_bundle_loads_from_inline_pem_or_a_file(ed_key, tmp_path):
 
 
 def test_a_missing_trust_bundle_file_is_a_config_error_naming_the_path():
-    with pytest.raises(ConfigInvalid) as caught:
+    with pytest.raises(SettingsInvalid) as caught:
         TrustBundle.load("/nonexistent/trust.pem")
     assert caught.value.message.startswith("cannot read trust bundle '/nonexistent/trust.pem': ")
 
@@ -625,7 +625,7 @@ def test_a_missing_trust_bundle_file_is_a_config_error_naming_the_path():
 def test_an_invalid_trust_bundle_file_is_reported_with_its_path(tmp_path):
     path = tmp_path / "trust.pem"
     path.write_text("# scope: com.acme.*\n")
-    with pytest.raises(ConfigInvalid) as caught:
+    with pytest.raises(SettingsInvalid) as caught:
         TrustBundle.load(str(path))
     assert caught.value.message.startswith(f"{path}: trust bundle: ")
 
@@ -633,15 +633,15 @@ def test_an_invalid_trust_bundle_file_is_reported_with_its_path(tmp_path):
 def test_an_empty_setting_means_no_trust_bundle_but_an_empty_source_is_an_error():
     assert TrustBundle.from_setting("") is None
     assert TrustBundle.from_setting("  ") is None
-    with pytest.raises(ConfigInvalid, match="source is empty"):
+    with pytest.raises(SettingsInvalid, match="source is empty"):
         TrustBundle.load(" ")
 
 
 def test_a_hand_built_trusted_key_must_carry_its_own_key_id(ed_key, p256_key):
     assert TrustedKey.for_key(ed_key.public_key()).key_id == key_id_for(ed_key.public_key())
-    with pytest.raises(ConfigInvalid, match="does not belong to its public key"):
+    with pytest.raises(SettingsInvalid, match="does not belong to its public key"):
         TrustedKey(key_id_for(p256_key.public_key()), ed_key.public_key())
-    with pytest.raises(ConfigInvalid, match="empty scope"):
+    with pytest.raises(SettingsInvalid, match="empty scope"):
         TrustedKey.for_key(ed_key.public_key(), patterns=())
 
 

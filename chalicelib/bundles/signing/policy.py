@@ -11,7 +11,7 @@ from enum import Enum
 
 from chalicelib.bundles.signing.describe import show
 from chalicelib.bundles.signing.keys import PublicKey, is_supported, key_id_for, unsupported
-from chalicelib.errors import ConfigInvalid
+from chalicelib.errors import SettingsInvalid
 
 __all__ = ["ANY_NAME", "NamePattern", "PatternKind", "TrustedKey", "Validity"]
 
@@ -40,11 +40,11 @@ class NamePattern:
         # ANY carries no base; EXACT and BELOW need a well-formed one.
         base_ok = _PATTERN_BASE_RE.fullmatch(self.base) is not None
         if base_ok == (self.kind is PatternKind.ANY):
-            raise ConfigInvalid(f"scope pattern {str(self)!r} is not '*', a lowercase name, or 'name.*'")
+            raise SettingsInvalid(f"scope pattern {str(self)!r} is not '*', a lowercase name, or 'name.*'")
 
     @classmethod
     def parse(cls, text: str) -> NamePattern:
-        """Read one pattern; :class:`ConfigInvalid` for anything but the three forms."""
+        """Read one pattern; :class:`SettingsInvalid` for anything but the three forms."""
         value = text.strip()
         if value == "*":
             return cls(PatternKind.ANY)
@@ -97,14 +97,14 @@ class TrustedKey:
 
     def __post_init__(self) -> None:
         if not is_supported(self.public_key):
-            raise ConfigInvalid(unsupported(self.public_key))
+            raise SettingsInvalid(unsupported(self.public_key))
         if self.key_id != key_id_for(self.public_key):
-            raise ConfigInvalid(f"key id {self.key_id} does not belong to its public key")
+            raise SettingsInvalid(f"key id {self.key_id} does not belong to its public key")
         if not self.patterns:
             # An empty scope would be a key that signs nothing: almost certainly a mistake, so say so.
-            raise ConfigInvalid(f"trusted key {self.key_id} has an empty scope")
+            raise SettingsInvalid(f"trusted key {self.key_id} has an empty scope")
         if self.publisher is not None and not _PUBLISHER_RE.fullmatch(self.publisher):
-            raise ConfigInvalid(
+            raise SettingsInvalid(
                 f"'# publisher:' {show(self.publisher)} must be 1 to 64 letters, digits, '.', '_' or '-', "
                 "starting with a letter or digit"
             )

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from chalicelib.bundles.signing.keys import is_supported, key_id_for, unsupported
 from chalicelib.bundles.signing.policy import ANY_NAME, NamePattern, TrustedKey, Validity
-from chalicelib.errors import ConfigInvalid
+from chalicelib.errors import SettingsInvalid
 
 __all__ = ["TrustBundle"]
 
@@ -40,15 +40,15 @@ def _read_preamble(text: str, start: int, end: int) -> dict[str, str]:
     first_line = _line_of(text, start)
     for number, line in enumerate(text[start:end].split("\n"), start=first_line):
         if line.startswith("-----BEGIN"):
-            raise ConfigInvalid(f"trust bundle line {number}: PEM block has no matching END line")
+            raise SettingsInvalid(f"trust bundle line {number}: PEM block has no matching END line")
         if line and not line.startswith("#"):
-            raise ConfigInvalid(f"trust bundle line {number}: text outside a PEM block must start with '#'")
+            raise SettingsInvalid(f"trust bundle line {number}: text outside a PEM block must start with '#'")
         key, colon, value = line[1:].partition(":")
         key = key.strip().lower()
         if not colon or key not in _PREAMBLE_KEYS:
             continue
         if key in found:
-            raise ConfigInvalid(f"trust bundle line {number}: second '# {key}:' line for the same block")
+            raise SettingsInvalid(f"trust bundle line {number}: second '# {key}:' line for the same block")
         found[key] = value.strip()
     return found
 
@@ -58,11 +58,11 @@ def _read_scope(number: int, scope: str | None) -> tuple[NamePattern, ...]:
         return (ANY_NAME,)
     items = [item.strip() for item in scope.split(",")]
     if not all(items):
-        raise ConfigInvalid(f"trust bundle block {number}: '# scope:' has an empty pattern")
+        raise SettingsInvalid(f"trust bundle block {number}: '# scope:' has an empty pattern")
     try:
         return tuple(NamePattern.parse(item) for item in items)
-    except ConfigInvalid as exc:
-        raise ConfigInvalid(f"trust bundle block {number}: {exc.message}") from exc
+    except SettingsInvalid as exc:
+        raise SettingsInvalid(f"trust bundle block {number}: {exc.message}") from exc
 
 
 def _read_block_key(number: int, kind: str, pem: bytes) -> tuple[PublicKeyTypes, Validity | None]:
@@ -73,8 +73,8 @@ def _read_block_key(number: int, kind: str, pem: bytes) -> tuple[PublicKeyTypes,
             cert = x509.load_pem_x509_certificate(pem)
             return cert.public_key(), Validity(cert.not_valid_before_utc, cert.not_valid_after_utc)
     except (ValueError, UnsupportedAlgorithm) as exc:
-        raise ConfigInvalid(f"trust bundle block {number} ({kind}) cannot be parsed: {exc}") from exc
-    raise ConfigInvalid(f"trust bundle block {number} is a {kind}; only PUBLIC KEY and CERTIFICATE blocks are allowed")
+        raise SettingsInvalid(f"trust bundle block {number} ({kind}) cannot be parsed: {exc}") from exc
+    raise SettingsInvalid(f"trust bundle block {number} is a {kind}; only PUBLIC KEY and CERTIFICATE blocks are allowed")
 
 
 @dataclass(frozen=True)
@@ -89,27 +89,27 @@ class _Block:
 def _read_block(number: int, kind: str, pem: bytes, preamble: Mapping[str, str]) -> _Block:
     public_key, validity = _read_block_key(number, kind, pem)
     if not (isinstance(public_key, ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey) and is_supported(public_key)):
-        raise ConfigInvalid(f"trust bundle block {number}: {unsupported(public_key)}")
+        raise SettingsInvalid(f"trust bundle block {number}: {unsupported(public_key)}")
     patterns = _read_scope(number, preamble.get("scope"))
     label = preamble.get("name") or None
     try:
         key = TrustedKey(key_id_for(public_key), public_key, patterns, label, (), preamble.get("publisher"))
-    except ConfigInvalid as exc:
-        raise ConfigInvalid(f"trust bundle block {number}: {exc.message}") from exc
+    except SettingsInvalid as exc:
+        raise SettingsInvalid(f"trust bundle block {number}: {exc.message}") from exc
     return _Block(number, key, validity)
 
 
 def _merge_renewal(first: _Block, block: _Block, merged: TrustedKey) -> TrustedKey:
     """Add ``block``, another certificate of ``first``'s key, to the key ``merged`` so far."""
     if first.validity is None or block.validity is None:
-        raise ConfigInvalid(
+        raise SettingsInvalid(
             f"trust bundle block {block.number} repeats the key of block {first.number} ({merged.key_id}); "
             "list each key once (only certificates of one key, such as renewals, may repeat it)"
         )
     if block.validity in merged.validity:
-        raise ConfigInvalid(f"trust bundle block {block.number} repeats the certificate of block {first.number}")
+        raise SettingsInvalid(f"trust bundle block {block.number} repeats the certificate of block {first.number}")
     if (block.key.patterns, block.key.publisher) != (merged.patterns, merged.publisher):
-        raise ConfigInvalid(
+        raise SettingsInvalid(
             f"trust bundle block {block.number} is another certificate of the key of block {first.number} "
             f"({merged.key_id}) with another '# scope:' or '# publisher:'; give every certificate of one key the same"
         )
@@ -140,7 +140,7 @@ class TrustBundle:
     @classmethod
     def parse(cls, pem_text: str) -> TrustBundle:
         """Read PEM text of ``PUBLIC KEY`` / ``CERTIFICATE`` blocks, each optionally preceded by ``# name:``,
-        ``# scope:`` and ``# publisher:`` lines.  Raises :class:`ConfigInvalid` naming the line or block at
+        ``# scope:`` and ``# publisher:`` lines.  Raises :class:`SettingsInvalid` naming the line or block at
         fault."""
         text = "\n".join(line.strip() for line in pem_text.splitlines())
         blocks: list[_Block] = []
@@ -150,11 +150,11 @@ class TrustBundle:
             blocks.append(_read_block(number, block["kind"], block[0].encode("utf-8"), preamble))
             position = block.end()
         if _read_preamble(text, position, len(text)):
-            raise ConfigInvalid(
+            raise SettingsInvalid(
                 "trust bundle: '# name:' / '# scope:' / '# publisher:' lines after the last block apply to no key"
             )
         if not blocks:
-            raise ConfigInvalid("trust bundle holds no PUBLIC KEY or CERTIFICATE blocks")
+            raise SettingsInvalid("trust bundle holds no PUBLIC KEY or CERTIFICATE blocks")
         return cls(_merge(blocks))
 
     @classmethod
@@ -164,15 +164,15 @@ class TrustBundle:
             return cls.parse(source)
         path = source.strip()
         if not path:
-            raise ConfigInvalid("trust bundle source is empty; give a file path or inline PEM")
+            raise SettingsInvalid("trust bundle source is empty; give a file path or inline PEM")
         try:
             text = Path(path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigInvalid(f"cannot read trust bundle {path!r}: {exc}") from exc
+            raise SettingsInvalid(f"cannot read trust bundle {path!r}: {exc}") from exc
         try:
             return cls.parse(text)
-        except ConfigInvalid as exc:
-            raise ConfigInvalid(f"{path}: {exc.message}") from exc
+        except SettingsInvalid as exc:
+            raise SettingsInvalid(f"{path}: {exc.message}") from exc
 
     @classmethod
     def from_setting(cls, value: str) -> TrustBundle | None:

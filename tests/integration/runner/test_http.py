@@ -20,7 +20,7 @@ from typing import IO, Any
 
 import pytest
 
-from chalicelib.errors import ConfigInvalid
+from chalicelib.errors import SettingsInvalid
 from chalicelib.logs import LOGGER, JsonFormatter
 from runner_container.engine import WasmEngine
 from runner_container.server import MAX_BODY_BYTES, RunnerHTTPServer, make_server
@@ -313,7 +313,7 @@ def test_each_request_logs_one_line_with_its_fields(client: Client, hello: str, 
 def test_the_server_refuses_to_start_without_a_token(env: RunnerEnv, engine: WasmEngine) -> None:
     tokenless = env.service(engine, runner_auth_token="")
 
-    with pytest.raises(ConfigInvalid, match="RUNNER_AUTH_TOKEN"):
+    with pytest.raises(SettingsInvalid, match="RUNNER_AUTH_TOKEN"):
         make_server(tokenless, "127.0.0.1", 0)
 
 
