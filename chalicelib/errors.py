@@ -5,6 +5,11 @@ Every rejection the product makes is an :class:`ExtError` subclass with a stable
 answers with.  Library code raises these; exactly one place per surface turns
 them into output (``app.py`` for HTTP, ``extctl.cli`` for the terminal, the
 runner's server for its own routes).
+
+Each code belongs to exactly one class, and defining a class registers it: the README's
+table, the user messages and :func:`error_for_code` all read that one registry.  A base
+that only groups errors (``BundleError``, ``KvError`` …) is declared ``abstract=True``:
+it has no code, is never raised, and so can never stand in for one of its leaves.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any, ClassVar
 __all__ = [
     "ABSTRACT_ERRORS",
     "ALL_ERRORS",
+    "ApiUnreachable",
     "AssetTooLarge",
     "BadRequest",
     "BuildFailed",
@@ -25,7 +31,6 @@ __all__ = [
     "BundleUnpackedTooLarge",
     "BundleUnsafePath",
     "BundleUnsupportedEntry",
-    "SettingsInvalid",
     "EndpointNotFound",
     "ExtError",
     "ExtensionFailed",
@@ -57,13 +62,13 @@ __all__ = [
     "SecretInvalid",
     "SecretNotFound",
     "SecretUnavailable",
+    "SettingsInvalid",
     "SignatureError",
     "SignatureInvalid",
     "SignatureMissing",
     "SignatureScope",
     "SignatureUntrusted",
     "StorageError",
-    "ApiUnreachable",
     "ToolchainMissing",
     "Unauthenticated",
     "UploadConflict",
@@ -72,9 +77,15 @@ __all__ = [
     "UsageError",
     "VersionExists",
     "WasmInvalid",
+    "error_for_code",
+    "error_table_markdown",
     "error_texts",
     "errors_by_code",
 ]
+
+
+_BY_CODE: dict[str, type[ExtError]] = {}
+"""Every concrete error class by its code, in the order they are defined (filled by ``__init_subclass__``)."""
 
 
 class ExtError(Exception):
@@ -95,8 +106,27 @@ class ExtError(Exception):
     """Set on the operator's failures (storage, configuration, bugs), whose ``message`` may name storage
     keys, settings, files or a dependency's own error codes: a client gets this instead (with the request
     id to quote), and the surface logs ``message`` under that request id."""
+    abstract: ClassVar[bool] = True
+    """A base that groups errors: no code of its own, never raised (``class X(ExtError, abstract=True)``)."""
+
+    def __init_subclass__(cls, *, abstract: bool = False, **kwargs: Any) -> None:
+        """Register a concrete class under its code; refuse a class that would share or lack one."""
+        super().__init_subclass__(**kwargs)
+        cls.abstract = abstract
+        if abstract:
+            if "code" in vars(cls):
+                raise TypeError(f"{cls.__name__} is abstract: its leaves carry the codes, not it")
+            return
+        if "code" not in vars(cls):
+            raise TypeError(f"{cls.__name__} needs a code of its own (or declare it abstract=True)")
+        taken = _BY_CODE.get(cls.code)
+        if taken is not None:
+            raise TypeError(f"{cls.__name__} and {taken.__name__} both have the code {cls.code}; a code has one class")
+        _BY_CODE[cls.code] = cls
 
     def __init__(self, message: str, **details: Any) -> None:
+        if type(self).abstract:
+            raise TypeError(f"{type(self).__name__} is abstract; raise one of its leaves")
         super().__init__(message)
         self.message = message
         self.details = details
@@ -136,10 +166,9 @@ class BadRequest(ExtError):
 # --- bundle format ----------------------------------------------------------------
 
 
-class BundleError(ExtError):
+class BundleError(ExtError, abstract=True):
     """The archive itself is unacceptable."""
 
-    code = "BUNDLE_CORRUPT"
     http_status = 400
 
 
@@ -232,8 +261,9 @@ class HashMismatch(BundleError):
 # --- signatures -------------------------------------------------------------------
 
 
-class SignatureError(ExtError):
-    code = "SIGNATURE_INVALID"
+class SignatureError(ExtError, abstract=True):
+    """Base of the signature errors."""
+
     http_status = 400
 
 
@@ -430,10 +460,9 @@ class InstallConfigInvalid(ExtError):
 # `kv-error` case of the WIT world (chalicelib/kv/abi.py maps each class to its case).
 
 
-class KvError(ExtError):
+class KvError(ExtError, abstract=True):
     """Base of the KV errors a guest can see."""
 
-    code = "KV_UNAVAILABLE"
     http_status = 503
 
 
@@ -489,10 +518,9 @@ class KvUnavailable(KvError):
 # Messages name the secret, never its value (tests/integration/test_secrets.py greps for it).
 
 
-class SecretError(ExtError):
+class SecretError(ExtError, abstract=True):
     """Base of the secret errors."""
 
-    code = "SECRET_UNAVAILABLE"
     http_status = 503
 
 
@@ -613,29 +641,21 @@ ALL_ERRORS: tuple[type[ExtError], ...] = (ExtError, *_all_subclasses(ExtError))
 """Every error class; a test proves the DESIGN §4 codes are all among them."""
 
 
-ABSTRACT_ERRORS: tuple[type[ExtError], ...] = (BundleError, SignatureError, KvError, SecretError)
-"""Bases that share a leaf's code and are never raised themselves."""
+ABSTRACT_ERRORS: tuple[type[ExtError], ...] = tuple(cls for cls in ALL_ERRORS if cls.abstract)
+"""The bases that only group errors (``ExtError`` among them): no code, never raised."""
 
 
 def error_for_code(code: str, message: str, **details: Any) -> ExtError:
-    """Rebuild a recorded or relayed error (a failed upload's, the runner's) from its code and details."""
-    for cls in ALL_ERRORS:
-        if cls.code == code and cls not in ABSTRACT_ERRORS:
-            return cls(message, **details)
-    return Internal(message, **details)
+    """Rebuild a recorded or relayed error (a failed upload's, the runner's) from its code and details.
+
+    An unknown code becomes :class:`Internal`.
+    """
+    return _BY_CODE.get(code, Internal)(message, **details)
 
 
 def errors_by_code() -> dict[str, type[ExtError]]:
-    """One class per code, in hierarchy order: the first concrete class that has it.
-
-    The abstract bases (``ExtError`` and :data:`ABSTRACT_ERRORS`) share a leaf's code and
-    are left out.
-    """
-    found: dict[str, type[ExtError]] = {}
-    for cls in ALL_ERRORS:
-        if cls not in (ExtError, *ABSTRACT_ERRORS):
-            found.setdefault(cls.code, cls)
-    return found
+    """The one class of each code, in the order they are defined."""
+    return dict(_BY_CODE)
 
 
 def error_texts() -> dict[str, str]:

@@ -12,11 +12,18 @@ from chalicelib.config import SETTINGS, load_settings, settings_table_markdown
 from chalicelib.errors import (
     ABSTRACT_ERRORS,
     ALL_ERRORS,
+    BundleError,
     ExtError,
+    HashMismatch,
     InstallConfigInvalid,
+    Internal,
+    KvError,
+    KvUnavailable,
     SettingsInvalid,
+    error_for_code,
     error_table_markdown,
     error_texts,
+    errors_by_code,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -198,3 +205,51 @@ def test_each_code_has_one_meaning() -> None:
     assert sorted(code for code in set(codes) if codes.count(code) > 1) == []
     assert (InstallConfigInvalid.code, InstallConfigInvalid.http_status) == ("CONFIG_INVALID", 400)
     assert (SettingsInvalid.code, SettingsInvalid.http_status) == ("SETTINGS_INVALID", 500)
+
+
+def test_every_code_rebuilds_its_own_class() -> None:
+    # A recorded upload failure or a relayed runner error comes back as the class of its code, never a base.
+    concrete = [cls for cls in ALL_ERRORS if cls not in ABSTRACT_ERRORS]
+    assert list(errors_by_code().values()) == concrete
+    for code, cls in errors_by_code().items():
+        assert type(error_for_code(code, "m", retry_after=2)) is cls
+    assert type(error_for_code("KV_UNAVAILABLE", "m")) is KvUnavailable
+
+
+def test_an_internal_code_rebuilds_the_internal_error_whose_detail_stays_in_the_logs() -> None:
+    rebuilt = error_for_code("INTERNAL", "/var/task/app.py line 7")
+    assert type(rebuilt) is Internal
+    assert rebuilt.hides_detail
+    assert type(error_for_code("NO_SUCH_CODE", "m")) is Internal
+
+
+def test_abstract_bases_have_no_code_and_cannot_be_raised() -> None:
+    assert {BundleError, KvError, ExtError} <= set(ABSTRACT_ERRORS)
+    for base in ABSTRACT_ERRORS:
+        assert base is ExtError or "code" not in vars(base), base.__name__
+        with pytest.raises(TypeError, match="abstract"):
+            base("m")
+
+
+def test_a_base_that_carries_a_leafs_code_is_refused_when_defined() -> None:
+    with pytest.raises(TypeError, match="both have the code HASH_MISMATCH"):
+
+        class ShadowingBase(ExtError):
+            code = "HASH_MISMATCH"
+
+    with pytest.raises(TypeError, match="abstract: its leaves carry the codes"):
+
+        class AbstractWithCode(ExtError, abstract=True):
+            code = "SOMETHING_NEW"
+
+
+def test_a_class_that_would_inherit_its_parents_code_is_refused_when_defined() -> None:
+    with pytest.raises(TypeError, match="needs a code of its own"):
+
+        class InheritsHashMismatch(HashMismatch):
+            pass
+
+
+def test_the_readme_error_table_has_a_row_for_every_code() -> None:
+    rows = error_table_markdown().splitlines()[2:]
+    assert [row.split("`")[1] for row in rows] == list(errors_by_code())
