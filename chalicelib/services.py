@@ -44,7 +44,6 @@ class Services:
     """Every collaborator, built lazily from one :class:`Settings`."""
 
     settings: Settings
-    runner_override: RunnerClient | None = None
 
     @cached_property
     def s3(self) -> Any:
@@ -92,10 +91,10 @@ class Services:
 
     @cached_property
     def runner(self) -> RunnerClient:
-        return self.runner_override or make_runner_client(self.settings)
+        return make_runner_client(self.settings)
 
     def _precompile(self, content_hash: str) -> None:
-        if self.runner_override is None and not (self.settings.runner_function_name or self.settings.runner_base_url):
+        if not (self.settings.runner_function_name or self.settings.runner_base_url):
             return
         try:
             self.runner.precompile(content_hash)
