@@ -1,7 +1,5 @@
-"""Helpers every DynamoDB-backed service shares: binding a pynamodb model to a table at run time.
-
-The registry keeps its own copy (``chalicelib/registry/models.py``) until its models move here.
-"""
+"""Helpers every DynamoDB-backed service shares: binding a pynamodb model to a table at run time, and
+telling a failed write condition from a failed service."""
 
 from __future__ import annotations
 

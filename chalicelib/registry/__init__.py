@@ -12,6 +12,10 @@ by reading first:
   stale lease taken over), and a replay gets the stored result;
 - install rows change only under a revision check, and every key holds the tenant.
 
+The modules: ``models`` (the tables), ``records`` (the frozen values), ``ownership`` (who may publish
+under a name), ``service`` (:class:`RegistryService`: names, owners, versions), ``installs``,
+``uploads``, ``ratelimit`` and ``concurrency`` (one service each).
+
 Typical wiring::
 
     models = make_models(settings)
@@ -25,9 +29,9 @@ Typical wiring::
 from __future__ import annotations
 
 from chalicelib.registry.concurrency import ConcurrencyLimiter
-from chalicelib.registry.extensions import RegistryService, TransferRequest
 from chalicelib.registry.installs import InstallService
 from chalicelib.registry.models import Models, create_tables, make_models, semver_sort_key
+from chalicelib.registry.ownership import TransferRequest
 from chalicelib.registry.ratelimit import RateLimiter
 from chalicelib.registry.records import (
     Actor,
@@ -45,6 +49,7 @@ from chalicelib.registry.records import (
     new_upload_id,
     utc_now,
 )
+from chalicelib.registry.service import RegistryService
 from chalicelib.registry.uploads import UploadService
 
 __all__ = [

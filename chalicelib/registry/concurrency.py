@@ -27,10 +27,10 @@ from pynamodb.attributes import MapAttribute
 from pynamodb.exceptions import PynamoDBException
 from pynamodb.expressions.condition import size
 
+from chalicelib.dynamo import condition_failed
 from chalicelib.errors import RunnerBusy
 from chalicelib.logs import log_event
-from chalicelib.registry.models import Models
-from chalicelib.registry.records import _condition_failed, _storage_errors
+from chalicelib.registry.models import Models, storage_errors
 
 __all__ = ["ConcurrencyLimiter"]
 
@@ -80,7 +80,7 @@ class ConcurrencyLimiter:
             retry_after=RETRY_AFTER_S,
         )
 
-    @_storage_errors
+    @storage_errors
     def _take(self, key: str, call_id: str, cap: int, lease_s: float) -> None:
         now = self._clock()
         with self._lock:
@@ -101,7 +101,7 @@ class ConcurrencyLimiter:
                 )
                 return
             except PynamoDBException as exc:
-                if not _condition_failed(exc):
+                if not condition_failed(exc):
                     raise
             held = self._held(key)
             if held is None:
@@ -112,7 +112,7 @@ class ConcurrencyLimiter:
                     )
                     return
                 except PynamoDBException as exc:
-                    if not _condition_failed(exc):
+                    if not condition_failed(exc):
                         raise
                 continue
             ended = {held_id: end for held_id, end in held.items() if end < now}
@@ -146,7 +146,7 @@ class ConcurrencyLimiter:
             )
         except PynamoDBException as exc:
             # Someone else cleared them first; the next attempt reads the map again.
-            if not _condition_failed(exc):
+            if not condition_failed(exc):
                 raise
 
     def _give_back(self, key: str, call_id: str) -> None:
@@ -156,7 +156,7 @@ class ConcurrencyLimiter:
                 actions=[limits.calls[call_id].remove()], condition=limits.calls.exists()
             )
         except PynamoDBException as exc:
-            if not _condition_failed(exc):
+            if not condition_failed(exc):
                 # The lease ends on its own; the call's answer is not worth failing for this.
                 log_event(
                     "gateway.concurrency_release_failed",

@@ -19,31 +19,25 @@ from pynamodb.exceptions import PynamoDBException
 from pynamodb.expressions.update import Action
 
 from chalicelib.bundles.config_schema import validate_config
+from chalicelib.dynamo import condition_failed
 from chalicelib.errors import (
     BadRequest,
     InstallConfigInvalid,
     NotInstalled,
     StorageError,
 )
-from chalicelib.registry.extensions import RegistryService
-from chalicelib.registry.models import (
-    InstallModel,
-    Models,
-)
+from chalicelib.registry.models import WRITE_ATTEMPTS, InstallModel, Models, storage_errors
 from chalicelib.registry.records import (
-    _ATTEMPTS,
     HISTORY_LIMIT,
     MAX_CONFIG_BYTES,
     Clock,
     HistoryEntry,
     InstallRecord,
     VersionRecord,
-    _condition_failed,
-    _install_record,
-    _plain,
-    _storage_errors,
+    plain_json,
     utc_now,
 )
+from chalicelib.registry.service import RegistryService
 
 __all__ = ["InstallService"]
 
@@ -99,7 +93,7 @@ class InstallService:
         if self._on_change is not None:
             self._on_change(tenant, name)
 
-    @_storage_errors
+    @storage_errors
     def install(self, tenant: str, name: str, version: str, by: str | None = None, config: Any = None) -> InstallRecord:
         """Install ``name@version`` for ``tenant`` (enabled, granted the version's capabilities).
 
@@ -110,7 +104,7 @@ class InstallService:
         """
         target = self._registry.get_version(name, version)
         given = _validated_config(config) if config is not None else None
-        for _ in range(_ATTEMPTS):
+        for _ in range(WRITE_ATTEMPTS):
             current = self._read(tenant, name)
             if current is not None:
                 switched = self._switch(current, target, by, given)
@@ -122,22 +116,22 @@ class InstallService:
                 return created
         raise StorageError(f"could not install {name} for this tenant: concurrent changes kept conflicting")
 
-    @_storage_errors
+    @storage_errors
     def list(self, tenant: str) -> builtins.list[InstallRecord]:
         """``tenant``'s installs, by extension name."""
-        return [_install_record(item) for item in self._models.installs.query(tenant, consistent_read=True)]
+        return [InstallRecord.from_item(item) for item in self._models.installs.query(tenant, consistent_read=True)]
 
-    @_storage_errors
+    @storage_errors
     def get(self, tenant: str, name: str) -> InstallRecord:
         """``tenant``'s install of ``name``; raises :class:`NotInstalled`."""
-        return _install_record(self._load(tenant, name))
+        return InstallRecord.from_item(self._load(tenant, name))
 
-    @_storage_errors
+    @storage_errors
     def set_enabled(self, tenant: str, name: str, enabled: bool) -> InstallRecord:
         installs = self._models.installs
         return self._update_existing(tenant, name, [installs.enabled.set(enabled)])
 
-    @_storage_errors
+    @storage_errors
     def set_config(self, tenant: str, name: str, config: Any) -> InstallRecord:
         """Replace the install's config.
 
@@ -147,7 +141,7 @@ class InstallService:
         """
         parsed = _validated_config(config)
         installs = self._models.installs
-        for _ in range(_ATTEMPTS):
+        for _ in range(WRITE_ATTEMPTS):
             current = self._load(tenant, name)
             _fitted_config(self._registry.get_version(name, current.version), parsed, kept=False)
             actions: builtins.list[Action] = [
@@ -158,16 +152,16 @@ class InstallService:
             try:
                 current.update(actions=actions, condition=installs.revision == current.revision)
             except PynamoDBException as exc:
-                if _condition_failed(exc):
+                if condition_failed(exc):
                     continue
                 raise
             self._changed(tenant, name)
-            return _install_record(current)
+            return InstallRecord.from_item(current)
         raise StorageError(
             f"could not change the config of {name} for this tenant: concurrent changes kept conflicting"
         )
 
-    @_storage_errors
+    @storage_errors
     def upgrade(self, tenant: str, name: str, version: str, by: str | None = None, config: Any = None) -> InstallRecord:
         """Switch the install to ``version`` (any published one), remembering the current one in history.
 
@@ -177,13 +171,13 @@ class InstallService:
         """
         target = self._registry.get_version(name, version)
         given = _validated_config(config) if config is not None else None
-        for _ in range(_ATTEMPTS):
+        for _ in range(WRITE_ATTEMPTS):
             switched = self._switch(self._load(tenant, name), target, by, given)
             if switched is not None:
                 return switched
         raise StorageError(f"could not upgrade {name} for this tenant: concurrent changes kept conflicting")
 
-    @_storage_errors
+    @storage_errors
     def rollback(
         self, tenant: str, name: str, version: str | None = None, by: str | None = None, config: Any = None
     ) -> InstallRecord:
@@ -195,7 +189,7 @@ class InstallService:
         when given, else the current one) does not fit that version's ``config_schema``.
         """
         given = _validated_config(config) if config is not None else None
-        for _ in range(_ATTEMPTS):
+        for _ in range(WRITE_ATTEMPTS):
             current = self._load(tenant, name)
             history = [HistoryEntry.from_item(entry) for entry in current.history]
             candidates = [entry for entry in history if version is None or entry.version == version]
@@ -209,14 +203,14 @@ class InstallService:
                 return switched
         raise StorageError(f"could not roll back {name} for this tenant: concurrent changes kept conflicting")
 
-    @_storage_errors
+    @storage_errors
     def uninstall(self, tenant: str, name: str) -> None:
         """Remove ``tenant``'s install of ``name``; raises :class:`NotInstalled`."""
         installs = self._models.installs
         try:
             installs(tenant, name).delete(condition=installs.name.exists())
         except PynamoDBException as exc:
-            if not _condition_failed(exc):
+            if not condition_failed(exc):
                 raise
             raise NotInstalled(f"extension {name!r} is not installed") from None
         self._changed(tenant, name)
@@ -246,11 +240,11 @@ class InstallService:
         try:
             item.save(condition=installs.name.does_not_exist())
         except PynamoDBException as exc:
-            if _condition_failed(exc):
+            if condition_failed(exc):
                 return None
             raise
         self._changed(tenant, target.name)
-        return _install_record(item)
+        return InstallRecord.from_item(item)
 
     def _switch(
         self, current: InstallModel, target: VersionRecord, by: str | None, config: dict[str, Any] | None
@@ -261,8 +255,8 @@ class InstallService:
         """
         same_version = current.version == target.version and current.content_hash == target.content_hash
         if same_version and config is None:
-            return _install_record(current)
-        _fitted_config(target, config if config is not None else _plain(current.config), kept=config is None)
+            return InstallRecord.from_item(current)
+        _fitted_config(target, config if config is not None else plain_json(current.config), kept=config is None)
         installs = self._models.installs
         now = self._clock()
         actions: builtins.list[Action] = [installs.updated_at.set(now), installs.revision.add(1)]
@@ -273,11 +267,11 @@ class InstallService:
         try:
             current.update(actions=actions, condition=installs.revision == current.revision)
         except PynamoDBException as exc:
-            if _condition_failed(exc):
+            if condition_failed(exc):
                 return None
             raise
         self._changed(current.tenant, current.name)
-        return _install_record(current)
+        return InstallRecord.from_item(current)
 
     def _version_actions(
         self, current: InstallModel, target: VersionRecord, by: str | None, now: datetime
@@ -309,11 +303,11 @@ class InstallService:
                 condition=installs.name.exists(),
             )
         except PynamoDBException as exc:
-            if not _condition_failed(exc):
+            if not condition_failed(exc):
                 raise
             raise NotInstalled(f"extension {name!r} is not installed") from None
         self._changed(tenant, name)
-        return _install_record(item)
+        return InstallRecord.from_item(item)
 
     def _read(self, tenant: str, name: str) -> InstallModel | None:
         installs = self._models.installs

@@ -14,14 +14,18 @@ works without code changes.
 | uploads | ``upload_id`` | an upload session and its finalize claim (expires by TTL) |
 | ratelimits | ``key`` | fixed-window counters and calls in flight per tenant (expire by TTL) |
 | audit | ``subject`` + ``event_id`` | ownership changes (operator transfers), written once, never changed |
+
+The services built on these share :func:`storage_errors` (a table failing is ``STORAGE_ERROR``) and
+:data:`WRITE_ATTEMPTS` (how often a conditional write that lost a race is tried again).
 """
 
 from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar
 
 from pynamodb.attributes import (
     BooleanAttribute,
@@ -34,13 +38,16 @@ from pynamodb.attributes import (
     UTCDateTimeAttribute,
 )
 from pynamodb.connection import Connection
-from pynamodb.exceptions import TableError
+from pynamodb.exceptions import PynamoDBException, TableError
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 from pynamodb.models import Model
 
 from chalicelib.config import Settings
+from chalicelib.dynamo import bind_model
+from chalicelib.errors import StorageError
 
 __all__ = [
+    "WRITE_ATTEMPTS",
     "AuditModel",
     "ExtensionModel",
     "InstallModel",
@@ -51,7 +58,14 @@ __all__ = [
     "create_tables",
     "make_models",
     "semver_sort_key",
+    "storage_errors",
 ]
+
+WRITE_ATTEMPTS = 5
+"""How often a service tries a conditional write again after a concurrent change cancelled it."""
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 # SemVer 2.0.0's own regular expression (semver.org), with named groups; used with fullmatch, as `$`
 # would also accept a trailing newline.
@@ -224,15 +238,6 @@ class AuditModel(Model):
     request_id = UnicodeAttribute(null=True)
 
 
-_M = TypeVar("_M", bound=Model)
-
-
-def _bind(base: type[_M], table_name: str, region: str) -> type[_M]:
-    meta = type("Meta", (), {"table_name": table_name, "region": region, "billing_mode": "PAY_PER_REQUEST"})
-    namespace = {"Meta": meta, "__module__": __name__, "__qualname__": f"{base.__name__}[{table_name}]"}
-    return cast(type[_M], type(f"{base.__name__}[{table_name}]", (base,), namespace))
-
-
 @dataclass(frozen=True)
 class Models:
     """The model classes of one deployment, bound to its table names and region."""
@@ -266,12 +271,12 @@ def make_models(settings: Settings) -> Models:
     prefix = settings.registry_table_prefix
     region = settings.storage_s3_region
     return Models(
-        extensions=_bind(ExtensionModel, f"{prefix}extensions", region),
-        versions=_bind(VersionModel, f"{prefix}versions", region),
-        installs=_bind(InstallModel, f"{prefix}installs", region),
-        uploads=_bind(UploadModel, f"{prefix}uploads", region),
-        ratelimits=_bind(RateLimitModel, f"{prefix}ratelimits", region),
-        audit=_bind(AuditModel, f"{prefix}audit", region),
+        extensions=bind_model(ExtensionModel, f"{prefix}extensions", region),
+        versions=bind_model(VersionModel, f"{prefix}versions", region),
+        installs=bind_model(InstallModel, f"{prefix}installs", region),
+        uploads=bind_model(UploadModel, f"{prefix}uploads", region),
+        ratelimits=bind_model(RateLimitModel, f"{prefix}ratelimits", region),
+        audit=bind_model(AuditModel, f"{prefix}audit", region),
         region=region,
     )
 
@@ -290,3 +295,16 @@ def create_tables(models: Models, *, wait: bool = True) -> None:
             # Another process created it between pynamodb's existence check and ours:
             # now it exists, so this call only waits for it and turns TTL on.
             model.create_table(wait=wait, billing_mode="PAY_PER_REQUEST", ignore_update_ttl_errors=True)
+
+
+def storage_errors(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Report DynamoDB failures nobody handled as :class:`StorageError` (HTTP 503)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(*args, **kwargs)
+        except PynamoDBException as exc:
+            raise StorageError(f"registry unavailable: {exc.cause_response_code or exc}") from exc
+
+    return wrapper

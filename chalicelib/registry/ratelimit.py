@@ -7,16 +7,11 @@ from datetime import UTC, datetime, timedelta
 
 from pynamodb.exceptions import PynamoDBException
 
+from chalicelib.dynamo import condition_failed
 from chalicelib.errors import (
     RateLimited,
 )
-from chalicelib.registry.models import (
-    Models,
-)
-from chalicelib.registry.records import (
-    _condition_failed,
-    _storage_errors,
-)
+from chalicelib.registry.models import Models, storage_errors
 
 __all__ = ["RateLimiter"]
 
@@ -27,7 +22,7 @@ class RateLimiter:
     def __init__(self, models: Models) -> None:
         self._models = models
 
-    @_storage_errors
+    @storage_errors
     def hit(self, key: str, limit_per_minute: int, now: datetime) -> None:
         """Count one call for ``key`` (e.g. ``upload#<tenant>``) in the minute of ``now``.
 
@@ -45,7 +40,7 @@ class RateLimiter:
                 condition=limits.hits.does_not_exist() | (limits.hits < limit_per_minute),
             )
         except PynamoDBException as exc:
-            if not _condition_failed(exc):
+            if not condition_failed(exc):
                 raise
             retry_after = max(1, math.ceil((window_end - now).total_seconds()))
             raise RateLimited(

@@ -1,23 +1,22 @@
-"""Registry v2 records: frozen values the services return, never pynamodb items, and the helpers the
-services share (clock, DynamoDB error mapping, item → record conversion)."""
+"""Registry v2 records: the frozen values the services return, never pynamodb items.
+
+Each record that is stored has ``from_item``, the one place its item's attributes are read; the
+services write items from records.  :func:`plain_json` and :func:`iso_utc` are how records (and the
+services writing them) turn map attributes and times into JSON.
+"""
 
 from __future__ import annotations
 
-import functools
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal, ParamSpec, TypeVar
+from typing import Any, Literal
 
 from pynamodb.attributes import MapAttribute
-from pynamodb.exceptions import PynamoDBException
 
 from chalicelib.bundles.signing import SignatureStatus
-from chalicelib.errors import (
-    StorageError,
-)
 from chalicelib.registry.models import (
     AuditModel,
     ExtensionModel,
@@ -45,23 +44,19 @@ __all__ = [
     "UploadSession",
     "UploadState",
     "VersionRecord",
+    "iso_utc",
     "new_upload_id",
+    "plain_json",
     "utc_now",
 ]
 
 DEFAULT_ENTRY = "dist/main.wasm"
 HISTORY_LIMIT = 20
 MAX_CONFIG_BYTES = 16 * 1024
-_ATTEMPTS = 5
-_UPLOAD_RETENTION = timedelta(days=7)
-"""How long an upload record outlives its session, so replays still get their answer."""
 
 Clock = Callable[[], datetime]
 ExistingState = Literal["same", "conflict", "new"]
 RegisterOutcome = Literal["created", "already"]
-
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
 
 
 def utc_now() -> datetime:
@@ -95,35 +90,19 @@ class ClaimKind(StrEnum):
     """An earlier finalize failed; ``session.error_code`` and ``error_message`` say why."""
 
 
-def _storage_errors(method: Callable[_P, _R]) -> Callable[_P, _R]:
-    """Report DynamoDB failures nobody handled as :class:`StorageError` (HTTP 503)."""
-
-    @functools.wraps(method)
-    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        try:
-            return method(*args, **kwargs)
-        except PynamoDBException as exc:
-            raise StorageError(f"registry unavailable: {exc.cause_response_code or exc}") from exc
-
-    return wrapper
-
-
-def _condition_failed(exc: PynamoDBException) -> bool:
-    return exc.cause_response_code == "ConditionalCheckFailedException"
-
-
-def _plain(value: Any) -> Any:
+def plain_json(value: Any) -> Any:
     """A JSON-shaped copy of ``value``: pynamodb maps become dicts, tuples become lists."""
     if isinstance(value, MapAttribute):
         value = value.attribute_values
     if isinstance(value, Mapping):
-        return {str(key): _plain(item) for key, item in value.items()}
+        return {str(key): plain_json(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
+        return [plain_json(item) for item in value]
     return value
 
 
-def _iso(moment: datetime) -> str:
+def iso_utc(moment: datetime) -> str:
+    """``moment`` in ISO 8601, UTC, with a ``Z``."""
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
@@ -156,7 +135,7 @@ class Owner:
 
     @classmethod
     def from_json(cls, data: Any) -> Owner:
-        plain = _plain(data)
+        plain = plain_json(data)
         return cls(tenant=plain.get("tenant"), publisher=plain.get("publisher"))
 
     def __str__(self) -> str:
@@ -188,9 +167,23 @@ class ExtensionRecord:
             "owner_publisher": self.owner_publisher,
             "latest_version": self.latest_version,
             "key_ids": sorted(self.key_ids),
-            "created_at": _iso(self.created_at),
-            "updated_at": _iso(self.updated_at),
+            "created_at": iso_utc(self.created_at),
+            "updated_at": iso_utc(self.updated_at),
         }
+
+    @classmethod
+    def from_item(cls, item: ExtensionModel) -> ExtensionRecord:
+        """The record of a stored item."""
+        return cls(
+            name=item.name,
+            publisher=item.publisher,
+            owner_tenant=item.owner_tenant,
+            key_ids=frozenset(item.key_ids or ()),
+            latest_version=item.latest_version,
+            created_at=item.created_at,
+            updated_at=item.updated_at,
+            owner_publisher=item.owner_publisher,
+        )
 
 
 @dataclass(frozen=True)
@@ -212,13 +205,29 @@ class AuditEvent:
             "subject": self.subject,
             "event_id": self.event_id,
             "action": self.action,
-            "at": _iso(self.at),
+            "at": iso_utc(self.at),
             "actor": {"tenant": self.actor.tenant, "sub": self.actor.sub},
             "from": self.from_owner.to_json(),
             "to": self.to_owner.to_json(),
             "reason": self.reason,
             "request_id": self.request_id,
         }
+
+    @classmethod
+    def from_item(cls, item: AuditModel) -> AuditEvent:
+        """The record of a stored item."""
+        actor = plain_json(item.actor)
+        return cls(
+            subject=item.subject,
+            event_id=item.event_id,
+            action=item.action,
+            at=item.at,
+            actor=Actor(tenant=actor["tenant"], sub=actor["sub"]),
+            from_owner=Owner.from_json(item.from_owner),
+            to_owner=Owner.from_json(item.to_owner),
+            reason=item.reason,
+            request_id=item.request_id,
+        )
 
 
 @dataclass(frozen=True)
@@ -265,15 +274,15 @@ class VersionRecord:
             content_hash=content_hash,
             runtime=manifest["runtime"],
             entry=manifest.get("entry") or (DEFAULT_ENTRY if "api" in manifest else None),
-            ui=_plain(manifest["ui"]) if manifest.get("ui") is not None else None,
-            endpoints=tuple(_plain(endpoint) for endpoint in api.get("endpoints", ())),
+            ui=plain_json(manifest["ui"]) if manifest.get("ui") is not None else None,
+            endpoints=tuple(plain_json(endpoint) for endpoint in api.get("endpoints", ())),
             capabilities=tuple(manifest.get("capabilities", ())),
             egress=tuple(manifest.get("egress", ())),
             size=size,
-            signature=_plain(signature) if signature is not None else None,
+            signature=plain_json(signature) if signature is not None else None,
             signature_status=signature_status,
             key_id=key_id,
-            manifest=_plain(manifest),
+            manifest=plain_json(manifest),
             created_at=created_at,
             created_by=created_by,
         )
@@ -287,15 +296,39 @@ class VersionRecord:
             "content_hash": self.content_hash,
             "runtime": self.runtime,
             "entry": self.entry,
-            "ui": _plain(self.ui),
-            "endpoints": _plain(self.endpoints),
+            "ui": plain_json(self.ui),
+            "endpoints": plain_json(self.endpoints),
             "capabilities": list(self.capabilities),
             "egress": list(self.egress),
             "size": self.size,
             "signature_status": str(self.signature_status),
             "key_id": self.key_id,
-            "created_at": _iso(self.created_at),
+            "created_at": iso_utc(self.created_at),
         }
+
+    @classmethod
+    def from_item(cls, item: VersionModel) -> VersionRecord:
+        """The record of a stored item."""
+        created_by = plain_json(item.created_by)
+        return cls(
+            name=item.name,
+            version=item.version,
+            publisher=item.publisher,
+            content_hash=item.content_hash,
+            runtime=item.runtime,
+            entry=item.entry,
+            ui=plain_json(item.ui) if item.ui is not None else None,
+            endpoints=tuple(plain_json(item.endpoints)),
+            capabilities=tuple(item.capabilities),
+            egress=tuple(item.egress),
+            size=int(item.size),
+            signature=plain_json(item.signature) if item.signature is not None else None,
+            signature_status=SignatureStatus(item.signature_status),
+            key_id=item.key_id,
+            manifest=plain_json(item.manifest),
+            created_at=item.created_at,
+            created_by=Actor(tenant=created_by["tenant"], sub=created_by["sub"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -308,11 +341,11 @@ class HistoryEntry:
     by: str | None
 
     def to_item(self) -> dict[str, Any]:
-        return {"version": self.version, "content_hash": self.content_hash, "at": _iso(self.at), "by": self.by}
+        return {"version": self.version, "content_hash": self.content_hash, "at": iso_utc(self.at), "by": self.by}
 
     @classmethod
     def from_item(cls, item: Any) -> HistoryEntry:
-        data = _plain(item)
+        data = plain_json(item)
         return cls(
             version=data["version"],
             content_hash=data["content_hash"],
@@ -346,13 +379,32 @@ class InstallRecord:
             "version": self.version,
             "content_hash": self.content_hash,
             "enabled": self.enabled,
-            "config": _plain(self.config),
+            "config": plain_json(self.config),
             "granted_capabilities": list(self.granted_capabilities),
             "history": [entry.to_item() for entry in self.history],
-            "installed_at": _iso(self.installed_at),
-            "created_at": _iso(self.created_at),
-            "updated_at": _iso(self.updated_at),
+            "installed_at": iso_utc(self.installed_at),
+            "created_at": iso_utc(self.created_at),
+            "updated_at": iso_utc(self.updated_at),
         }
+
+    @classmethod
+    def from_item(cls, item: InstallModel) -> InstallRecord:
+        """The record of a stored item."""
+        return cls(
+            tenant=item.tenant,
+            name=item.name,
+            install_id=item.install_id,
+            version=item.version,
+            content_hash=item.content_hash,
+            enabled=bool(item.enabled),
+            config=plain_json(item.config),
+            granted_capabilities=tuple(item.granted_capabilities),
+            history=tuple(HistoryEntry.from_item(entry) for entry in item.history),
+            installed_at=item.installed_at,
+            installed_by=item.installed_by,
+            created_at=item.created_at,
+            updated_at=item.updated_at,
+        )
 
 
 @dataclass(frozen=True)
@@ -381,6 +433,30 @@ class UploadSession:
     def expired(self, now: datetime) -> bool:
         return now >= self.expires_at
 
+    @classmethod
+    def from_item(cls, item: UploadModel) -> UploadSession:
+        """The record of a stored item."""
+        return cls(
+            upload_id=item.upload_id,
+            tenant=item.tenant,
+            sub=item.sub,
+            staging_key=item.staging_key,
+            declared_size=int(item.declared_size),
+            declared_sha256=item.declared_sha256,
+            signature=item.signature,
+            multipart_upload_id=item.multipart_upload_id,
+            part_size=int(item.part_size) if item.part_size is not None else None,
+            state=UploadState(item.state),
+            result=plain_json(item.result) if item.result is not None else None,
+            error_code=item.error_code,
+            error_message=item.error_message,
+            claim_id=item.claim_id,
+            created_at=item.created_at,
+            updated_at=item.updated_at,
+            finalize_started_at=item.finalize_started_at,
+            expires_at=item.expires_at,
+        )
+
 
 @dataclass(frozen=True)
 class Claim:
@@ -392,98 +468,3 @@ class Claim:
     @property
     def claim_id(self) -> str | None:
         return self.session.claim_id if self.kind is ClaimKind.ACQUIRED else None
-
-
-# --- item → record ----------------------------------------------------------------------
-
-
-def _extension_record(item: ExtensionModel) -> ExtensionRecord:
-    return ExtensionRecord(
-        name=item.name,
-        publisher=item.publisher,
-        owner_tenant=item.owner_tenant,
-        key_ids=frozenset(item.key_ids or ()),
-        latest_version=item.latest_version,
-        created_at=item.created_at,
-        updated_at=item.updated_at,
-        owner_publisher=item.owner_publisher,
-    )
-
-
-def _audit_event(item: AuditModel) -> AuditEvent:
-    actor = _plain(item.actor)
-    return AuditEvent(
-        subject=item.subject,
-        event_id=item.event_id,
-        action=item.action,
-        at=item.at,
-        actor=Actor(tenant=actor["tenant"], sub=actor["sub"]),
-        from_owner=Owner.from_json(item.from_owner),
-        to_owner=Owner.from_json(item.to_owner),
-        reason=item.reason,
-        request_id=item.request_id,
-    )
-
-
-def _version_record(item: VersionModel) -> VersionRecord:
-    created_by = _plain(item.created_by)
-    return VersionRecord(
-        name=item.name,
-        version=item.version,
-        publisher=item.publisher,
-        content_hash=item.content_hash,
-        runtime=item.runtime,
-        entry=item.entry,
-        ui=_plain(item.ui) if item.ui is not None else None,
-        endpoints=tuple(_plain(item.endpoints)),
-        capabilities=tuple(item.capabilities),
-        egress=tuple(item.egress),
-        size=int(item.size),
-        signature=_plain(item.signature) if item.signature is not None else None,
-        signature_status=SignatureStatus(item.signature_status),
-        key_id=item.key_id,
-        manifest=_plain(item.manifest),
-        created_at=item.created_at,
-        created_by=Actor(tenant=created_by["tenant"], sub=created_by["sub"]),
-    )
-
-
-def _install_record(item: InstallModel) -> InstallRecord:
-    return InstallRecord(
-        tenant=item.tenant,
-        name=item.name,
-        install_id=item.install_id,
-        version=item.version,
-        content_hash=item.content_hash,
-        enabled=bool(item.enabled),
-        config=_plain(item.config),
-        granted_capabilities=tuple(item.granted_capabilities),
-        history=tuple(HistoryEntry.from_item(entry) for entry in item.history),
-        installed_at=item.installed_at,
-        installed_by=item.installed_by,
-        created_at=item.created_at,
-        updated_at=item.updated_at,
-    )
-
-
-def _upload_session(item: UploadModel) -> UploadSession:
-    return UploadSession(
-        upload_id=item.upload_id,
-        tenant=item.tenant,
-        sub=item.sub,
-        staging_key=item.staging_key,
-        declared_size=int(item.declared_size),
-        declared_sha256=item.declared_sha256,
-        signature=item.signature,
-        multipart_upload_id=item.multipart_upload_id,
-        part_size=int(item.part_size) if item.part_size is not None else None,
-        state=UploadState(item.state),
-        result=_plain(item.result) if item.result is not None else None,
-        error_code=item.error_code,
-        error_message=item.error_message,
-        claim_id=item.claim_id,
-        created_at=item.created_at,
-        updated_at=item.updated_at,
-        finalize_started_at=item.finalize_started_at,
-        expires_at=item.expires_at,
-    )

@@ -11,31 +11,28 @@ from typing import Any
 from pynamodb.exceptions import PynamoDBException
 from pynamodb.expressions.update import Action
 
+from chalicelib.dynamo import condition_failed
 from chalicelib.errors import (
     UploadConflict,
     UploadExpired,
     UploadNotFound,
 )
-from chalicelib.registry.models import (
-    Models,
-)
+from chalicelib.registry.models import WRITE_ATTEMPTS, Models, storage_errors
 from chalicelib.registry.records import (
-    _ATTEMPTS,
-    _UPLOAD_RETENTION,
     Claim,
     ClaimKind,
     Clock,
     UploadSession,
     UploadState,
-    _condition_failed,
-    _iso,
-    _plain,
-    _storage_errors,
-    _upload_session,
+    iso_utc,
+    plain_json,
     utc_now,
 )
 
 __all__ = ["UploadService"]
+
+_UPLOAD_RETENTION = timedelta(days=7)
+"""How long an upload record outlives its session, so replays still get their answer."""
 
 
 class UploadService:
@@ -45,7 +42,7 @@ class UploadService:
         self._models = models
         self._clock = clock
 
-    @_storage_errors
+    @storage_errors
     def create(
         self,
         *,
@@ -83,12 +80,12 @@ class UploadService:
         try:
             item.save(condition=uploads.upload_id.does_not_exist())
         except PynamoDBException as exc:
-            if not _condition_failed(exc):
+            if not condition_failed(exc):
                 raise
             raise UploadConflict(f"upload {upload_id} exists already") from None
-        return _upload_session(item)
+        return UploadSession.from_item(item)
 
-    @_storage_errors
+    @storage_errors
     def get(self, upload_id: str, tenant: str) -> UploadSession:
         """The session, if ``tenant`` owns it; otherwise :class:`UploadNotFound` (never "forbidden")."""
         session = self._find(upload_id)
@@ -96,7 +93,7 @@ class UploadService:
             raise UploadNotFound(f"upload {upload_id} does not exist")
         return session
 
-    @_storage_errors
+    @storage_errors
     def claim_for_finalize(self, upload_id: str, now: datetime, lease_seconds: int) -> Claim:
         """Take the right to finalize, once.
 
@@ -107,7 +104,7 @@ class UploadService:
         :class:`UploadConflict` (aborted, or another finalize holds the lease).
         """
         uploads = self._models.uploads
-        for _ in range(_ATTEMPTS):
+        for _ in range(WRITE_ATTEMPTS):
             item = uploads(upload_id)
             stale_before = now - timedelta(seconds=lease_seconds)
             claimable = (uploads.state == str(UploadState.PENDING)) | (
@@ -123,9 +120,9 @@ class UploadService:
                     ],
                     condition=uploads.upload_id.exists() & (uploads.expires_at > now) & claimable,
                 )
-                return Claim(ClaimKind.ACQUIRED, _upload_session(item))
+                return Claim(ClaimKind.ACQUIRED, UploadSession.from_item(item))
             except PynamoDBException as exc:
-                if not _condition_failed(exc):
+                if not condition_failed(exc):
                     raise
             claim = self._unclaimable(upload_id, now, lease_seconds)
             if claim is not None:
@@ -144,7 +141,7 @@ class UploadService:
         if session.state is UploadState.ABORTED:
             raise UploadConflict(f"upload {upload_id} was aborted")
         if session.expired(now):
-            raise UploadExpired(f"upload {upload_id} expired at {_iso(session.expires_at)}; start a new upload")
+            raise UploadExpired(f"upload {upload_id} expired at {iso_utc(session.expires_at)}; start a new upload")
         if session.state is UploadState.FINALIZING and session.finalize_started_at is not None:
             lease_end = session.finalize_started_at + timedelta(seconds=lease_seconds)
             if lease_end > now:
@@ -152,7 +149,7 @@ class UploadService:
                 raise UploadConflict(f"upload {upload_id} is being finalized already", retry_after=retry_after)
         return None
 
-    @_storage_errors
+    @storage_errors
     def complete(self, upload_id: str, result: Mapping[str, Any], *, claim_id: str | None = None) -> UploadSession:
         """Store the finalize ``result`` and mark the session ``finalized``.
 
@@ -162,7 +159,7 @@ class UploadService:
         uploads = self._models.uploads
         actions: list[Action] = [
             uploads.state.set(str(UploadState.FINALIZED)),
-            uploads.result.set(_plain(result)),
+            uploads.result.set(plain_json(result)),
             uploads.updated_at.set(self._clock()),
         ]
         settled = self._settle(upload_id, actions, {UploadState.FINALIZING}, claim_id)
@@ -170,7 +167,7 @@ class UploadService:
             raise UploadConflict(f"upload {upload_id} is {settled.state}, so it cannot be completed")
         return settled
 
-    @_storage_errors
+    @storage_errors
     def fail(self, upload_id: str, code: str, message: str, *, claim_id: str | None = None) -> UploadSession:
         """Record why finalize rejected the upload (``failed`` is final; replays get this error)."""
         uploads = self._models.uploads
@@ -185,14 +182,14 @@ class UploadService:
             raise UploadConflict(f"upload {upload_id} is {settled.state}, so it cannot be failed")
         return settled
 
-    @_storage_errors
+    @storage_errors
     def set_signature(self, upload_id: str, signature: str) -> UploadSession:
         """Attach the signature envelope to a ``pending`` session; otherwise return it unchanged."""
         uploads = self._models.uploads
         actions: list[Action] = [uploads.signature.set(signature), uploads.updated_at.set(self._clock())]
         return self._settle(upload_id, actions, {UploadState.PENDING}, None)
 
-    @_storage_errors
+    @storage_errors
     def release(self, upload_id: str, claim_id: str) -> None:
         """Give a claim back after a transient error, so a retry need not wait for the lease."""
         uploads = self._models.uploads
@@ -208,10 +205,10 @@ class UploadService:
             )
         except PynamoDBException as exc:
             # A claim that was taken over or settled is no longer ours to give back.
-            if not _condition_failed(exc):
+            if not condition_failed(exc):
                 raise
 
-    @_storage_errors
+    @storage_errors
     def abort(self, upload_id: str, tenant: str) -> UploadSession:
         """Mark ``tenant``'s session ``aborted`` (idempotent) and return it, so the caller can clean staging.
 
@@ -231,10 +228,10 @@ class UploadService:
                 condition=(uploads.tenant == tenant) & uploads.state.is_in(session.state.value),
             )
         except PynamoDBException as exc:
-            if not _condition_failed(exc):
+            if not condition_failed(exc):
                 raise
             raise UploadConflict(f"upload {upload_id} changed state while aborting; retry") from None
-        return _upload_session(item)
+        return UploadSession.from_item(item)
 
     def _settle(
         self, upload_id: str, actions: Sequence[Action], from_states: set[UploadState], claim_id: str | None
@@ -248,17 +245,17 @@ class UploadService:
         try:
             item.update(actions=list(actions), condition=condition)
         except PynamoDBException as exc:
-            if not _condition_failed(exc):
+            if not condition_failed(exc):
                 raise
             stored = self._find(upload_id)
             if stored is None:
                 raise UploadNotFound(f"upload {upload_id} does not exist") from None
             return stored
-        return _upload_session(item)
+        return UploadSession.from_item(item)
 
     def _find(self, upload_id: str) -> UploadSession | None:
         uploads = self._models.uploads
         try:
-            return _upload_session(uploads.get(upload_id, consistent_read=True))
+            return UploadSession.from_item(uploads.get(upload_id, consistent_read=True))
         except uploads.DoesNotExist:
             return None
