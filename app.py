@@ -1,8 +1,9 @@
 """The Chalice app: routes and event handlers only.
 
-Each route parses the request, authenticates, calls one service and returns its
-dict; :func:`api` maps every :class:`ExtError` to the contract's error body in one
-place.  Authentication happens here rather than in an API Gateway authorizer so
+Each route authenticates, parses the body into a request type, calls one service
+and returns its result's ``to_json()``; the services trust that the caller was
+authorized and never see a raw body.  :func:`api` maps every :class:`ExtError` to
+the contract's error body in one place.  Authentication happens here rather than in an API Gateway authorizer so
 that every surface (API Gateway, ``chalice local``, ``chalice.test``) answers a
 bad token with the same ``{"error": {"code": "UNAUTHENTICATED", ...}}`` body.
 """
@@ -27,9 +28,10 @@ from chalicelib.errors import BadRequest, ExtError, Internal
 from chalicelib.gateway.service import GatewayRequest
 from chalicelib.logs import LOGGER, bind, configure_logging, log_event
 from chalicelib.openapi import openapi_document
-from chalicelib.registry import Actor, TransferRequest
+from chalicelib.registry import Actor, ExtensionView, InstallChange, InstallRequest, RollbackRequest, TransferRequest
 from chalicelib.services import Services
 from chalicelib.uploads.events import created_objects
+from chalicelib.uploads.messages import AbortRequest, FinalizeRequest, InitiateRequest
 
 app = Chalice(app_name="ext-platform")
 # Extension answers of these media types reach clients as bytes (API Gateway binary media types).
@@ -120,6 +122,12 @@ def operator() -> Identity:
     return identity
 
 
+def uploader() -> Actor:
+    """The admin calling an upload route, as the pipeline knows them."""
+    identity = admin()
+    return Actor(tenant=identity.tenant, sub=identity.sub)
+
+
 def _raw_body(request: Request) -> bytes:
     raw = request.raw_body or b""
     return raw.encode() if isinstance(raw, str) else raw
@@ -161,25 +169,28 @@ def openapi() -> dict[str, Any]:
 @app.route("/ext-bundles/initiate-upload", methods=["POST"])
 @api
 def initiate_upload() -> Response:
-    return created(services().pipeline.initiate(admin(), json_body()))
+    actor, request = uploader(), InitiateRequest.parse(json_body())
+    return created(services().pipeline.initiate(actor, request).to_json())
 
 
 @app.route("/ext-bundles/finalize", methods=["POST"])
 @api
 def finalize_upload() -> dict[str, Any]:
-    return services().pipeline.finalize(admin(), json_body())
+    actor, request = uploader(), FinalizeRequest.parse(json_body())
+    return services().pipeline.finalize(actor, request).to_json()
 
 
 @app.route("/ext-bundles/abort", methods=["POST"])
 @api
 def abort_upload() -> dict[str, Any]:
-    return services().pipeline.abort(admin(), json_body())
+    actor, request = uploader(), AbortRequest.parse(json_body())
+    return services().pipeline.abort(actor, request).to_json()
 
 
 @app.route("/ext-bundles/uploads/{upload_id}", methods=["GET"])
 @api
 def describe_upload(upload_id: str) -> dict[str, Any]:
-    return services().pipeline.describe(admin(), upload_id)
+    return services().pipeline.describe(uploader(), upload_id).to_json()
 
 
 @app.on_sqs_message(queue=FINALIZE_QUEUE, batch_size=1)
@@ -200,17 +211,9 @@ def finalize_worker(event: SQSEvent) -> None:
 @app.route("/extensions", methods=["GET"])
 @api
 def list_extensions() -> dict[str, Any]:
-    identity = caller()
-    with_versions = _includes_versions(_current())
-    extensions = services().registry.list_extensions()
-    listed = [{**e.to_json(), "owned": e.owner_tenant == identity.tenant} for e in extensions]
-    if with_versions:
-        # Read after the extensions: a version is written in one transaction with its
-        # extension, so every extension listed finds all of its versions here.
-        versions = services().registry.versions_by_extension()
-        for item in listed:
-            item["versions"] = [v.to_json() for v in versions.get(item["name"], [])]
-    return {"extensions": listed}
+    identity, with_versions = caller(), _includes_versions(_current())
+    listed = services().registry.catalog(identity.tenant, with_versions=with_versions)
+    return {"extensions": [view.to_json() for view in listed]}
 
 
 def _includes_versions(request: Request) -> bool:
@@ -226,27 +229,17 @@ def _includes_versions(request: Request) -> bool:
 @app.route("/extensions/{name}", methods=["GET"])
 @api
 def get_extension(name: str) -> dict[str, Any]:
-    identity = caller()
-    extension = services().registry.get_extension(name)
-    versions = services().registry.list_versions(name)
-    return {
-        **extension.to_json(),
-        "owned": extension.owner_tenant == identity.tenant,
-        "versions": [v.to_json() for v in versions],
-    }
+    return services().registry.describe(name, caller().tenant).to_json()
 
 
 @app.route("/extensions/{name}/transfer", methods=["POST"])
 @api
 def transfer_extension(name: str) -> dict[str, Any]:
-    identity, body = operator(), json_body()
-    extension, event = services().registry.transfer(
-        name, TransferRequest.parse(body), actor=Actor(identity.tenant, identity.sub), request_id=_request_id()
-    )
-    return {
-        "extension": {**extension.to_json(), "owned": extension.owner_tenant == identity.tenant},
-        "event": event.to_json(),
-    }
+    identity, request = operator(), TransferRequest.parse(json_body())
+    actor = Actor(identity.tenant, identity.sub)
+    extension, event = services().registry.transfer(name, request, actor=actor, request_id=_request_id())
+    view = ExtensionView(extension, owned=extension.owner_tenant == identity.tenant)
+    return {"extension": view.to_json(), "event": event.to_json()}
 
 
 @app.route("/extensions/{name}/audit", methods=["GET"])
@@ -273,22 +266,11 @@ def get_version(name: str, version: str) -> dict[str, Any]:
 # --- installs (the caller's tenant only) -----------------------------------------------------
 
 
-def _string_field(body: Mapping[str, Any], field: str, *, required: bool = True) -> str | None:
-    value = body.get(field)
-    if value is None and not required:
-        return None
-    if not isinstance(value, str) or not value:
-        raise BadRequest(f"`{field}` must be a non-empty string")
-    return value
-
-
 @app.route("/installs", methods=["POST"])
 @api
 def install() -> Response:
-    identity, body = admin(), json_body()
-    name, version = _string_field(body, "extension"), _string_field(body, "version")
-    assert name is not None and version is not None
-    record = services().installs.install(identity.tenant, name, version, by=identity.sub)
+    identity, request = admin(), InstallRequest.parse(json_body())
+    record = services().installs.install(identity.tenant, request.extension, request.version, by=identity.sub)
     return created(record.to_json())
 
 
@@ -308,34 +290,15 @@ def get_install(name: str) -> dict[str, Any]:
 @app.route("/installs/{name}", methods=["PATCH"])
 @api
 def update_install(name: str) -> dict[str, Any]:
-    identity, body = admin(), json_body()
-    unknown = set(body) - {"enabled", "version", "config"}
-    if unknown or not body:
-        raise BadRequest(
-            "send one or more of `enabled`, `version`, `config`" + (f" (not {sorted(unknown)})" if unknown else "")
-        )
-    installs, tenant = services().installs, identity.tenant
-    record = installs.get(tenant, name)
-    if "version" in body:
-        version = _string_field(body, "version")
-        assert version is not None
-        in_history = any(entry.version == version for entry in record.history)
-        record = (installs.rollback if in_history else installs.upgrade)(tenant, name, version, by=identity.sub)
-    if "config" in body:
-        record = installs.set_config(tenant, name, body["config"])
-    if "enabled" in body:
-        if not isinstance(body["enabled"], bool):
-            raise BadRequest("`enabled` must be true or false")
-        record = installs.set_enabled(tenant, name, body["enabled"])
-    return record.to_json()
+    identity, change = admin(), InstallChange.parse(json_body())
+    return services().installs.update(identity.tenant, name, change, by=identity.sub).to_json()
 
 
 @app.route("/installs/{name}/rollback", methods=["POST"])
 @api
 def rollback_install(name: str) -> dict[str, Any]:
-    identity, body = admin(), json_body()
-    version = _string_field(body, "version", required=False)
-    return services().installs.rollback(identity.tenant, name, version, by=identity.sub).to_json()
+    identity, request = admin(), RollbackRequest.parse(json_body())
+    return services().installs.rollback(identity.tenant, name, request.version, by=identity.sub).to_json()
 
 
 @app.route("/installs/{name}", methods=["DELETE"])

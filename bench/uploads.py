@@ -28,48 +28,49 @@ STAGE_CHILD = """
 import json, os, sys
 from pathlib import Path
 import requests
-from chalicelib.auth import Identity
 from chalicelib.config import load_settings
+from chalicelib.registry import Actor
 from chalicelib.services import Services
+from chalicelib.storage.multipart import UploadedPart
+from chalicelib.uploads.messages import InitiateRequest
 from extctl.localstack import provision
 
 bundle = Path(sys.argv[1])
 settings = load_settings()
 provision(settings, os.environ["AWS_ENDPOINT_URL"])
 services = Services(settings)
-admin = Identity(sub="bench", tenant="bench", roles=frozenset({"admin"}))
-target = services.pipeline.initiate(admin, {"size": bundle.stat().st_size})
+target = services.pipeline.initiate(Actor("bench", "bench"), InitiateRequest(size=bundle.stat().st_size))
 parts = []
 with bundle.open("rb") as handle:
-    for part in target["parts"]:
-        handle.seek((part["part_number"] - 1) * target["part_size"])
-        put = requests.put(part["url"], data=handle.read(target["part_size"]), timeout=120)
-        parts.append({"PartNumber": part["part_number"], "ETag": put.headers["ETag"]})
-session = services.uploads.get(target["upload_id"], "bench")
-services.s3.complete_multipart_upload(Bucket=settings.storage_s3_bucket, Key=session.staging_key,
-    UploadId=session.multipart_upload_id, MultipartUpload={"Parts": parts})
-print(json.dumps({"upload_id": target["upload_id"]}))
+    for part in target.parts:
+        handle.seek((part.part_number - 1) * target.part_size)
+        put = requests.put(part.url, data=handle.read(target.part_size), timeout=120)
+        parts.append(UploadedPart(part.part_number, put.headers["ETag"]))
+session = services.uploads.get(target.upload_id, "bench")
+services.multipart.complete(session.staging_key, session.multipart_upload_id, parts)
+print(json.dumps({"upload_id": target.upload_id}))
 """
 
 FINALIZE_CHILD = """
 import json, sys, time
-from chalicelib.auth import Identity
 from chalicelib.config import load_settings
+from chalicelib.registry import Actor
 from chalicelib.services import Services
+from chalicelib.uploads.messages import FinalizeRequest
 
 settings = load_settings()
 services = Services(settings)
-admin = Identity(sub="bench", tenant="bench", roles=frozenset({"admin"}))
 session = services.uploads.get(sys.argv[1], "bench")
 start = time.perf_counter()
-body = services.s3.get_object(Bucket=settings.storage_s3_bucket, Key=session.staging_key)["Body"]
+body = services.staging.open_stream(session.staging_key)
 while body.read(1024 * 1024):
     pass
+body.close()
 get_s = time.perf_counter() - start
 start = time.perf_counter()
-result = services.pipeline.finalize(admin, {"upload_id": session.upload_id})
+result = services.pipeline.finalize(Actor("bench", "bench"), FinalizeRequest(upload_id=session.upload_id))
 finalize_s = time.perf_counter() - start
-assert result["status"] == "finalized", result
+assert result.status == "finalized", result
 print(json.dumps({"get_s": get_s, "finalize_s": finalize_s}))
 """
 

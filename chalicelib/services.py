@@ -2,7 +2,8 @@
 
 Routes, the finalize worker and tests all get their collaborators here, so the
 code under test is the code that runs; tests point it at moto with
-``AWS_ENDPOINT_URL`` or in-process ``mock_aws``.
+``AWS_ENDPOINT_URL`` or in-process ``mock_aws``.  Storage is typed by its
+protocols (:mod:`chalicelib.storage`); only this module names the S3 classes.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ from chalicelib.registry import (
     make_models,
     utc_now,
 )
+from chalicelib.storage.multipart import MultipartUploads, S3Multipart
+from chalicelib.storage.presign import S3UploadSigner, UploadSigner
 from chalicelib.storage.s3 import make_s3_client, make_s3_presign_client
-from chalicelib.storage.store import S3BundleStore
+from chalicelib.storage.store import BundleStore, S3BundleStore, StagingArea
 from chalicelib.uploads.events import finalize_request
 from chalicelib.uploads.pipeline import UploadPipeline
 
@@ -50,8 +53,24 @@ class Services:
         return make_s3_client(self.settings)
 
     @cached_property
-    def store(self) -> S3BundleStore:
+    def _bucket_store(self) -> S3BundleStore:
         return S3BundleStore.from_settings(self.settings, self.s3)
+
+    @cached_property
+    def store(self) -> BundleStore:
+        return self._bucket_store
+
+    @cached_property
+    def staging(self) -> StagingArea:
+        return self._bucket_store
+
+    @cached_property
+    def multipart(self) -> MultipartUploads:
+        return S3Multipart(self.s3, self.settings.storage_s3_bucket)
+
+    @cached_property
+    def signer(self) -> UploadSigner:
+        return S3UploadSigner(make_s3_presign_client(self.settings), self.settings.storage_s3_bucket)
 
     @cached_property
     def models(self) -> Models:
@@ -112,8 +131,9 @@ class Services:
         return UploadPipeline(
             self.settings,
             store=self.store,
-            s3=self.s3,
-            presign_client=make_s3_presign_client(self.settings),
+            staging=self.staging,
+            multipart=self.multipart,
+            signer=self.signer,
             registry=self.registry,
             uploads=self.uploads,
             limiter=self.limiter,

@@ -29,7 +29,7 @@ Typical wiring::
 from __future__ import annotations
 
 from chalicelib.registry.concurrency import ConcurrencyLimiter
-from chalicelib.registry.installs import InstallService
+from chalicelib.registry.installs import InstallChange, InstallRequest, InstallService, RollbackRequest
 from chalicelib.registry.models import Models, create_tables, make_models, semver_sort_key
 from chalicelib.registry.ownership import TransferRequest
 from chalicelib.registry.ratelimit import RateLimiter
@@ -39,6 +39,7 @@ from chalicelib.registry.records import (
     Claim,
     ClaimKind,
     ExtensionRecord,
+    ExtensionView,
     HistoryEntry,
     InstallRecord,
     Owner,
@@ -59,13 +60,17 @@ __all__ = [
     "ClaimKind",
     "ConcurrencyLimiter",
     "ExtensionRecord",
+    "ExtensionView",
     "HistoryEntry",
+    "InstallChange",
     "InstallRecord",
+    "InstallRequest",
     "InstallService",
     "Models",
     "Owner",
     "RateLimiter",
     "RegistryService",
+    "RollbackRequest",
     "SignatureStatus",
     "TransferRequest",
     "UploadService",

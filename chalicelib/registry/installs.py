@@ -3,7 +3,12 @@
 An install's ``config`` always fits the ``config_schema`` of the version it runs: installing, changing
 the config, upgrading and rolling back all validate the config that the install will have against the
 target version's schema (``CONFIG_INVALID`` naming the field), inside the same revision-checked write.
-An upgrade to a version whose schema the current config breaks is refused; send the new config with it.
+An upgrade to a version whose schema the current config breaks is refused; send the new config with it
+(``PATCH /installs/{name}`` with ``{version, config}``: :meth:`InstallService.update` checks the config
+against the version it will run, in the one write that switches both).
+
+The routes parse their bodies into :class:`InstallRequest`, :class:`InstallChange` and
+:class:`RollbackRequest`.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import builtins
 import json
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -39,10 +45,17 @@ from chalicelib.registry.records import (
 )
 from chalicelib.registry.service import RegistryService
 
-__all__ = ["InstallService"]
+__all__ = ["InstallChange", "InstallRequest", "InstallService", "RollbackRequest", "validated_config"]
+
+_CHANGE_FIELDS = frozenset({"enabled", "version", "config"})
 
 
-def _validated_config(config: Any) -> dict[str, Any]:
+def validated_config(config: Any) -> dict[str, Any]:
+    """``config`` as a plain JSON object of at most 16 KiB; :class:`BadRequest` otherwise.
+
+    Whether it fits a version's ``config_schema`` is the service's to check, against the version the
+    install will run.
+    """
     if not isinstance(config, Mapping):
         raise BadRequest("config must be a JSON object")
     try:
@@ -53,6 +66,68 @@ def _validated_config(config: Any) -> dict[str, Any]:
         raise BadRequest(f"config must be at most {MAX_CONFIG_BYTES} bytes as JSON")
     parsed: dict[str, Any] = json.loads(encoded)
     return parsed
+
+
+@dataclass(frozen=True)
+class InstallRequest:
+    """``POST /installs``: ``{"extension", "version"}``."""
+
+    extension: str
+    version: str
+
+    @classmethod
+    def parse(cls, body: Mapping[str, Any]) -> InstallRequest:
+        """Read the body; :class:`BadRequest` names the field that is wrong."""
+        return cls(extension=_string_field(body, "extension"), version=_string_field(body, "version"))
+
+
+@dataclass(frozen=True)
+class InstallChange:
+    """``PATCH /installs/{name}``: one or more of ``enabled``, ``version`` and ``config``.
+
+    ``version`` may be any published version (an upgrade) or one from the install's history (a rollback);
+    ``config``, sent with it, is the config the install runs that version with.
+    """
+
+    enabled: bool | None = None
+    version: str | None = None
+    config: Mapping[str, Any] | None = None
+
+    @classmethod
+    def parse(cls, body: Mapping[str, Any]) -> InstallChange:
+        """Read the body; :class:`BadRequest` for an empty body, an unknown field or a field of the wrong type."""
+        unknown = set(body) - _CHANGE_FIELDS
+        if unknown or not body:
+            raise BadRequest(
+                "send one or more of `enabled`, `version`, `config`" + (f" (not {sorted(unknown)})" if unknown else "")
+            )
+        enabled = body.get("enabled")
+        if "enabled" in body and not isinstance(enabled, bool):
+            raise BadRequest("`enabled` must be true or false")
+        return cls(
+            enabled=enabled,
+            version=_string_field(body, "version") if "version" in body else None,
+            config=validated_config(body["config"]) if "config" in body else None,
+        )
+
+
+@dataclass(frozen=True)
+class RollbackRequest:
+    """``POST /installs/{name}/rollback``: ``{"version"?}``, the version from history (default: the latest)."""
+
+    version: str | None = None
+
+    @classmethod
+    def parse(cls, body: Mapping[str, Any]) -> RollbackRequest:
+        """Read the body; :class:`BadRequest` for a ``version`` that is not a non-empty string."""
+        return cls(version=_string_field(body, "version") if body.get("version") is not None else None)
+
+
+def _string_field(body: Mapping[str, Any], field: str) -> str:
+    value = body.get(field)
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"`{field}` must be a non-empty string")
+    return value
 
 
 def _fitted_config(target: VersionRecord, config: Mapping[str, Any], kept: bool) -> None:
@@ -103,7 +178,7 @@ class InstallService:
         when the version was never published.
         """
         target = self._registry.get_version(name, version)
-        given = _validated_config(config) if config is not None else None
+        given = validated_config(config) if config is not None else None
         for _ in range(WRITE_ATTEMPTS):
             current = self._read(tenant, name)
             if current is not None:
@@ -139,7 +214,7 @@ class InstallService:
         version's ``config_schema`` (:class:`InstallConfigInvalid`); the write is conditional on the
         version it was checked against.
         """
-        parsed = _validated_config(config)
+        parsed = validated_config(config)
         installs = self._models.installs
         for _ in range(WRITE_ATTEMPTS):
             current = self._load(tenant, name)
@@ -161,6 +236,24 @@ class InstallService:
             f"could not change the config of {name} for this tenant: concurrent changes kept conflicting"
         )
 
+    def update(self, tenant: str, name: str, change: InstallChange, by: str | None = None) -> InstallRecord:
+        """Apply ``change`` to ``tenant``'s install of ``name``; raises :class:`NotInstalled`.
+
+        A ``version`` in the install's history is a :meth:`rollback` to it, any other an :meth:`upgrade`;
+        a ``config`` sent with it goes into the same write and must fit that version's ``config_schema``
+        (the current config need not).  A ``config`` alone is :meth:`set_config`.  ``enabled`` comes last.
+        """
+        record = self.get(tenant, name)
+        if change.version is not None:
+            in_history = any(entry.version == change.version for entry in record.history)
+            switch = self.rollback if in_history else self.upgrade
+            record = switch(tenant, name, change.version, by=by, config=change.config)
+        elif change.config is not None:
+            record = self.set_config(tenant, name, change.config)
+        if change.enabled is not None:
+            record = self.set_enabled(tenant, name, change.enabled)
+        return record
+
     @storage_errors
     def upgrade(self, tenant: str, name: str, version: str, by: str | None = None, config: Any = None) -> InstallRecord:
         """Switch the install to ``version`` (any published one), remembering the current one in history.
@@ -170,7 +263,7 @@ class InstallService:
         :class:`InstallConfigInvalid` unless it brings a config that does.
         """
         target = self._registry.get_version(name, version)
-        given = _validated_config(config) if config is not None else None
+        given = validated_config(config) if config is not None else None
         for _ in range(WRITE_ATTEMPTS):
             switched = self._switch(self._load(tenant, name), target, by, given)
             if switched is not None:
@@ -188,7 +281,7 @@ class InstallService:
         such earlier version, and :class:`InstallConfigInvalid` when the config (``config``
         when given, else the current one) does not fit that version's ``config_schema``.
         """
-        given = _validated_config(config) if config is not None else None
+        given = validated_config(config) if config is not None else None
         for _ in range(WRITE_ATTEMPTS):
             current = self._load(tenant, name)
             history = [HistoryEntry.from_item(entry) for entry in current.history]

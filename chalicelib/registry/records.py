@@ -36,6 +36,7 @@ __all__ = [
     "Clock",
     "ExistingState",
     "ExtensionRecord",
+    "ExtensionView",
     "HistoryEntry",
     "InstallRecord",
     "Owner",
@@ -329,6 +330,22 @@ class VersionRecord:
             created_at=item.created_at,
             created_by=Actor(tenant=created_by["tenant"], sub=created_by["sub"]),
         )
+
+
+@dataclass(frozen=True)
+class ExtensionView:
+    """An extension as one tenant sees it: ``owned`` when that tenant owns the name, and its versions
+    (highest first) when they were asked for."""
+
+    extension: ExtensionRecord
+    owned: bool
+    versions: tuple[VersionRecord, ...] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        answer = {**self.extension.to_json(), "owned": self.owned}
+        if self.versions is not None:
+            answer["versions"] = [version.to_json() for version in self.versions]
+        return answer
 
 
 @dataclass(frozen=True)

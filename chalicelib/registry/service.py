@@ -36,6 +36,7 @@ from chalicelib.registry.records import (
     Clock,
     ExistingState,
     ExtensionRecord,
+    ExtensionView,
     Owner,
     RegisterOutcome,
     VersionRecord,
@@ -77,6 +78,25 @@ class RegistryService:
         condition = extensions.owner_tenant == tenant if tenant is not None else None
         records = [ExtensionRecord.from_item(item) for item in extensions.scan(filter_condition=condition)]
         return sorted(records, key=lambda record: record.name)
+
+    def catalog(self, viewer_tenant: str, *, with_versions: bool = False) -> list[ExtensionView]:
+        """Every extension as ``viewer_tenant`` sees it, by name; with ``with_versions``, each with its versions."""
+        extensions = self.list_extensions()
+        if not with_versions:
+            return [ExtensionView(extension, extension.owner_tenant == viewer_tenant) for extension in extensions]
+        # Read after the extensions: a version is written in one transaction with its extension, so every
+        # extension listed finds all of its versions here.
+        versions = self.versions_by_extension()
+        return [
+            ExtensionView(extension, extension.owner_tenant == viewer_tenant, tuple(versions.get(extension.name, ())))
+            for extension in extensions
+        ]
+
+    def describe(self, name: str, viewer_tenant: str) -> ExtensionView:
+        """The extension ``name`` as ``viewer_tenant`` sees it, with its versions; :class:`NotFound` if unknown."""
+        extension = self.get_extension(name)
+        versions = self.list_versions(name)
+        return ExtensionView(extension, extension.owner_tenant == viewer_tenant, tuple(versions))
 
     @storage_errors
     def list_versions(self, name: str) -> list[VersionRecord]:

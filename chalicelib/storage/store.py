@@ -1,5 +1,9 @@
 """The content-addressed, immutable bundle store, and the staging area next to it.
 
+Two protocols, one S3 implementation of both (:class:`S3BundleStore`): :class:`BundleStore` is what
+readers and finalize may do with ``sha256/``, :class:`StagingArea` what finalize and cleanup may do
+with ``staging/``.
+
 Layout (DESIGN §2)::
 
     <base><hex>/bundle.tar.zst | manifest.json | signature.json | entry.wasm | published.json
@@ -30,13 +34,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from chalicelib.config import Settings
 from chalicelib.errors import BadRequest, NotFound, StorageError
-from chalicelib.storage.presign import UploadedPart, abort_multipart, complete_multipart, create_multipart
+from chalicelib.storage.multipart import S3Multipart, UploadedPart
 from chalicelib.storage.s3 import error_code, make_s3_client
 
 __all__ = [
     "BUNDLE_OBJECT",
     "ENTRY_OBJECT",
     "MANIFEST_OBJECT",
+    "MAX_COPY_PART_BYTES",
     "PUBLISH_RECORD_OBJECT",
     "SIGNATURE_OBJECT",
     "BundleStore",
@@ -44,6 +49,7 @@ __all__ = [
     "PutOutcome",
     "ReadableStream",
     "S3BundleStore",
+    "StagingArea",
     "content_hash_hex",
 ]
 
@@ -59,7 +65,7 @@ _CONTENT_HASH = re.compile(r"sha256:([0-9a-f]{64})")
 _FINGERPRINT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _KEY_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}")
 _CHUNK_BYTES = 1024 * 1024
-_MAX_COPY_PART_BYTES = 5 * 1024**3
+MAX_COPY_PART_BYTES = 5 * 1024**3
 """S3's largest ``UploadPartCopy`` range."""
 _PUT_ATTEMPTS = 3
 
@@ -104,10 +110,6 @@ class BundleStore(Protocol):
         """The key of the record of a failed compile (engine fingerprint, compile limits id)."""
         ...
 
-    def staging_key(self, tenant: str, upload_id: str) -> str:
-        """The key an upload session's bundle is staged under."""
-        ...
-
     def put_immutable(self, key: str, body: bytes | BinaryIO, content_type: str) -> PutOutcome:
         """Write ``key`` once; the same bytes again give ``SAME``, other bytes raise ``StorageError``."""
         ...
@@ -136,6 +138,26 @@ class BundleStore(Protocol):
 
     def get_bytes(self, key: str, max_bytes: int) -> bytes:
         """The whole of a small object; raises ``StorageError`` when it is larger than ``max_bytes``."""
+        ...
+
+
+class StagingArea(Protocol):
+    """Where uploads land before finalize: written by uploaders (through presigned URLs), read once, deleted."""
+
+    def staging_key(self, tenant: str, upload_id: str) -> str:
+        """The key an upload session's bundle is staged under; :class:`BadRequest` for an unsafe segment."""
+        ...
+
+    def upload_of(self, key: str) -> tuple[str, str] | None:
+        """``(tenant, upload_id)`` of a key :meth:`staging_key` made, or ``None`` for any other key."""
+        ...
+
+    def head(self, key: str) -> ObjectInfo | None:
+        """Size and ETag of ``key``, or ``None`` when nothing is staged there."""
+        ...
+
+    def open_stream(self, key: str, *, if_match: str | None = None) -> ReadableStream:
+        """Stream ``key``'s bytes (see :meth:`BundleStore.open_stream`)."""
         ...
 
     def delete(self, key: str) -> None:
@@ -178,27 +200,40 @@ def _digest_of_body(body: bytes | BinaryIO) -> tuple[bytes, int]:
     return digest.digest(), size
 
 
-def _copy_ranges(size: int) -> list[str | None]:
+def _copy_ranges(size: int, max_part_bytes: int) -> list[str | None]:
     """``CopySourceRange`` values covering ``size`` bytes; one part needs no range at all."""
-    if size <= _MAX_COPY_PART_BYTES:
+    if size <= max_part_bytes:
         return [None]
-    return [
-        f"bytes={start}-{min(start + _MAX_COPY_PART_BYTES, size) - 1}" for start in range(0, size, _MAX_COPY_PART_BYTES)
-    ]
+    return [f"bytes={start}-{min(start + max_part_bytes, size) - 1}" for start in range(0, size, max_part_bytes)]
 
 
 class S3BundleStore:
-    """:class:`BundleStore` on one S3 bucket."""
+    """:class:`BundleStore` and :class:`StagingArea` on one S3 bucket.
 
-    def __init__(self, client: Any, bucket: str, *, base: str = "sha256/", staging_prefix: str = "staging/") -> None:
+    ``max_copy_part_bytes`` is the largest range one ``UploadPartCopy`` copies (S3 allows 5 GiB).
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        *,
+        base: str = "sha256/",
+        staging_prefix: str = "staging/",
+        max_copy_part_bytes: int = MAX_COPY_PART_BYTES,
+    ) -> None:
         if not base.endswith("/") or not staging_prefix.endswith("/"):
             raise ValueError("base and staging_prefix must end with '/'")
         if base.startswith(staging_prefix) or staging_prefix.startswith(base):
             raise ValueError(f"store base {base!r} and staging prefix {staging_prefix!r} must not overlap")
+        if not 1 <= max_copy_part_bytes <= MAX_COPY_PART_BYTES:
+            raise ValueError(f"max_copy_part_bytes must be 1..{MAX_COPY_PART_BYTES}, got {max_copy_part_bytes}")
         self._client = client
         self._bucket = bucket
         self._base = base
         self._staging = staging_prefix
+        self._max_copy_part_bytes = max_copy_part_bytes
+        self._multipart = S3Multipart(client, bucket)
 
     @classmethod
     def from_settings(cls, settings: Settings, client: Any | None = None) -> S3BundleStore:
@@ -237,6 +272,10 @@ class S3BundleStore:
             if not _KEY_SEGMENT.fullmatch(segment) or segment in {".", ".."}:
                 raise BadRequest(f"{label} {segment!r} cannot be part of a storage key")
         return f"{self._staging}{tenant}/{upload_id}/{BUNDLE_OBJECT}"
+
+    def upload_of(self, key: str) -> tuple[str, str] | None:
+        match = re.fullmatch(re.escape(self._staging) + r"([^/]+)/([^/]+)/" + re.escape(BUNDLE_OBJECT), key)
+        return (match.group(1), match.group(2)) if match else None
 
     # --- immutable writes -------------------------------------------------------------
 
@@ -298,24 +337,24 @@ class S3BundleStore:
         if self.exists(target):
             return self._compare_existing(target, digest, source.size)
         with _storage_errors("start the copy to", target):
-            upload_id = create_multipart(self._client, self._bucket, target)
+            upload_id = self._multipart.create(target)
         try:
             parts = self._copy_parts(source, upload_id, target)
-            complete_multipart(self._client, self._bucket, target, upload_id, parts, if_none_match=True)
+            self._multipart.complete(target, upload_id, parts, if_none_match=True)
         except StorageError:
-            abort_multipart(self._client, self._bucket, target, upload_id)
+            self._multipart.abort(target, upload_id)
             # A concurrent finalize may have completed first (412): same bytes are fine.
             if self.exists(target):
                 return self._compare_existing(target, digest, source.size)
             raise
         except BaseException:
-            abort_multipart(self._client, self._bucket, target, upload_id)
+            self._multipart.abort(target, upload_id)
             raise
         return PutOutcome.NEW
 
     def _copy_parts(self, source: ObjectInfo, upload_id: str, target: str) -> list[UploadedPart]:
         parts = []
-        for number, copy_range in enumerate(_copy_ranges(source.size), start=1):
+        for number, copy_range in enumerate(_copy_ranges(source.size, self._max_copy_part_bytes), start=1):
             request: dict[str, Any] = {
                 "Bucket": self._bucket,
                 "Key": target,

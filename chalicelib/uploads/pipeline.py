@@ -1,7 +1,12 @@
 """The upload pipeline: initiate → (the client uploads to S3) → finalize, or abort.
 
-``initiate`` checks the declared size and signature, records a session and hands
-out presigned URLs: one PUT below the multipart threshold, presigned parts above.
+``initiate`` checks the declared size, records a session and hands out presigned
+URLs: one PUT below the multipart threshold, presigned parts above.
+
+The routes authorize the caller and parse the body (:mod:`chalicelib.uploads.messages`); the pipeline
+takes the uploader as an :class:`~chalicelib.registry.Actor` and typed requests, reaches storage only
+through the protocols of :mod:`chalicelib.storage` (bundle store, staging, multipart, signer), and
+answers with frozen results.
 
 ``finalize`` is one function behind both ``POST /ext-bundles/finalize`` and the S3
 ObjectCreated event (S3 → SQS → worker).  Its stages:
@@ -30,25 +35,23 @@ completes the work (a registered version's missing objects included).
 from __future__ import annotations
 
 import math
-import re
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from chalicelib.auth import Identity
 from chalicelib.bundles.publication import PublishRecord
 from chalicelib.bundles.signing import SignatureCheck, SignatureEnvelope, TrustBundle, verify_signature
 from chalicelib.bundles.verify import VerifiedBundle, verify_bundle
 from chalicelib.config import Settings
 from chalicelib.errors import (
-    BadRequest,
     BundleCorrupt,
     BundleTooLarge,
     ExtError,
+    Internal,
     StorageError,
     UploadConflict,
     UploadNotFound,
@@ -67,32 +70,32 @@ from chalicelib.registry import (
     VersionRecord,
     new_upload_id,
 )
-from chalicelib.storage.presign import (
-    UploadedPart,
-    abort_multipart,
-    complete_multipart,
-    create_multipart,
-    list_parts,
-    part_layout,
-    presign_parts,
-    presign_put,
-)
+from chalicelib.storage.multipart import MAX_PARTS, MultipartUploads, UploadedPart, part_layout
+from chalicelib.storage.presign import UploadSigner
 from chalicelib.storage.store import (
     BUNDLE_OBJECT,
     ENTRY_OBJECT,
     MANIFEST_OBJECT,
     PUBLISH_RECORD_OBJECT,
     SIGNATURE_OBJECT,
-    S3BundleStore,
+    BundleStore,
+    StagingArea,
+)
+from chalicelib.uploads.messages import (
+    AbortRequest,
+    AbortResult,
+    FinalizeRequest,
+    FinalizeResult,
+    InitiateRequest,
+    UploadStatus,
+    UploadTarget,
 )
 
-__all__ = ["UploadPipeline", "staging_key_parts"]
+__all__ = ["UploadPipeline"]
 
-_SHA256 = re.compile(r"(?:sha256:)?([0-9a-f]{64})")
 _FINALIZE_LEASE_SECONDS = 300
 _FINALIZE_WAIT_SECONDS = 20.0
-_MAX_PARTS = 10_000
-MiB = 1024 * 1024
+_MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -101,61 +104,20 @@ class _Staged:
     claim_id: str | None
 
 
-def staging_key_parts(key: str, staging_prefix: str) -> tuple[str, str] | None:
-    """``(tenant, upload_id)`` of a staging key, or ``None`` for any other key."""
-    match = re.fullmatch(re.escape(staging_prefix) + r"([^/]+)/([^/]+)/bundle\.tar\.zst", key)
-    return (match.group(1), match.group(2)) if match else None
-
-
-def _declared_sha256(value: Any) -> str | None:
-    if value is None:
-        return None
-    match = _SHA256.fullmatch(value) if isinstance(value, str) else None
-    if match is None:
-        raise BadRequest("`sha256` must be 64 lowercase hex characters (optionally prefixed with sha256:)")
-    return match.group(1)
-
-
-def _envelope(value: Any) -> SignatureEnvelope | None:
-    if value is None:
-        return None
-    if not isinstance(value, (str, Mapping)):
-        raise BadRequest("`signature` must be the signature envelope (a JSON object or its text)")
-    return SignatureEnvelope.parse(value)
-
-
-def _size(value: Any, limit: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise BadRequest("`size` must be the bundle's size in bytes, a positive integer")
-    if value > limit:
-        raise BundleTooLarge(f"the bundle is {value} bytes; the limit is {limit} bytes")
-    return value
-
-
-def _parts(value: Any) -> list[UploadedPart] | None:
-    if value is None:
-        return None
-    if not isinstance(value, list) or not all(isinstance(p, Mapping) for p in value):
-        raise BadRequest("`parts` must be a list of {part_number, etag}")
-    parts = []
-    for item in value:
-        number, etag = item.get("part_number"), item.get("etag")
-        if not isinstance(number, int) or isinstance(number, bool) or not isinstance(etag, str):
-            raise BadRequest("each part needs an integer `part_number` and a string `etag`")
-        parts.append(UploadedPart(part_number=number, etag=etag))
-    return parts
-
-
 class UploadPipeline:
-    """Initiate, finalize and abort uploads; collaborators are passed in."""
+    """Initiate, finalize and abort uploads; collaborators are passed in.
+
+    Every method trusts its caller to have authorized ``uploader`` (an admin of its tenant).
+    """
 
     def __init__(
         self,
         settings: Settings,
         *,
-        store: S3BundleStore,
-        s3: Any,
-        presign_client: Any,
+        store: BundleStore,
+        staging: StagingArea,
+        multipart: MultipartUploads,
+        signer: UploadSigner,
         registry: RegistryService,
         uploads: UploadService,
         limiter: RateLimiter,
@@ -166,8 +128,9 @@ class UploadPipeline:
     ) -> None:
         self._settings = settings
         self._store = store
-        self._s3 = s3
-        self._presign = presign_client
+        self._staging = staging
+        self._multipart = multipart
+        self._signer = signer
         self._registry = registry
         self._uploads = uploads
         self._limiter = limiter
@@ -178,104 +141,86 @@ class UploadPipeline:
 
     # --- initiate ---------------------------------------------------------------------
 
-    def initiate(self, identity: Identity, body: Mapping[str, Any]) -> dict[str, Any]:
+    def initiate(self, uploader: Actor, request: InitiateRequest) -> UploadTarget:
         """Start an upload session and return where and how to upload."""
-        identity.require_admin()
-        self._rate_limit(identity)
-        size = _size(body.get("size"), self._settings.bundle_limits.max_compressed_bytes)
-        sha256 = _declared_sha256(body.get("sha256"))
-        envelope = _envelope(body.get("signature"))
+        self._rate_limit(uploader)
+        limit = self._settings.bundle_limits.max_compressed_bytes
+        if request.size > limit:
+            raise BundleTooLarge(f"the bundle is {request.size} bytes; the limit is {limit} bytes")
         upload_id = new_upload_id()
-        key = self._store.staging_key(identity.tenant, upload_id)
+        key = self._staging.staging_key(uploader.tenant, upload_id)
         ttl = self._settings.upload_url_ttl_seconds
-        answer: dict[str, Any] = {"upload_id": upload_id, "size": size}
         multipart_id = part_size = None
-        if size <= self._settings.upload_multipart_threshold_bytes:
-            request = presign_put(self._presign, self._store.bucket, key, size, sha256, ttl)
-            answer.update(method="PUT", url=request.url, headers=dict(request.headers))
-            expires_at = request.expires_at
+        if request.size <= self._settings.upload_multipart_threshold_bytes:
+            put = self._signer.presign_put(key, request.size, request.sha256, ttl)
+            target = UploadTarget(upload_id, request.size, "PUT", put.expires_at, url=put.url, headers=put.headers)
         else:
-            part_size = self._part_size(size)
-            multipart_id = create_multipart(self._s3, self._store.bucket, key)
-            layout = part_layout(size, part_size)
-            urls = presign_parts(self._presign, self._store.bucket, key, multipart_id, layout, ttl)
-            answer.update(
-                method="MULTIPART",
-                part_size=part_size,
-                parts=[{"part_number": p.part_number, "url": p.url} for p in urls],
-                headers={},
-            )
+            part_size = self._part_size(request.size)
+            multipart_id = self._multipart.create(key)
+            urls = self._signer.presign_parts(key, multipart_id, part_layout(request.size, part_size), ttl)
             expires_at = self._clock() + timedelta(seconds=ttl)
+            target = UploadTarget(
+                upload_id, request.size, "MULTIPART", expires_at, part_size=part_size, parts=tuple(urls)
+            )
         self._uploads.create(
             upload_id=upload_id,
-            tenant=identity.tenant,
-            sub=identity.sub,
+            tenant=uploader.tenant,
+            sub=uploader.sub,
             staging_key=key,
-            declared_size=size,
-            declared_sha256=sha256,
-            signature=envelope.to_json() if envelope else None,
+            declared_size=request.size,
+            declared_sha256=request.sha256,
+            signature=request.signature.to_json() if request.signature else None,
             multipart_upload_id=multipart_id,
             part_size=part_size,
             ttl_seconds=self._settings.upload_session_ttl_seconds,
         )
-        answer["expires_at"] = expires_at.isoformat()
-        log_event("upload.initiate", tenant=identity.tenant, upload_id=upload_id, size=size, method=answer["method"])
-        return answer
+        log_event(
+            "upload.initiate", tenant=uploader.tenant, upload_id=upload_id, size=request.size, method=target.method
+        )
+        return target
 
     def _part_size(self, size: int) -> int:
-        smallest = math.ceil(size / _MAX_PARTS / MiB) * MiB
+        smallest = math.ceil(size / MAX_PARTS / _MIB) * _MIB
         return int(max(self._settings.upload_part_bytes, smallest))
 
-    def describe(self, identity: Identity, upload_id: str) -> dict[str, Any]:
+    def describe(self, uploader: Actor, upload_id: str) -> UploadStatus:
         """The session's state; for a pending multipart upload, the parts S3 holds and
         fresh URLs for the rest, so an interrupted upload resumes instead of restarting."""
-        identity.require_admin()
-        session = self._uploads.get(upload_id, identity.tenant)
-        answer: dict[str, Any] = {
-            "upload_id": session.upload_id,
-            "state": str(session.state),
-            "size": session.declared_size,
-            "sha256": session.declared_sha256,
-            "expires_at": session.expires_at.isoformat(),
-        }
-        if session.state is UploadState.FINALIZED:
-            answer["result"] = dict(session.result or {})
-        if session.state is UploadState.FAILED:
-            answer["error"] = {"code": session.error_code, "message": session.error_message}
-        if session.multipart_upload_id and session.state is UploadState.PENDING and session.part_size:
-            held = list_parts(self._s3, self._store.bucket, session.staging_key, session.multipart_upload_id)
-            layout = part_layout(session.declared_size, session.part_size)
-            held_numbers = {p.part_number for p in held}
-            missing = [p for p in layout if p.part_number not in held_numbers]
-            ttl = self._settings.upload_url_ttl_seconds
-            mpu = session.multipart_upload_id
-            urls = (
-                presign_parts(self._presign, self._store.bucket, session.staging_key, mpu, missing, ttl)
-                if missing
-                else []
-            )
-            answer.update(
-                method="MULTIPART",
-                part_size=session.part_size,
-                uploaded_parts=[{"part_number": p.part_number, "etag": p.etag, "size": p.size} for p in held],
-                parts=[{"part_number": p.part_number, "url": p.url} for p in urls],
-            )
-        return answer
+        session = self._uploads.get(upload_id, uploader.tenant)
+        status = UploadStatus(
+            upload_id=session.upload_id,
+            state=session.state,
+            size=session.declared_size,
+            sha256=session.declared_sha256,
+            expires_at=session.expires_at,
+            result=_stored_result(session) if session.state is UploadState.FINALIZED else None,
+            error_code=session.error_code,
+            error_message=session.error_message,
+        )
+        if not (session.multipart_upload_id and session.state is UploadState.PENDING and session.part_size):
+            return status
+        mpu = session.multipart_upload_id
+        held = self._multipart.list_parts(session.staging_key, mpu)
+        held_numbers = {p.part_number for p in held}
+        missing = [
+            p for p in part_layout(session.declared_size, session.part_size) if p.part_number not in held_numbers
+        ]
+        ttl = self._settings.upload_url_ttl_seconds
+        urls = self._signer.presign_parts(session.staging_key, mpu, missing, ttl) if missing else []
+        return replace(status, part_size=session.part_size, uploaded_parts=tuple(held), parts=tuple(urls))
 
     # --- finalize ---------------------------------------------------------------------
 
-    def finalize(self, identity: Identity, body: Mapping[str, Any]) -> dict[str, Any]:
+    def finalize(self, uploader: Actor, request: FinalizeRequest) -> FinalizeResult:
         """``POST /ext-bundles/finalize``: waits briefly for a concurrent finalize."""
-        upload_id = self._admin_upload_id(identity, body)
-        session = self._uploads.get(upload_id, identity.tenant)
-        parts = _parts(body.get("parts"))
-        envelope = _envelope(body.get("signature"))
+        self._rate_limit(uploader)
+        session = self._uploads.get(request.upload_id, uploader.tenant)
         if self._request_finalize is not None:
-            return self._finalize_by_worker(session, parts, envelope)
+            return self._finalize_by_worker(session, request.parts, request.signature)
         deadline = time.monotonic() + _FINALIZE_WAIT_SECONDS
         while True:
             try:
-                return self._finalize(session, parts, envelope)
+                return self._finalize(session, request.parts, request.signature)
             except UploadConflict as exc:
                 if "retry_after" not in exc.details or time.monotonic() > deadline:
                     raise
@@ -283,7 +228,7 @@ class UploadPipeline:
 
     def _finalize_by_worker(
         self, session: UploadSession, parts: Sequence[UploadedPart] | None, envelope: SignatureEnvelope | None
-    ) -> dict[str, Any]:
+    ) -> FinalizeResult:
         """``FINALIZE_MODE=queue``: get the upload ready, hand it to the worker, wait for its answer.
 
         The route only touches ``staging/`` (complete the multipart upload, record the
@@ -293,7 +238,7 @@ class UploadPipeline:
             if envelope is not None:
                 session = self._uploads.set_signature(session.upload_id, envelope.to_json())
             self._complete_multipart(session, parts)
-            if self._store.head(session.staging_key) is None:
+            if self._staging.head(session.staging_key) is None:
                 raise UploadConflict("nothing has been uploaded for this session yet; upload the bundle, then finalize")
             assert self._request_finalize is not None
             self._request_finalize(session.staging_key)
@@ -301,7 +246,7 @@ class UploadPipeline:
         while True:
             current = self._uploads.get(session.upload_id, session.tenant)
             if current.state is UploadState.FINALIZED:
-                return dict(current.result or {})
+                return _stored_result(current)
             if current.state is UploadState.FAILED:
                 raise error_for_code(current.error_code or "INTERNAL", current.error_message or "")
             if current.state is UploadState.ABORTED:
@@ -310,7 +255,7 @@ class UploadPipeline:
                 raise UploadConflict(f"upload {session.upload_id} is still being finalized; retry", retry_after=2)
             time.sleep(0.2)
 
-    def finalize_staging_object(self, key: str, *, requested: bool = False) -> dict[str, Any] | None:
+    def finalize_staging_object(self, key: str, *, requested: bool = False) -> FinalizeResult | None:
         """The worker: finalize the session a staging object belongs to.
 
         ``requested`` marks an explicit finalize handed over by the route; without it
@@ -320,11 +265,11 @@ class UploadPipeline:
         ``UploadConflict`` while another finalize holds the session, so the queue
         delivers the message again later.
         """
-        parts = staging_key_parts(key, self._settings.staging_prefix)
-        if parts is None:
+        owner = self._staging.upload_of(key)
+        if owner is None:
             log_event("upload.event.ignored", key=key, reason="not a staging upload")
             return None
-        tenant, upload_id = parts
+        tenant, upload_id = owner
         try:
             session = self._uploads.get(upload_id, tenant)
         except UploadNotFound:
@@ -348,10 +293,10 @@ class UploadPipeline:
 
     def _finalize(
         self, session: UploadSession, parts: Sequence[UploadedPart] | None, envelope: SignatureEnvelope | None
-    ) -> dict[str, Any]:
+    ) -> FinalizeResult:
         claim = self._uploads.claim_for_finalize(session.upload_id, self._clock(), _FINALIZE_LEASE_SECONDS)
         if claim.kind is ClaimKind.FINALIZED:
-            return dict(claim.session.result or {})
+            return _stored_result(claim.session)
         if claim.kind is ClaimKind.FAILED:
             raise error_for_code(claim.session.error_code or "INTERNAL", claim.session.error_message or "")
         staged = _Staged(session=claim.session, claim_id=claim.claim_id)
@@ -371,11 +316,11 @@ class UploadPipeline:
             raise
         # The stored result is the answer: if a lease ran out and two finalizes both
         # got this far, the session keeps the first one's, and both callers return it.
-        stored = self._uploads.complete(session.upload_id, result, claim_id=staged.claim_id)
+        stored = self._uploads.complete(session.upload_id, result.to_json(), claim_id=staged.claim_id)
         self._discard_staging(staged.session)
-        if result["status"] == "finalized" and self._on_published is not None:
-            self._on_published(result["content_hash"])
-        return dict(stored.result or result)
+        if result.status == "finalized" and self._on_published is not None:
+            self._on_published(result.content_hash)
+        return _stored_result(stored)
 
     def _run_stages(
         self,
@@ -383,7 +328,7 @@ class UploadPipeline:
         parts: Sequence[UploadedPart] | None,
         envelope: SignatureEnvelope | None,
         learned: dict[str, Any],
-    ) -> dict[str, Any]:
+    ) -> FinalizeResult:
         session = staged.session
         ids = {"tenant": session.tenant, "upload_id": session.upload_id}
         with stage("finalize.receive", **ids):
@@ -421,32 +366,31 @@ class UploadPipeline:
                 with stage("finalize.store", **ids):
                     self._store_publish_record(verified, check, checked_at)
                     self._store_canonical(session, etag, verified, chosen if check.key_id else None, Path(scratch))
-        status = "already_finalized" if state == "same" or outcome == "already" else "finalized"
-        return {
-            "upload_id": session.upload_id,
-            "content_hash": verified.content_hash,
-            "extension": manifest.name,
-            "version": manifest.version,
-            "status": status,
-            "signature_status": str(check.status),
-            "key_id": check.key_id,
-            "size": verified.compressed_size,
-        }
+        return FinalizeResult(
+            upload_id=session.upload_id,
+            content_hash=verified.content_hash,
+            extension=manifest.name,
+            version=manifest.version,
+            status="already_finalized" if state == "same" or outcome == "already" else "finalized",
+            signature_status=str(check.status),
+            key_id=check.key_id,
+            size=verified.compressed_size,
+        )
 
     def _complete_multipart(self, session: UploadSession, parts: Sequence[UploadedPart] | None) -> None:
         if not session.multipart_upload_id or not session.part_size:
             return
-        if self._store.head(session.staging_key) is not None:
+        if self._staging.head(session.staging_key) is not None:
             return  # completed by an earlier attempt that crashed before recording it
-        bucket, key, mpu = self._store.bucket, session.staging_key, session.multipart_upload_id
-        held = list(parts) if parts is not None else list_parts(self._s3, bucket, key, mpu)
+        key, mpu = session.staging_key, session.multipart_upload_id
+        held = list(parts) if parts is not None else self._multipart.list_parts(key, mpu)
         expected = len(part_layout(session.declared_size, session.part_size))
         if len(held) != expected:
             raise UploadConflict(f"the upload has {len(held)} of its {expected} parts; upload the rest, then finalize")
-        complete_multipart(self._s3, bucket, key, mpu, held)
+        self._multipart.complete(key, mpu, held)
 
     def _check_size(self, session: UploadSession) -> str:
-        info = self._store.head(session.staging_key)
+        info = self._staging.head(session.staging_key)
         if info is None:
             raise UploadConflict("nothing has been uploaded for this session yet; upload the bundle, then finalize")
         if info.size > session.declared_size:
@@ -457,7 +401,7 @@ class UploadPipeline:
 
     def _verify(self, session: UploadSession, etag: str, scratch: Path) -> VerifiedBundle:
         expected = f"sha256:{session.declared_sha256}" if session.declared_sha256 else None
-        stream = self._store.open_stream(session.staging_key, if_match=etag)
+        stream = self._staging.open_stream(session.staging_key, if_match=etag)
         try:
             return verify_bundle(
                 stream,  # type: ignore[arg-type]
@@ -542,29 +486,27 @@ class UploadPipeline:
         """Delete the staging object and any multipart state; failures only log (lifecycle rules clean up)."""
         try:
             if session.multipart_upload_id:
-                abort_multipart(self._s3, self._store.bucket, session.staging_key, session.multipart_upload_id)
-            self._store.delete(session.staging_key)
+                self._multipart.abort(session.staging_key, session.multipart_upload_id)
+            self._staging.delete(session.staging_key)
         except ExtError as exc:
             log_event("upload.cleanup_failed", upload_id=session.upload_id, outcome=exc.code, message=exc.message)
 
     # --- abort ------------------------------------------------------------------------
 
-    def abort(self, identity: Identity, body: Mapping[str, Any]) -> dict[str, Any]:
-        """Abort the caller's own upload: the session first, so no finalize can start, then storage."""
-        upload_id = self._admin_upload_id(identity, body)
-        session = self._uploads.abort(upload_id, identity.tenant)
+    def abort(self, uploader: Actor, request: AbortRequest) -> AbortResult:
+        """Abort the uploader's own upload: the session first, so no finalize can start, then storage."""
+        self._rate_limit(uploader)
+        session = self._uploads.abort(request.upload_id, uploader.tenant)
         self._discard_staging(session)
-        log_event("upload.abort", tenant=identity.tenant, upload_id=upload_id)
-        return {"upload_id": upload_id, "status": "aborted"}
+        log_event("upload.abort", tenant=uploader.tenant, upload_id=request.upload_id)
+        return AbortResult(request.upload_id)
 
-    def _admin_upload_id(self, identity: Identity, body: Mapping[str, Any]) -> str:
-        """The checks every upload-session route starts with: admin, rate limit, an ``upload_id``."""
-        identity.require_admin()
-        self._rate_limit(identity)
-        upload_id = body.get("upload_id")
-        if not isinstance(upload_id, str) or not upload_id:
-            raise BadRequest("`upload_id` is required")
-        return upload_id
+    def _rate_limit(self, uploader: Actor) -> None:
+        self._limiter.hit(f"upload#{uploader.tenant}", self._settings.upload_rate_limit_per_minute, self._clock())
 
-    def _rate_limit(self, identity: Identity) -> None:
-        self._limiter.hit(f"upload#{identity.tenant}", self._settings.upload_rate_limit_per_minute, self._clock())
+
+def _stored_result(session: UploadSession) -> FinalizeResult:
+    """The result a finalized session stored: every later finalize of it answers with exactly this."""
+    if session.result is None:
+        raise Internal(f"upload {session.upload_id} is finalized but has no stored result")
+    return FinalizeResult.from_json(session.result)

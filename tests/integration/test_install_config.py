@@ -13,6 +13,7 @@ from chalicelib.config import load_settings
 from chalicelib.errors import InstallConfigInvalid
 from chalicelib.registry import (
     Actor,
+    InstallChange,
     InstallService,
     Models,
     RegistryService,
@@ -152,3 +153,21 @@ def test_the_same_version_with_a_new_config_only_changes_the_config(installs: In
 
     assert (again.version, again.config, again.history) == ("1.0.0", {"retries": 1}, ())
     assert again.install_id == first.install_id
+
+
+def test_an_update_with_a_version_and_a_config_checks_the_config_against_that_version(installs: InstallService) -> None:
+    installs.install("t1", NAME, "1.0.0", config={"retries": 8})
+
+    assert refused(installs.update, "t1", NAME, InstallChange(version="2.0.0")).startswith(
+        "config.host: 'host' is a required property"
+    )
+    upgraded = installs.update("t1", NAME, InstallChange(version="2.0.0", config={"host": "h"}), by="bob")
+    assert (upgraded.version, upgraded.config, upgraded.installed_by) == ("2.0.0", {"host": "h"}, "bob")
+
+    # 1.0.0 is in the history: a rollback, with a config that fits 1.0.0 and not 2.0.0.
+    assert refused(installs.update, "t1", NAME, InstallChange(version="1.0.0", config={"retries": 11})) == (
+        "config.retries: 11 is greater than the maximum of 10"
+    )
+    back = installs.update("t1", NAME, InstallChange(version="1.0.0", config={"retries": 9}, enabled=False))
+    assert (back.version, back.config, back.enabled) == ("1.0.0", {"retries": 9}, False)
+    assert [entry.version for entry in back.history] == ["2.0.0"]

@@ -534,6 +534,38 @@ def test_install_enable_disable_upgrade_rollback_config_uninstall(stack: AwsStac
     assert stack.call("GET", "/installs/com.acme.tools").status_code == 404
 
 
+def test_a_patch_with_version_and_config_checks_the_new_config_against_the_new_version(stack: AwsStack) -> None:
+    # 1.1.0 requires `host`, which the install's current config lacks: the upgrade alone is refused, the
+    # upgrade with a config that fits 1.1.0 is one change.
+    strict = {"type": "object", "required": ["host"], "properties": {"host": {"type": "string", "minLength": 1}}}
+    publish(stack, bundle(good_files(config_schema={"type": "object"})))
+    publish(stack, bundle(good_files(version="1.1.0", config_schema=strict)))
+    stack.call("POST", "/installs", {"extension": "com.acme.tools", "version": "1.0.0"})
+    stack.call("PATCH", "/installs/com.acme.tools", {"config": {"retries": 3}})
+
+    alone = stack.call("PATCH", "/installs/com.acme.tools", {"version": "1.1.0"})
+    assert (alone.status_code, alone.json["error"]["code"]) == (400, "CONFIG_INVALID")
+    together = stack.call("PATCH", "/installs/com.acme.tools", {"version": "1.1.0", "config": {"host": "h"}})
+
+    assert together.status_code == 200, together.json
+    assert (together.json["version"], together.json["config"]) == ("1.1.0", {"host": "h"})
+    back = stack.call("PATCH", "/installs/com.acme.tools", {"version": "1.0.0", "config": {"retries": 4}})
+    assert (back.json["version"], back.json["config"]) == ("1.0.0", {"retries": 4})
+    assert [entry["version"] for entry in back.json["history"]] == ["1.1.0"]
+
+
+def test_a_patch_with_one_malformed_field_changes_nothing(stack: AwsStack) -> None:
+    publish(stack, bundle())
+    publish(stack, bundle(good_files(version="1.1.0")))
+    stack.call("POST", "/installs", {"extension": "com.acme.tools", "version": "1.0.0"})
+
+    for body in ({"version": "1.1.0", "enabled": "yes"}, {"version": "1.1.0", "config": [1]}):
+        answer = stack.call("PATCH", "/installs/com.acme.tools", body)
+        assert (answer.status_code, answer.json["error"]["code"]) == (400, "BAD_REQUEST"), body
+
+    assert stack.call("GET", "/installs/com.acme.tools").json["version"] == "1.0.0"
+
+
 def test_installs_are_confined_to_the_callers_tenant(stack: AwsStack) -> None:
     publish(stack, bundle())
     stack.call("POST", "/installs", {"extension": "com.acme.tools", "version": "1.0.0"})

@@ -18,15 +18,8 @@ from hypothesis import strategies as st
 
 from chalicelib.config import load_settings
 from chalicelib.errors import BadRequest
-from chalicelib.storage.presign import (
-    MIN_PART_BYTES,
-    UploadedPart,
-    complete_multipart,
-    part_layout,
-    presign_parts,
-    presign_put,
-    sha256_checksum_header,
-)
+from chalicelib.storage.multipart import MIN_PART_BYTES, S3Multipart, UploadedPart, part_layout
+from chalicelib.storage.presign import S3UploadSigner, sha256_checksum_header
 from chalicelib.storage.s3 import make_s3_client, make_s3_presign_client
 
 MiB = 1024 * 1024
@@ -57,13 +50,13 @@ def signed_headers(url: str) -> list[str]:
 
 
 def test_put_url_signs_content_length_and_the_declared_checksum(client):
-    request = presign_put(client, "ext-bundles", "staging/t/u/bundle.tar.zst", 1234, SHA, 900)
+    request = S3UploadSigner(client, "ext-bundles").presign_put("staging/t/u/bundle.tar.zst", 1234, SHA, 900)
 
     assert {"content-length", "x-amz-checksum-sha256", "content-type", "host"} <= set(signed_headers(request.url))
 
 
 def test_put_url_without_a_declared_checksum_signs_only_the_length_and_type(client):
-    request = presign_put(client, "ext-bundles", "staging/t/u/bundle.tar.zst", 1234, None, 900)
+    request = S3UploadSigner(client, "ext-bundles").presign_put("staging/t/u/bundle.tar.zst", 1234, None, 900)
 
     assert signed_headers(request.url) == ["content-length", "content-type", "host"]
     assert "x-amz-checksum-sha256" not in request.headers
@@ -71,7 +64,7 @@ def test_put_url_without_a_declared_checksum_signs_only_the_length_and_type(clie
 
 def test_put_url_is_sigv4_and_expires_after_the_ttl(client):
     before = datetime.now(UTC).replace(microsecond=0)
-    request = presign_put(client, "ext-bundles", "staging/t/u/bundle.tar.zst", 10, None, 600)
+    request = S3UploadSigner(client, "ext-bundles").presign_put("staging/t/u/bundle.tar.zst", 10, None, 600)
     after = datetime.now(UTC)
 
     query = query_of(request.url)
@@ -83,7 +76,7 @@ def test_put_url_is_sigv4_and_expires_after_the_ttl(client):
 
 
 def test_put_headers_are_exactly_what_the_uploader_must_send(client):
-    request = presign_put(client, "ext-bundles", "staging/t/u/bundle.tar.zst", 10, SHA, 60)
+    request = S3UploadSigner(client, "ext-bundles").presign_put("staging/t/u/bundle.tar.zst", 10, SHA, 60)
 
     assert request.method == "PUT"
     assert dict(request.headers) == {
@@ -101,17 +94,17 @@ def test_checksum_header_is_the_base64_of_the_raw_digest():
 @pytest.mark.parametrize("bad", ["", "abc", SHA.upper(), SHA + "0", "g" * 64, SHA + "\n"])
 def test_a_malformed_sha256_is_a_bad_request(client, bad):
     with pytest.raises(BadRequest, match="sha256 must be 64 lowercase hex"):
-        presign_put(client, "ext-bundles", "k", 10, bad, 60)
+        S3UploadSigner(client, "ext-bundles").presign_put("k", 10, bad, 60)
 
 
 @pytest.mark.parametrize("ttl", [0, 7 * 24 * 3600 + 1])
 def test_a_ttl_sigv4_cannot_express_is_refused(client, ttl):
     with pytest.raises(ValueError, match="presign TTL"):
-        presign_put(client, "ext-bundles", "k", 10, None, ttl)
+        S3UploadSigner(client, "ext-bundles").presign_put("k", 10, None, ttl)
 
 
 def test_path_style_urls_put_the_bucket_in_the_path(client):
-    url = urlparse(presign_put(client, "ext-bundles", "staging/a/b", 10, None, 60).url)
+    url = urlparse(S3UploadSigner(client, "ext-bundles").presign_put("staging/a/b", 10, None, 60).url)
 
     assert url.netloc == "127.0.0.1:9"
     assert url.path == "/ext-bundles/staging/a/b"
@@ -120,7 +113,7 @@ def test_path_style_urls_put_the_bucket_in_the_path(client):
 def test_without_path_style_aws_urls_put_the_bucket_in_the_host():
     client = make_s3_client(load_settings({}))
 
-    url = urlparse(presign_put(client, "ext-bundles", "staging/a/b", 10, None, 60).url)
+    url = urlparse(S3UploadSigner(client, "ext-bundles").presign_put("staging/a/b", 10, None, 60).url)
 
     assert url.netloc.startswith("ext-bundles.s3.")
     assert url.path == "/staging/a/b"
@@ -130,13 +123,13 @@ def test_the_presign_client_signs_for_the_public_endpoint():
     settings = load_settings({"STORAGE_S3_ENDPOINT": "http://moto:5000", "STORAGE_S3_FORCE_PATH_STYLE": "1"})
     client = make_s3_presign_client(settings, "http://localhost:4566")
 
-    assert urlparse(presign_put(client, "ext-bundles", "k", 1, None, 60).url).netloc == "localhost:4566"
+    assert urlparse(S3UploadSigner(client, "ext-bundles").presign_put("k", 1, None, 60).url).netloc == "localhost:4566"
 
 
 def test_part_urls_from_a_layout_sign_each_parts_exact_length(client):
     layout = part_layout(12 * MiB, 5 * MiB)
 
-    parts = presign_parts(client, "ext-bundles", "staging/t/u/bundle.tar.zst", "upload-1", layout, 300)
+    parts = S3UploadSigner(client, "ext-bundles").presign_parts("staging/t/u/bundle.tar.zst", "upload-1", layout, 300)
 
     assert [part.part_number for part in parts] == [1, 2, 3]
     for part in parts:
@@ -148,7 +141,7 @@ def test_part_urls_from_a_layout_sign_each_parts_exact_length(client):
 
 
 def test_part_urls_from_a_count_sign_no_length(client):
-    parts = presign_parts(client, "ext-bundles", "k", "upload-1", 2, 300)
+    parts = S3UploadSigner(client, "ext-bundles").presign_parts("k", "upload-1", 2, 300)
 
     assert [part.part_number for part in parts] == [1, 2]
     assert all(signed_headers(part.url) == ["host"] for part in parts)
@@ -199,4 +192,4 @@ def test_part_layout_refuses_an_empty_upload():
 )
 def test_completing_with_a_bad_part_list_is_refused_before_calling_s3(client, parts, message):
     with pytest.raises(BadRequest, match=message):
-        complete_multipart(client, "ext-bundles", "k", "upload-1", parts)
+        S3Multipart(client, "ext-bundles").complete("k", "upload-1", parts)
