@@ -20,7 +20,7 @@ from typing import Any
 
 from chalicelib.errors import ExtError
 
-__all__ = ["JsonFormatter", "bind", "configure_logging", "log_event", "stage", "stage_at"]
+__all__ = ["LOGGER", "JsonFormatter", "bind", "configure_logging", "log_event", "stage", "stage_at"]
 
 LOGGER = logging.getLogger("ext")
 _BOUND: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(

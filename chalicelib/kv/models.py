@@ -25,7 +25,15 @@ from pynamodb.models import Model
 from chalicelib.config import Settings
 from chalicelib.dynamo import bind_model
 
-__all__ = ["KvEntryModel", "KvModels", "KvUsageModel", "create_kv_table", "make_kv_models", "usage_partition"]
+__all__ = [
+    "USAGE_KEY",
+    "KvEntryModel",
+    "KvModels",
+    "KvUsageModel",
+    "create_kv_table",
+    "make_kv_models",
+    "usage_partition",
+]
 
 USAGE_KEY = "usage"
 

@@ -1,1 +1,3 @@
 """The upload pipeline (initiate → finalize → abort) and its S3 event parsing."""
+
+__all__: list[str] = []
