@@ -3,9 +3,10 @@
 Each route authenticates, parses the body into a request type, calls one service
 and returns its result's ``to_json()``; the services trust that the caller was
 authorized and never see a raw body.  :func:`api` maps every :class:`ExtError` to
-the contract's error body in one place.  Authentication happens here rather than in an API Gateway authorizer so
-that every surface (API Gateway, ``chalice local``, ``chalice.test``) answers a
-bad token with the same ``{"error": {"code": "UNAUTHENTICATED", ...}}`` body.
+the contract's error body in one place.  Authentication happens here rather than
+in an API Gateway authorizer so that every surface (API Gateway, ``chalice local``,
+``chalice.test``) answers a bad token with the same
+``{"error": {"code": "UNAUTHENTICATED", ...}}`` body.
 """
 
 from __future__ import annotations
