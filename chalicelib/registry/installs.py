@@ -45,12 +45,12 @@ from chalicelib.registry.records import (
 )
 from chalicelib.registry.service import RegistryService
 
-__all__ = ["InstallChange", "InstallRequest", "InstallService", "RollbackRequest", "validated_config"]
+__all__ = ["InstallChange", "InstallRequest", "InstallService", "RollbackRequest"]
 
 _CHANGE_FIELDS = frozenset({"enabled", "version", "config"})
 
 
-def validated_config(config: Any) -> dict[str, Any]:
+def _validated_config(config: Any) -> dict[str, Any]:
     """``config`` as a plain JSON object of at most 16 KiB; :class:`BadRequest` otherwise.
 
     Whether it fits a version's ``config_schema`` is the service's to check, against the version the
@@ -107,7 +107,7 @@ class InstallChange:
         return cls(
             enabled=enabled,
             version=_string_field(body, "version") if "version" in body else None,
-            config=validated_config(body["config"]) if "config" in body else None,
+            config=_validated_config(body["config"]) if "config" in body else None,
         )
 
 
@@ -178,7 +178,7 @@ class InstallService:
         when the version was never published.
         """
         target = self._registry.get_version(name, version)
-        given = validated_config(config) if config is not None else None
+        given = _validated_config(config) if config is not None else None
         for _ in range(WRITE_ATTEMPTS):
             current = self._read(tenant, name)
             if current is not None:
@@ -214,7 +214,7 @@ class InstallService:
         version's ``config_schema`` (:class:`InstallConfigInvalid`); the write is conditional on the
         version it was checked against.
         """
-        parsed = validated_config(config)
+        parsed = _validated_config(config)
         installs = self._models.installs
         for _ in range(WRITE_ATTEMPTS):
             current = self._load(tenant, name)
@@ -263,7 +263,7 @@ class InstallService:
         :class:`InstallConfigInvalid` unless it brings a config that does.
         """
         target = self._registry.get_version(name, version)
-        given = validated_config(config) if config is not None else None
+        given = _validated_config(config) if config is not None else None
         for _ in range(WRITE_ATTEMPTS):
             switched = self._switch(self._load(tenant, name), target, by, given)
             if switched is not None:
@@ -281,7 +281,7 @@ class InstallService:
         such earlier version, and :class:`InstallConfigInvalid` when the config (``config``
         when given, else the current one) does not fit that version's ``config_schema``.
         """
-        given = validated_config(config) if config is not None else None
+        given = _validated_config(config) if config is not None else None
         for _ in range(WRITE_ATTEMPTS):
             current = self._load(tenant, name)
             history = [HistoryEntry.from_item(entry) for entry in current.history]
