@@ -74,7 +74,9 @@ def _read_block_key(number: int, kind: str, pem: bytes) -> tuple[PublicKeyTypes,
             return cert.public_key(), Validity(cert.not_valid_before_utc, cert.not_valid_after_utc)
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise SettingsInvalid(f"trust bundle block {number} ({kind}) cannot be parsed: {exc}") from exc
-    raise SettingsInvalid(f"trust bundle block {number} is a {kind}; only PUBLIC KEY and CERTIFICATE blocks are allowed")
+    raise SettingsInvalid(
+        f"trust bundle block {number} is a {kind}; only PUBLIC KEY and CERTIFICATE blocks are allowed"
+    )
 
 
 @dataclass(frozen=True)
