@@ -24,7 +24,7 @@ from chalice.app import Chalice, Request, Response, SQSEvent
 from chalicelib.admin_ui import admin_asset
 from chalicelib.auth import Identity
 from chalicelib.bundles.manifest import MAX_ENDPOINT_SEGMENTS
-from chalicelib.config import load_settings
+from chalicelib.config import Settings, load_settings
 from chalicelib.errors import BadRequest, ExtError, Internal
 from chalicelib.gateway.service import GatewayRequest
 from chalicelib.logs import LOGGER, bind, configure_logging, log_event
@@ -54,9 +54,22 @@ FINALIZE_QUEUE = os.environ.get("FINALIZE_QUEUE_NAME", "ext-finalize")
 _MAX_JSON_BODY = 256 * 1024
 
 
+_configured: list[Settings] = []
+"""Settings given by :func:`use_settings`; empty: the environment's."""
+
+
+def use_settings(settings: Settings | None) -> None:
+    """Serve with ``settings`` from now on (None: the environment's again).
+
+    For the local stack, which runs this app inside its own process with settings it was given.
+    """
+    _configured[:] = [settings] if settings is not None else []
+    services.cache_clear()
+
+
 @functools.cache
 def services() -> Services:
-    return Services(load_settings())
+    return Services(_configured[0] if _configured else load_settings())
 
 
 def _current() -> Request:

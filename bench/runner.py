@@ -42,7 +42,7 @@ from chalicelib.bundles.pack import pack_project
 from chalicelib.config import Settings, load_settings
 from chalicelib.storage.s3 import make_s3_client
 from chalicelib.storage.store import S3BundleStore
-from extctl.localstack import LocalStack, StackUrls
+from devstack.stack import LocalStack, StackConfig, StackUrls
 from extctl.scaffold import TEMPLATE
 from runner_container.cache import BundleCache
 from runner_container.compiler import CompileLimits, Compiler
@@ -208,7 +208,7 @@ def _publish(urls: StackUrls, project: Path, work: Path) -> str:
     return str(result["content_hash"])
 
 
-def _cold_vs_compile(urls: StackUrls, work: Path) -> dict[str, Any]:
+def _cold_vs_compile(urls: StackUrls, settings: Settings, work: Path) -> dict[str, Any]:
     module_bytes = _big_module()
     project = work / "big"
     (project / "dist").mkdir(parents=True)
@@ -222,7 +222,7 @@ def _cold_vs_compile(urls: StackUrls, work: Path) -> dict[str, Any]:
     }
     (project / "manifest.json").write_text(json.dumps(manifest))
     content_hash = _publish(urls, project, work)
-    service, engine, store = _runner(load_settings().replace(runner_cache_dir=str(work / "cold-cache")))
+    service, engine, store = _runner(settings.replace(runner_cache_dir=str(work / "cold-cache")))
     start = time.perf_counter()
     engine.compile(module_bytes)
     compile_s = time.perf_counter() - start
@@ -281,7 +281,7 @@ def run() -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-runner-") as tmp:
         work = Path(tmp)
         limits_off = {"EXT_GATEWAY_RATE_LIMIT_PER_MINUTE": "0", "EXT_GATEWAY_TENANT_CONCURRENCY": "0"}
-        stack = LocalStack(port=0, cache_dir=work / "cache", extra_env=limits_off)
+        stack = LocalStack(StackConfig(cache_dir=work / "cache", settings=limits_off))
         urls = stack.start()
         try:
             content_hash = _publish(urls, TEMPLATE, work)
@@ -292,12 +292,12 @@ def run() -> dict[str, Any]:
                 "granted_capabilities": ["cap:log.emit"],
                 "request": request,
             }
-            settings = load_settings().replace(runner_cache_dir=str(work / "inproc-cache"))
+            settings = stack.settings.replace(runner_cache_dir=str(work / "inproc-cache"))
             service, wasm_engine, _ = _runner(settings)
             service.execute(payload)  # fetches, verifies and compiles the bundle while the stack is up
             results = _gateway_figures(urls, settings, payload)
             results["tenant_slot_ms_p50"] = round(_p50(200, _tenant_slot) * 1000, 2)
-            results.update(_cold_vs_compile(urls, work))
+            results.update(_cold_vs_compile(urls, stack.settings, work))
         finally:
             stack.stop()
         # The stack's servers and pump run in this process: with them stopped they no longer compete for

@@ -22,7 +22,7 @@ import requests
 
 from bench.common import MiB, child_peak_rss_mib, make_tree
 from chalicelib.bundles.pack import pack_project
-from extctl.localstack import free_port
+from devstack.ports import free_port
 
 STAGE_CHILD = """
 import json, os, sys
@@ -33,11 +33,11 @@ from chalicelib.registry import Actor
 from chalicelib.services import Services
 from chalicelib.storage.multipart import UploadedPart
 from chalicelib.uploads.messages import InitiateRequest
-from extctl.localstack import provision
+from devstack.provision import provision
 
 bundle = Path(sys.argv[1])
 settings = load_settings()
-provision(settings, os.environ["AWS_ENDPOINT_URL"])
+provision(settings)
 services = Services(settings)
 target = services.pipeline.initiate(Actor("bench", "bench"), InitiateRequest(size=bundle.stat().st_size))
 parts = []
@@ -77,28 +77,27 @@ print(json.dumps({"get_s": get_s, "finalize_s": finalize_s}))
 PUBLISH_CHILD = """
 import json, os, sys, threading, time
 from pathlib import Path
-from chalice.cli.factory import CLIFactory
-from chalice.local import create_local_server
 from chalicelib.auth import issue_token
 from chalicelib.config import load_settings
+from devstack.provision import provision
+from devstack.servers import ApiServer
 from extctl.api import ApiClient
-from extctl.localstack import ROOT, free_port, provision
 from extctl.publish import publish_bundle
 import app as app_module
 
 settings = load_settings()
-provision(settings, os.environ["AWS_ENDPOINT_URL"])
-port = free_port()
-server = create_local_server(app_module.app, CLIFactory(str(ROOT)).create_config_obj("dev"), "127.0.0.1", port)
-threading.Thread(target=server.server.serve_forever, daemon=True).start()
+provision(settings)
+server = ApiServer(app_module.app, 0)
+threading.Thread(target=server.serve_forever, daemon=True).start()
 token = issue_token(os.environ["EXT_AUTH_SECRET"], sub="bench", tenant="bench", roles=["admin"])
-api = ApiClient(f"http://127.0.0.1:{port}", token)
+api = ApiClient(server.url, token)
 start = time.perf_counter()
 result = publish_bundle(api, Path(sys.argv[1])).result
 seconds = time.perf_counter() - start
 assert result["status"] == "finalized", result
 print(json.dumps({"publish_s": seconds}))
 server.shutdown()
+server.close()
 """
 
 

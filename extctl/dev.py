@@ -1,22 +1,20 @@
-"""``extctl dev``: the local stack in the foreground, with the example already installed."""
+"""``extctl dev``: the local stack (:mod:`devstack`) in the foreground, with the example already installed."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from chalicelib.bundles.pack import pack_project
-from chalicelib.bundles.signing import load_private_key, sign_content_hash
 from chalicelib.errors import UsageError
-from extctl.api import ApiClient
-from extctl.localstack import LocalStack, StackUrls
-from extctl.publish import publish_bundle
-from extctl.scaffold import TEMPLATE
+
+if TYPE_CHECKING:
+    from devstack.stack import StackUrls
 
 __all__ = ["add_command", "publish_example"]
 
@@ -32,6 +30,12 @@ def add_command(sub: Any) -> None:
 
 def publish_example(urls: StackUrls, key: Path | None) -> dict[str, Any]:
     """Pack, optionally sign, publish and install ``examples/hello`` through the API."""
+    from chalicelib.bundles.pack import pack_project
+    from chalicelib.bundles.signing import load_private_key, sign_content_hash
+    from extctl.api import ApiClient
+    from extctl.publish import publish_bundle
+    from extctl.scaffold import TEMPLATE
+
     with tempfile.TemporaryDirectory(prefix="ext-example-") as tmp:
         bundle = Path(tmp) / "bundle.tar.zst"
         packed = pack_project(TEMPLATE, bundle)
@@ -47,7 +51,10 @@ def publish_example(urls: StackUrls, key: Path | None) -> dict[str, Any]:
 def run_dev(args: argparse.Namespace, out: TextIO) -> None:
     if args.trust_bundle and not args.key and not args.no_example:
         raise UsageError("with --trust-bundle, pass --key to sign the example (or --no-example)")
-    stack = LocalStack(port=args.port, trust_bundle=args.trust_bundle)
+    from devstack.stack import LocalStack, StackConfig
+
+    # The platform's settings a developer exported (egress allow-list, limits…) apply to the stack too.
+    stack = LocalStack(StackConfig(port=args.port, trust_bundle=args.trust_bundle, environment=dict(os.environ)))
     stopped = threading.Event()
     try:
         urls = stack.start()

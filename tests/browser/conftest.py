@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 import re
 import secrets
 from collections.abc import Iterator
@@ -27,8 +26,8 @@ from playwright.sync_api import Browser, ConsoleMessage, Error, Page, Playwright
 
 from chalicelib.auth import issue_token
 from chalicelib.bundles.signing import PrivateKey, generate_ed25519_keypair, load_private_key, sign_content_hash
+from devstack.stack import LocalStack, StackConfig, StackUrls
 from extctl.api import ApiClient
-from extctl.localstack import LocalStack, StackUrls
 from tests.bundle_factory import bundle, good_files
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -116,36 +115,28 @@ def _require_chromium() -> None:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserStack]:
     """The whole platform on 127.0.0.1, shared by the module's tests.
 
-    The stack takes over process-wide state (``os.environ``, the ``app`` module's
-    services), so it lives exactly as long as the module: under ``pytest -n`` the
-    ``browser`` xdist group runs contiguously on one worker, and the next module on that
-    worker gets its environment back untouched.
+    The stack takes over process-wide state (the AWS SDKs' environment, the ``app`` module's
+    services), so it lives exactly as long as the module: under ``pytest -n`` the ``browser`` xdist
+    group runs contiguously on one worker, and the next module on that worker gets that state back.
     """
     _require_chromium()
     trusted_pem, trusted_public = generate_ed25519_keypair()
     untrusted_pem, _ = generate_ed25519_keypair()
-    saved_env = dict(os.environ)
     local = LocalStack(
-        trust_bundle="# name: browser tests\n" + trusted_public.decode(),
-        cache_dir=tmp_path_factory.mktemp("runner-cache"),
-        extra_env=STACK_ENV,
+        StackConfig(
+            trust_bundle="# name: browser tests\n" + trusted_public.decode(),
+            cache_dir=tmp_path_factory.mktemp("runner-cache"),
+            settings=STACK_ENV,
+        )
     )
-    try:
-        urls = local.start()
+    with local as urls:
         yield BrowserStack(
             urls=urls,
-            secret=os.environ["EXT_AUTH_SECRET"],
+            secret=str(local.settings.ext_auth_secret),
             trusted_key=load_private_key(trusted_pem),
             untrusted_key=load_private_key(untrusted_pem),
             files=tmp_path_factory.mktemp("bundles"),
         )
-    finally:
-        local.stop()
-        os.environ.clear()
-        os.environ.update(saved_env)
-        import app as app_module
-
-        app_module.services.cache_clear()
 
 
 @pytest.fixture(scope="session")

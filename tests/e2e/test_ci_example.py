@@ -24,8 +24,7 @@ import pytest
 import requests
 import yaml  # type: ignore[import-untyped]
 
-import app as app_module
-from extctl.localstack import LocalStack, StackUrls
+from devstack.stack import LocalStack, StackConfig, StackUrls
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW = ROOT / "docs" / "ci" / "publish-extension.yml"
@@ -91,8 +90,7 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Published]:
     project = work / "repo"
     extctl("init", EXTENSION, "--dir", str(project), env=base_env, cwd=work)
 
-    saved_environ = dict(os.environ)
-    stack = LocalStack(port=0, trust_bundle=trust_bundle, cache_dir=work / "runner-cache")
+    stack = LocalStack(StackConfig(trust_bundle=trust_bundle, cache_dir=work / "runner-cache"))
     try:
         urls = stack.start()
         context = {
@@ -119,10 +117,6 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Published]:
         yield Published(urls=urls, project=project, key_id=key_id, outputs=outputs)
     finally:
         stack.stop()
-        # LocalStack points this process's environment and the app's cached services at itself.
-        os.environ.clear()
-        os.environ.update(saved_environ)
-        app_module.services.cache_clear()
 
 
 # --- the workflow file --------------------------------------------------------------------------

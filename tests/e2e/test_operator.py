@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from chalicelib.auth import issue_token
 from chalicelib.bundles.pack import pack_project
 from chalicelib.bundles.signing import sign_content_hash
+from devstack.stack import LocalStack, StackConfig
 from extctl.api import ApiClient
-from extctl.localstack import LocalStack, StackUrls
 from extctl.publish import publish_bundle
 from tests.bundle_factory import good_files, write_project
 
@@ -35,11 +35,11 @@ def public_pem(key: Ed25519PrivateKey) -> str:
 
 
 @pytest.fixture(scope="module")
-def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackUrls]:
+def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     trust = f"# publisher: acme\n# scope: com.acme.*\n{public_pem(ACME)}# publisher: platform\n{public_pem(PLATFORM)}"
-    stack = LocalStack(port=0, trust_bundle=trust, cache_dir=tmp_path_factory.mktemp("runner-cache"))
+    stack = LocalStack(StackConfig(trust_bundle=trust, cache_dir=tmp_path_factory.mktemp("runner-cache")))
     urls = stack.start()
-    yield urls
+    yield stack
     # moto keeps its state per process, shared by every moto server in it: leave no owned names behind.
     requests.post(f"{urls.moto}/moto-api/reset", timeout=10).raise_for_status()
     stack.stop()
@@ -60,18 +60,17 @@ def extctl(*args: str, token: str, api: str) -> subprocess.CompletedProcess[str]
     )
 
 
-def test_an_operator_transfers_a_name_with_extctl_and_the_audit_shows_it(local: StackUrls, tmp_path: Path) -> None:
-    admin = ApiClient(local.api, local.token)
+def test_an_operator_transfers_a_name_with_extctl_and_the_audit_shows_it(local: LocalStack, tmp_path: Path) -> None:
+    urls = local.urls
+    admin = ApiClient(urls.api, urls.token)
     assert publish_bundle(admin, signed_bundle(tmp_path, "1.0.0", ACME)).result["status"] == "finalized"
     # The stack's own signing secret mints the token an identity provider would give a platform operator.
-    operator = issue_token(os.environ["EXT_AUTH_SECRET"], sub="olivia", tenant="ops", roles=["operator"])
+    operator = issue_token(str(local.settings.ext_auth_secret), sub="olivia", tenant="ops", roles=["operator"])
     reason = "Acme handed the product over to the platform team"
 
-    refused = extctl(
-        "transfer", NAME, "--to-publisher", "platform", "--reason", reason, token=local.token, api=local.api
-    )
-    moved = extctl("transfer", NAME, "--to-publisher", "platform", "--reason", reason, token=operator, api=local.api)
-    audit = extctl("audit", NAME, token=operator, api=local.api)
+    refused = extctl("transfer", NAME, "--to-publisher", "platform", "--reason", reason, token=urls.token, api=urls.api)
+    moved = extctl("transfer", NAME, "--to-publisher", "platform", "--reason", reason, token=operator, api=urls.api)
+    audit = extctl("audit", NAME, token=operator, api=urls.api)
 
     assert refused.returncode == 1 and refused.stderr.startswith("error: FORBIDDEN: "), refused.stderr
     assert moved.returncode == 0, moved.stderr

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from chalicelib.bundles.pack import pack_project
+from devstack.stack import LocalStack, StackConfig, StackUrls
 from extctl.api import ApiClient
-from extctl.localstack import LocalStack, StackUrls
 from extctl.publish import publish_bundle, state_dir
 from tests.bundle_factory import good_files, write_project
 
@@ -19,7 +19,7 @@ MiB = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackUrls]:
-    stack = LocalStack(port=0, cache_dir=tmp_path_factory.mktemp("runner-cache"))
+    stack = LocalStack(StackConfig(cache_dir=tmp_path_factory.mktemp("runner-cache")))
     urls = stack.start()
     yield urls
     stack.stop()

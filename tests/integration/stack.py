@@ -19,13 +19,14 @@ import boto3
 import pytest
 import requests
 from chalice.test import Client
-from moto.server import ThreadedMotoServer
 
 import app as app_module
 from chalicelib.auth import issue_token
 from chalicelib.config import Settings, load_settings
 from chalicelib.storage.s3 import make_s3_client
-from extctl.localstack import provision, sqs_event
+from devstack.aws import AwsServer
+from devstack.provision import provision
+from devstack.pump import sqs_event
 
 SECRET = "integration-secret-0123456789abcdef"
 BUCKET = "ext-it-bundles"
@@ -100,10 +101,9 @@ class AwsStack:
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
+    """The local stack's moto server: each DynamoDB request atomic, as DynamoDB applies it."""
+    server = AwsServer().start()
+    yield server.url
     server.stop()
 
 
@@ -131,7 +131,7 @@ def stack(stack_env: dict[str, str], moto_server: str, monkeypatch: pytest.Monke
     for key, value in stack_env.items():
         monkeypatch.setenv(key, value)
     settings = load_settings(dict(os.environ))
-    queue_url = provision(settings, moto_server, queue_name=QUEUE)
+    queue_url = provision(settings, queue_name=QUEUE).queue_url
     app_module.services.cache_clear()
     with Client(app_module.app) as client:
         yield AwsStack(endpoint=moto_server, settings=settings, queue_url=queue_url, client=client, env=stack_env)

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 import app as app_module
 from chalicelib.bundles.signing import sign_content_hash
-from extctl.localstack import sqs_event
+from devstack.pump import sqs_event
 from tests.bundle_factory import bundle, good_files
 from tests.integration.stack import AwsStack, upload
 

@@ -29,9 +29,7 @@ from chalicelib.kv import (
     make_kv_models,
 )
 from chalicelib.tenancy import InstallScope
-from tests.integration.atomic_moto import atomic_moto_server
-
-__all__ = ["atomic_moto_server"]
+from devstack.aws import aws_environment
 
 EXTENSION = "com.acme.sync"
 _tenants = itertools.count()
@@ -51,12 +49,9 @@ class TickingClock:
 
 
 @pytest.fixture(scope="module")
-def models(atomic_moto_server: str) -> Iterator[KvModels]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("AWS_ACCESS_KEY_ID", "test")
-        patch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        patch.setenv("AWS_ENDPOINT_URL", atomic_moto_server)
+def models(moto_server: str) -> Iterator[KvModels]:
+    # The local stack's moto server applies each DynamoDB request as one step, as DynamoDB does.
+    with aws_environment(moto_server):
         bound = make_kv_models(load_settings({"KV_TABLE_NAME": "kv-it"}))
         create_kv_table(bound)
         yield bound
@@ -321,7 +316,7 @@ def test_purge_deletes_every_key_and_the_usage_and_the_namespace_starts_again_em
     assert kv.usage(scope) == KvUsage(keys=1, bytes=6)
 
 
-def test_a_storage_failure_is_unavailable(atomic_moto_server: str, scope: InstallScope) -> None:
+def test_a_storage_failure_is_unavailable(scope: InstallScope) -> None:
     missing = make_kv_models(load_settings({"KV_TABLE_NAME": "kv-never-created"}))
     kv = KvService(missing, TickingClock())
     for attempt in (

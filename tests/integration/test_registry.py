@@ -1,4 +1,4 @@
-"""Registry v2 services against in-process moto DynamoDB."""
+"""Registry v2 services against the local stack's moto server (each DynamoDB request atomic, as DynamoDB applies it)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from moto import mock_aws
-from moto.core.botocore_stubber import BotocoreStubber
 from pynamodb.signals import pre_dynamodb_send
 
 from chalicelib.bundles.signing import NamePattern, TrustBundle, TrustedKey, key_id_for
@@ -45,6 +43,7 @@ from chalicelib.registry import (
     make_models,
     new_upload_id,
 )
+from devstack.aws import aws_environment
 
 T0 = datetime(2026, 11, 26, 12, 0, 30, tzinfo=UTC)
 NAME = "com.acme.tickets"
@@ -63,37 +62,14 @@ class FakeClock:
         self.now += timedelta(seconds=seconds)
 
 
-def _atomic_requests(patch: pytest.MonkeyPatch) -> None:
-    """Make moto apply each request atomically, as DynamoDB does.
-
-    In-process moto runs concurrent requests interleaved, so two conditional
-    updates can both pass their condition (about 1 race in 300 here).  Serialising
-    its dispatch keeps the races these tests are about: the ones between requests.
-    """
-    lock = threading.Lock()
-    dispatch = BotocoreStubber.__call__
-
-    def atomic(self, *args, **kwargs):
-        with lock:
-            return dispatch(self, *args, **kwargs)
-
-    patch.setattr(BotocoreStubber, "__call__", atomic)
-
-
 @pytest.fixture(scope="module")
-def models():
-    # One moto backend and one set of tables per module: building pynamodb's clients is the slow part.
-    with pytest.MonkeyPatch.context() as patch:
-        _atomic_requests(patch)
-        patch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB"):
-            patch.delenv(name, raising=False)
-        with mock_aws():
-            bound = make_models(load_settings({"REGISTRY_TABLE_PREFIX": "test-"}))
-            create_tables(bound)
-            yield bound
+def models(moto_server):
+    # One set of tables per module: creating them is the slow part.  The concurrency tests below race
+    # real requests against the server; it applies each DynamoDB request as one step, as DynamoDB does.
+    with aws_environment(moto_server):
+        bound = make_models(load_settings({"REGISTRY_TABLE_PREFIX": "test-"}))
+        create_tables(bound)
+        yield bound
 
 
 @pytest.fixture(autouse=True)

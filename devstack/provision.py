@@ -1,0 +1,72 @@
+"""What the platform expects to find in AWS, created in moto for the local stack and the tests.
+
+In AWS, ``infra/template.yaml`` creates these; here :func:`provision` does, against the AWS the process's
+SDK clients reach (``AWS_ENDPOINT_URL``): the bundle bucket (CORS for browser uploads, ObjectCreated on
+``staging/`` → the finalize queue), the queue, the registry tables, the KV and secrets tables, and the
+KMS key that seals secrets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import boto3
+
+from chalicelib.config import Settings
+from chalicelib.kv import create_kv_table, make_kv_models
+from chalicelib.registry import create_tables, make_models
+from chalicelib.secrets import create_secrets_table, ensure_secrets_key, make_secret_model
+from chalicelib.storage.s3 import ensure_bucket, make_s3_client
+
+__all__ = ["QUEUE_NAME", "Provisioned", "provision"]
+
+QUEUE_NAME = "ext-finalize"
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    queue_url: str
+    queue_arn: str
+    secrets_key_arn: str
+
+
+def provision(settings: Settings, *, queue_name: str = QUEUE_NAME, origins: tuple[str, ...] = ("*",)) -> Provisioned:
+    """Create everything ``settings`` name; ``origins`` may upload to the bucket from a browser.
+
+    Safe to run again: what exists is kept.
+    """
+    queue_url, queue_arn = _queue(settings, queue_name)
+    _bucket(settings, queue_arn, origins)
+    create_tables(make_models(settings), wait=True)
+    create_kv_table(make_kv_models(settings))
+    create_secrets_table(make_secret_model(settings))
+    kms = boto3.client("kms", region_name=settings.storage_s3_region)
+    return Provisioned(queue_url, queue_arn, ensure_secrets_key(kms, settings.secrets_kms_key_id))
+
+
+def _queue(settings: Settings, name: str) -> tuple[str, str]:
+    sqs = boto3.client("sqs", region_name=settings.storage_s3_region)
+    url: str = sqs.create_queue(QueueName=name)["QueueUrl"]
+    arn: str = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    return url, arn
+
+
+def _bucket(settings: Settings, queue_arn: str, origins: tuple[str, ...]) -> None:
+    s3 = make_s3_client(settings)
+    bucket = settings.storage_s3_bucket
+    ensure_bucket(s3, bucket, settings.storage_s3_region)
+    cors = {
+        "AllowedOrigins": list(origins),
+        "AllowedMethods": ["PUT", "GET", "HEAD"],
+        "AllowedHeaders": ["*"],
+        "ExposeHeaders": ["ETag"],
+        "MaxAgeSeconds": 3000,
+    }
+    s3.put_bucket_cors(Bucket=bucket, CORSConfiguration={"CORSRules": [cors]})
+    staging = {"Key": {"FilterRules": [{"Name": "prefix", "Value": settings.staging_prefix}]}}
+    s3.put_bucket_notification_configuration(
+        Bucket=bucket,
+        NotificationConfiguration={
+            "QueueConfigurations": [{"QueueArn": queue_arn, "Events": ["s3:ObjectCreated:*"], "Filter": staging}]
+        },
+    )
