@@ -19,7 +19,7 @@ import pytest
 import chalicelib
 
 ROOT = Path(__file__).resolve().parents[2]
-IMPORTERS = ("app.py", "chalicelib", "runner_container", "extctl", "bench", "tests")
+IMPORTERS = ("app.py", "chalicelib", "runner_container", "extctl", "devstack", "bench", "tests")
 
 
 def _modules() -> list[ModuleType]:
