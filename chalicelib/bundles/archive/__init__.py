@@ -9,3 +9,5 @@
 
 Internal to :mod:`chalicelib.bundles`: nothing outside it imports these.
 """
+
+__all__: list[str] = []
