@@ -15,6 +15,7 @@ import functools
 import json
 import logging
 import os
+import re
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -25,7 +26,18 @@ from chalicelib.admin_ui import admin_asset
 from chalicelib.auth import Identity
 from chalicelib.bundles.manifest import MAX_ENDPOINT_SEGMENTS
 from chalicelib.config import Settings, load_settings
-from chalicelib.errors import BadRequest, ExtError, Internal
+from chalicelib.errors import (
+    BadRequest,
+    ExtError,
+    Forbidden,
+    Internal,
+    MethodNotAllowed,
+    NotAcceptable,
+    NotFound,
+    RateLimited,
+    Unauthenticated,
+    UnsupportedMediaType,
+)
 from chalicelib.gateway.service import GatewayRequest
 from chalicelib.logs import LOGGER, bind, configure_logging, log_event
 from chalicelib.openapi import openapi_document
@@ -92,6 +104,40 @@ def _error_response(error: ExtError, request_id: str) -> Response:
         headers["Retry-After"] = str(max(1, int(retry_after)))
     body = json.dumps(error.to_client_dict(request_id))
     return Response(body=body, status_code=error.http_status, headers=headers)
+
+
+_CHALICE_CODES: dict[str, type[ExtError]] = {
+    "MethodNotAllowedError": MethodNotAllowed,
+    "UnsupportedMediaType": UnsupportedMediaType,
+    # Chalice's own binary check (a binary answer, an Accept that does not admit it); the gateway
+    # answers that case itself (``_gateway_response``), so this is the net under it.
+    "BadRequest": NotAcceptable,
+    "BadRequestError": BadRequest,
+    "UnauthorizedError": Unauthenticated,
+    "ForbiddenError": Forbidden,
+    "NotFoundError": NotFound,
+    "TooManyRequestsError": RateLimited,
+}
+
+
+@app.middleware("http")
+def contract_errors(event: Request, get_response: Callable[[Request], Response]) -> Response:
+    """Every answer in the contract's format: Chalice's own rejections (a method or content type the
+    route does not take, its binary check, a crash outside :func:`api`) become ``{"error": …}`` too."""
+    try:
+        response = get_response(event)
+    except Exception:
+        request_id = _request_id()
+        LOGGER.exception("api.crash", extra={"request_id": request_id})
+        return _error_response(Internal("unexpected error"), request_id)
+    body = response.body
+    if not (isinstance(body, dict) and set(body) == {"Code", "Message"}):
+        return response
+    error_class = _CHALICE_CODES.get(str(body["Code"]), Internal if response.status_code >= 500 else BadRequest)
+    answer = _error_response(error_class(str(body["Message"])), _request_id())
+    if "Allow" in response.headers:
+        answer.headers["Allow"] = response.headers["Allow"]
+    return answer
 
 
 def api(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -387,7 +433,16 @@ def _is_binary_type(content_type: str) -> bool:
     return any(media == t or (t.endswith("/*") and media.startswith(t[:-1])) for t in BINARY_TYPES)
 
 
-def _gateway_response(status: int, headers: dict[str, str], body: bytes) -> Response:
+def _accepts_binary(accept: str | None) -> bool:
+    """Whether API Gateway (and Chalice, which checks as it does) hands a binary answer to a request with
+    this ``Accept``: it must name ``*/*`` or one of the binary media types as listed."""
+    if accept is None:
+        return False
+    ranges = {part.strip() for part in re.split("[,;]", accept.lower())}
+    return "*/*" in ranges or any(t in ranges for t in BINARY_TYPES)
+
+
+def _gateway_response(status: int, headers: dict[str, str], body: bytes, accept: str | None) -> Response:
     # One spelling per header name, or Chalice adds a second Content-Type.
     canonical: dict[str, str | list[str]] = {
         "-".join(p.capitalize() for p in k.split("-")): v for k, v in headers.items()
@@ -400,6 +455,12 @@ def _gateway_response(status: int, headers: dict[str, str], body: bytes) -> Resp
         # as octet-stream, with the extension's own type alongside.
         canonical["X-Ext-Content-Type"] = content_type
         canonical["Content-Type"] = "application/octet-stream"
+    media = str(canonical["Content-Type"]).split(";", 1)[0].strip().lower()
+    if media in BINARY_TYPES and not _accepts_binary(accept):
+        raise NotAcceptable(
+            f"the extension answered {media}, which reaches a client as bytes only when the request's "
+            f"Accept names it or */* (this one: {accept or 'none'})"
+        )
     return Response(body=body, status_code=status, headers=canonical)
 
 
@@ -423,7 +484,7 @@ def gateway(extension: str, **segments: str) -> Response:
             request_id=_request_id(),
         ),
     )
-    return _gateway_response(result.status, result.headers, result.body)
+    return _gateway_response(result.status, result.headers, result.body, request.headers.get("accept"))
 
 
 for _depth in range(MAX_ENDPOINT_SEGMENTS + 1):

@@ -51,11 +51,14 @@ __all__ = [
     "ManifestFileMissing",
     "ManifestInvalid",
     "ManifestMissing",
+    "MethodNotAllowed",
     "NameOwned",
+    "NotAcceptable",
     "NotFound",
     "NotInstalled",
     "PayloadTooLarge",
     "RateLimited",
+    "RouteNotFound",
     "RunnerBusy",
     "SecretDenied",
     "SecretError",
@@ -71,6 +74,7 @@ __all__ = [
     "StorageError",
     "ToolchainMissing",
     "Unauthenticated",
+    "UnsupportedMediaType",
     "UploadConflict",
     "UploadExpired",
     "UploadNotFound",
@@ -161,6 +165,38 @@ class BadRequest(ExtError):
     code = "BAD_REQUEST"
     user_message = "The server did not accept the request."
     http_status = 400
+
+
+class RouteNotFound(ExtError):
+    """No route has this path (API Gateway's "missing authentication token")."""
+
+    code = "ROUTE_NOT_FOUND"
+    user_message = "The platform has no such address."
+    http_status = 404
+
+
+class MethodNotAllowed(ExtError):
+    """The route does not take this HTTP method (the ``Allow`` header lists those it takes)."""
+
+    code = "METHOD_NOT_ALLOWED"
+    user_message = "The platform does not accept this kind of request here."
+    http_status = 405
+
+
+class NotAcceptable(ExtError):
+    """The answer is binary and the request's ``Accept`` does not admit its type."""
+
+    code = "NOT_ACCEPTABLE"
+    user_message = "The answer's type is not among those the request accepts."
+    http_status = 406
+
+
+class UnsupportedMediaType(ExtError):
+    """The request body's ``Content-Type`` is not one the route reads."""
+
+    code = "UNSUPPORTED_MEDIA_TYPE"
+    user_message = "The request body's type is not one the platform reads here."
+    http_status = 415
 
 
 # --- bundle format ----------------------------------------------------------------

@@ -19,8 +19,8 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _body(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"required": True, "content": {_JSON: {"schema": schema}}}
+def _body(schema: dict[str, Any], *, required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {_JSON: {"schema": schema}}}
 
 
 def _ok(description: str, schema: dict[str, Any], status: str = "200") -> dict[str, Any]:
@@ -34,11 +34,23 @@ def _errors(*statuses: int) -> dict[str, Any]:
     }
 
 
-def _op(summary: str, responses: dict[str, Any], *, body: dict[str, Any] | None = None, tag: str) -> dict[str, Any]:
+def _op(
+    summary: str,
+    responses: dict[str, Any],
+    *,
+    body: dict[str, Any] | None = None,
+    body_required: bool = True,
+    tag: str,
+) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": responses}
     if body is not None:
-        op["requestBody"] = _body(body)
+        op["requestBody"] = _body(body, required=body_required)
     return op
+
+
+def _public(op: dict[str, Any]) -> dict[str, Any]:
+    """``op`` without authentication."""
+    return {**op, "security": []}
 
 
 def _obj(required: list[str], **props: Any) -> dict[str, Any]:
@@ -49,7 +61,37 @@ _STR = {"type": "string"}
 _INT = {"type": "integer"}
 _BOOL = {"type": "boolean"}
 _HASH = {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"}
+_TEXT = {"type": "string", "minLength": 1}
+"""A string the server refuses empty."""
 _NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": _STR}
+
+_B64_TAIL = "([A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=|[A-Za-z0-9+/][AQgw]==)?"
+_ED25519_SIGNATURE = {"type": "string", "pattern": "^[A-Za-z0-9+/]{85}[AQgw]==$"}
+"""64 bytes, canonical base64."""
+_ECDSA_SIGNATURE = {
+    "type": "string",
+    "minLength": 12,
+    "maxLength": 96,
+    "pattern": f"^([A-Za-z0-9+/]{{4}})*{_B64_TAIL}$",
+}
+"""8 to 72 bytes (DER), canonical base64."""
+
+
+def _envelope(algorithm: str, signature: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **_obj(
+            ["format", "content_hash", "algorithm", "key_id", "signature"],
+            format={"const": "ext-bundle-signature/v1"},
+            content_hash=_HASH,
+            algorithm={"const": algorithm},
+            key_id=_HASH,
+            signature=signature,
+        ),
+        "additionalProperties": False,
+    }
+
+
+_OPTIONAL_SIGNATURE = {"anyOf": [_ref("SignatureEnvelope"), {"type": "null"}]}
 
 _SCHEMAS: dict[str, Any] = {
     "Error": _obj(
@@ -61,16 +103,15 @@ _SCHEMAS: dict[str, Any] = {
             request_id=_STR,
         ),
     ),
-    "SignatureEnvelope": _obj(
-        ["format", "content_hash", "algorithm", "key_id", "signature"],
-        format={"const": "ext-bundle-signature/v1"},
-        content_hash=_HASH,
-        algorithm={"enum": ["ed25519", "ecdsa-p256-sha256"]},
-        key_id=_HASH,
-        signature=_STR,
-    ),
+    "SignatureEnvelope": {
+        "description": "An exact ext-bundle-signature/v1 envelope; `signature` is canonical standard base64.",
+        "oneOf": [_envelope("ed25519", _ED25519_SIGNATURE), _envelope("ecdsa-p256-sha256", _ECDSA_SIGNATURE)],
+    },
     "InitiateUpload": _obj(
-        ["size"], size={"type": "integer", "minimum": 1}, sha256=_STR, signature=_ref("SignatureEnvelope")
+        ["size"],
+        size={"type": "integer", "minimum": 1},
+        sha256={"type": ["string", "null"], "pattern": "^(sha256:)?[0-9a-f]{64}$"},
+        signature=_OPTIONAL_SIGNATURE,
     ),
     "UploadTarget": _obj(
         ["upload_id", "method", "headers", "expires_at"],
@@ -85,9 +126,9 @@ _SCHEMAS: dict[str, Any] = {
     ),
     "Finalize": _obj(
         ["upload_id"],
-        upload_id=_STR,
-        parts={"type": "array", "items": _obj(["part_number", "etag"], part_number=_INT, etag=_STR)},
-        signature=_ref("SignatureEnvelope"),
+        upload_id=_TEXT,
+        parts={"type": ["array", "null"], "items": _obj(["part_number", "etag"], part_number=_INT, etag=_STR)},
+        signature=_OPTIONAL_SIGNATURE,
     ),
     "FinalizeResult": _obj(
         ["content_hash", "extension", "version", "status", "signature_status"],
@@ -100,7 +141,7 @@ _SCHEMAS: dict[str, Any] = {
         key_id={"type": ["string", "null"]},
         size=_INT,
     ),
-    "UploadId": _obj(["upload_id"], upload_id=_STR),
+    "UploadId": _obj(["upload_id"], upload_id=_TEXT),
     "Upload": _obj(["upload_id", "state"], upload_id=_STR, state=_STR, size=_INT, parts={"type": "array"}),
     "Extension": _obj(
         ["name", "publisher"],
@@ -129,9 +170,9 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["reason"],
         "additionalProperties": False,
         "properties": {
-            "to_publisher": {**_STR, "description": "With a trust bundle: one of its publishers."},
-            "to_tenant": {**_STR, "description": "Without a trust bundle: a tenant id."},
-            "reason": {"type": "string", "minLength": 1, "maxLength": 1000},
+            "to_publisher": {**_TEXT, "description": "With a trust bundle: one of its publishers."},
+            "to_tenant": {**_TEXT, "description": "Without a trust bundle: a tenant id."},
+            "reason": {"type": "string", "minLength": 1, "maxLength": 1000, "pattern": "\\S"},
         },
         "oneOf": [{"required": ["to_publisher"]}, {"required": ["to_tenant"]}],
     },
@@ -170,14 +211,34 @@ _SCHEMAS: dict[str, Any] = {
         granted_capabilities={"type": "array", "items": _STR},
         history={"type": "array"},
     ),
-    "InstallRequest": _obj(["extension", "version"], extension=_STR, version=_STR),
+    "InstallRequest": _obj(["extension", "version"], extension=_TEXT, version=_TEXT),
     "InstallUpdate": {
         "type": "object",
         "minProperties": 1,
         "additionalProperties": False,
-        "properties": {"enabled": _BOOL, "version": _STR, "config": {"type": "object"}},
+        "properties": {"enabled": _BOOL, "version": _TEXT, "config": {"type": "object"}},
     },
 }
+
+
+def _gateway() -> dict[str, Any]:
+    """``/api/ext/{extension}/{path…}``: the extension's own answer, or the platform's error."""
+    operation = {
+        "summary": "Call an installed extension's endpoint; `path` may hold several segments (a/b/c)",
+        "tags": ["gateway"],
+        "requestBody": {"required": False, "content": {"*/*": {"schema": {}}}},
+        "responses": {
+            "default": {"description": "the extension's answer: its status, allowlisted headers and body"},
+            **_errors(404, 406, 413, 502, 503, 504),
+        },
+    }
+    return {
+        "parameters": [
+            {"name": "extension", "in": "path", "required": True, "schema": _STR},
+            {"name": "path", "in": "path", "required": True, "schema": _STR},
+        ],
+        **dict.fromkeys(("get", "post", "put", "patch", "delete"), operation),
+    }
 
 
 def _paths() -> dict[str, Any]:
@@ -185,8 +246,8 @@ def _paths() -> dict[str, Any]:
     inst = "installs"
     up = "uploads"
     return {
-        "/healthz": {"get": _op("Liveness", _ok("ok", {"type": "object"}), tag="meta")},
-        "/openapi.json": {"get": _op("This document", _ok("OpenAPI", {"type": "object"}), tag="meta")},
+        "/healthz": {"get": _public(_op("Liveness", _ok("ok", {"type": "object"}), tag="meta"))},
+        "/openapi.json": {"get": _public(_op("This document", _ok("OpenAPI", {"type": "object"}), tag="meta"))},
         "/ext-bundles/initiate-upload": {
             "post": _op(
                 "Start an upload: presigned PUT or multipart parts",
@@ -206,7 +267,7 @@ def _paths() -> dict[str, Any]:
         "/ext-bundles/abort": {
             "post": _op(
                 "Abort an upload and clean its staging state",
-                {**_ok("aborted", {"type": "object"}), **_errors(404, 409)},
+                {**_ok("aborted", {"type": "object"}), **_errors(400, 404, 409)},
                 body=_ref("UploadId"),
                 tag=up,
             )
@@ -299,9 +360,12 @@ def _paths() -> dict[str, Any]:
                 "parameters": [_NAME_PARAM, {"name": "version", "in": "path", "required": True, "schema": _STR}],
             }
         },
+        "/api/ext/{extension}/{path}": _gateway(),
         "/installs": {
             "get": _op(
-                "The tenant's installs", _ok("installs", _obj(["installs"], installs={"type": "array"})), tag=inst
+                "The tenant's installs",
+                {**_ok("installs", _obj(["installs"], installs={"type": "array"})), **_errors()},
+                tag=inst,
             ),
             "post": _op(
                 "Install a version for the tenant",
@@ -326,7 +390,8 @@ def _paths() -> dict[str, Any]:
             "post": _op(
                 "Roll back to the given or the previous version",
                 {**_ok("install", _ref("Install")), **_errors(400, 404)},
-                body={"type": "object", "properties": {"version": _STR}},
+                body={"type": "object", "properties": {"version": {"type": ["string", "null"], "minLength": 1}}},
+                body_required=False,
                 tag=inst,
             ),
         },

@@ -7,13 +7,26 @@ The runner's server is :mod:`runner_container.server`'s own (its HTTP mode); the
 
 from __future__ import annotations
 
+import json
 import socket
+import uuid
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 from chalice.cli.factory import CLIFactory
 from chalice.config import Config
-from chalice.local import ChaliceRequestHandler, LocalChalice, LocalDevServer, ThreadedHTTPServer, create_local_server
+from chalice.local import (
+    ChaliceRequestHandler,
+    ForbiddenError,
+    LocalChalice,
+    LocalDevServer,
+    LocalGatewayException,
+    ThreadedHTTPServer,
+    create_local_server,
+)
+
+from chalicelib.errors import BadRequest, ExtError, Forbidden, MethodNotAllowed, RouteNotFound
 
 __all__ = ["ApiServer", "chalice_config"]
 
@@ -31,6 +44,41 @@ class _ApiHandler(ChaliceRequestHandler):
         super().setup()
         # See runner_container.server: keep-alive calls would wait ~40 ms on Nagle.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def __getattr__(self, name: str) -> Any:
+        # http.server answers a method it has no ``do_<METHOD>`` for (TRACE, CONNECT…) with its own 501
+        # page; the app answers it instead: 405 METHOD_NOT_ALLOWED with the route's ``Allow``.
+        if name.startswith("do_"):
+            return self._generic_handle
+        raise AttributeError(name)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own rejections (a method no route takes, such as TRACE; a malformed request)
+        in the contract's format rather than its HTML page."""
+        if code == HTTPStatus.NOT_IMPLEMENTED:
+            error: ExtError = MethodNotAllowed(f"the platform takes no {self.command} requests")
+        else:
+            error = BadRequest(message or HTTPStatus(code).phrase)
+        self.close_connection = True
+        self._send_contract_error(error, {"Connection": "close"})
+
+    def _send_error_response(self, error: LocalGatewayException) -> None:
+        # Chalice's local gateway answers a path no route has as API Gateway does (403 "Missing
+        # Authentication Token"); infra/template.yaml maps that to ROUTE_NOT_FOUND, and so does this.
+        # A private method of chalice 1.34's handler; tests/integration/test_edges.py fails if it moves.
+        if isinstance(error, ForbiddenError):
+            self._send_contract_error(RouteNotFound(f"no route has the path {self.path.split('?', 1)[0]}"), {})
+        else:
+            self._send_contract_error(Forbidden("the request was refused"), {})
+
+    def _send_contract_error(self, error: ExtError, headers: dict[str, str]) -> None:
+        body = json.dumps(error.to_client_dict(str(uuid.uuid4()))).encode()
+        self.send_response(error.http_status)
+        for name, value in {"Content-Type": "application/json", "Content-Length": str(len(body)), **headers}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
 
 class ApiServer:

@@ -16,6 +16,7 @@ import pytest
 from pynamodb.attributes import TTLAttribute
 
 from chalicelib.config import load_settings
+from chalicelib.errors import errors_by_code
 from chalicelib.kv.models import make_kv_models
 from chalicelib.registry.models import make_models
 from chalicelib.secrets.models import make_secret_model
@@ -675,3 +676,34 @@ def test_the_api_names_the_secrets_key_by_its_alias_and_the_functions_their_stat
     for function in ("APIHandler", "Runner"):
         assert settings_of(function).secrets_table_name == "ext-secrets"
     assert settings_of("Runner").kv_table_name == "ext-kv"
+
+
+# --- API Gateway's own answers (issue 14, item 3) -------------------------------------------------
+
+_GATEWAY_DEFAULT_STATUS = {
+    "DEFAULT_4XX": 400,
+    "DEFAULT_5XX": 500,
+    "THROTTLED": 429,
+    "REQUEST_TOO_LARGE": 413,
+    "UNSUPPORTED_MEDIA_TYPE": 415,
+    "INTEGRATION_TIMEOUT": 504,
+    "WAF_FILTERED": 403,
+}
+
+
+def test_api_gateways_own_errors_use_the_contracts_body_with_a_documented_code(stack: Stack) -> None:
+    answers = {
+        r["Properties"]["ResponseType"]: r["Properties"]
+        for r in stack.of_type("AWS::ApiGateway::GatewayResponse").values()
+    }
+    assert {"DEFAULT_4XX", "DEFAULT_5XX", "MISSING_AUTHENTICATION_TOKEN"} <= set(answers)
+    codes = errors_by_code()
+    for kind, answer in answers.items():
+        # API Gateway fills these in; any JSON string stands for them here.
+        body = answer["ResponseTemplates"]["application/json"]
+        body = body.replace("$context.error.messageString", '"m"').replace("$context.requestId", "r")
+        error = json.loads(body)["error"]
+        assert set(error) == {"code", "message", "request_id"}, kind
+        status = int(answer.get("StatusCode", _GATEWAY_DEFAULT_STATUS.get(kind, 0)))
+        assert codes[error["code"]].http_status == status, kind
+        assert answer["ResponseParameters"]["gatewayresponse.header.Content-Type"] == "'application/json'"

@@ -388,6 +388,8 @@ MALFORMED_FIELDS: list[tuple[str, dict[str, Any], str]] = [
     ("embedded newline", {"signature": "A" * 43 + "\n" + "A" * 43 + "=="}, "'signature' is not standard base64"),
     ("wrong length", {"signature": b64(b"\0" * 32)}, "'signature' must decode to 64 bytes for ed25519, got 32"),
     ("signature object", {"signature": {"b64": "x"}}, "'signature' must be a string, got object"),
+    # Found by Schemathesis (issue 14): non-ASCII text made base64 raise ValueError, a 500.
+    ("non-ASCII", {"signature": "\u00d7" * 88}, "'signature' is not standard base64"),
 ]
 
 

@@ -68,7 +68,7 @@ def _decode_signature(value: object, algorithm: SignatureAlgorithm) -> bytes:
     text = _require_string("signature", value)
     try:
         raw = base64.b64decode(text, validate=True)
-    except binascii.Error:
+    except (binascii.Error, ValueError):  # ValueError: text outside ASCII
         raise _field_error("signature", "is not standard base64") from None
     if base64.b64encode(raw).decode("ascii") != text:
         raise _field_error("signature", "is not canonical standard base64")
