@@ -220,7 +220,7 @@ def healthz() -> dict[str, Any]:
 
 @app.route("/openapi.json", methods=["GET"])
 def openapi() -> dict[str, Any]:
-    return openapi_document()
+    return openapi_document(services().settings.bundle_limits.max_compressed_bytes)
 
 
 # --- uploads ---------------------------------------------------------------------------------

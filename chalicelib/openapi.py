@@ -5,9 +5,11 @@ A test checks that it documents exactly the routes the Chalice app has.
 
 from __future__ import annotations
 
+import copy
 from functools import cache
 from typing import Any
 
+from chalicelib.config import load_settings
 from chalicelib.errors import ALL_ERRORS
 
 __all__ = ["openapi_document"]
@@ -399,7 +401,13 @@ def _paths() -> dict[str, Any]:
 
 
 @cache
-def openapi_document() -> dict[str, Any]:
+def openapi_document(max_bundle_bytes: int | None = None) -> dict[str, Any]:
+    """The document; ``max_bundle_bytes`` is the largest bundle an upload may declare (the settings'
+    ``BUNDLE_MAX_COMPRESSED_BYTES``; None: its default)."""
+    if max_bundle_bytes is None:
+        max_bundle_bytes = load_settings({}).bundle_limits.max_compressed_bytes
+    schemas = {**_SCHEMAS, "InitiateUpload": copy.deepcopy(_SCHEMAS["InitiateUpload"])}
+    schemas["InitiateUpload"]["properties"]["size"]["maximum"] = max_bundle_bytes
     return {
         "openapi": "3.1.0",
         "info": {
@@ -409,7 +417,7 @@ def openapi_document() -> dict[str, Any]:
             "Errors are {error: {code, message, request_id}} with the codes listed in Error.",
         },
         "components": {
-            "schemas": _SCHEMAS,
+            "schemas": schemas,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
         },
         "security": [{"bearer": []}],

@@ -114,6 +114,8 @@ def _envelope(value: Any) -> SignatureEnvelope | None:
 
 
 def _size(value: Any) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON's 4096.0 is the integer 4096 (JSON Schema agrees)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise BadRequest("`size` must be the bundle's size in bytes, a positive integer")
     return value
