@@ -43,6 +43,7 @@ from chalicelib.registry import (
     make_models,
     new_upload_id,
 )
+from chalicelib.registry.ratelimit import lease_batch
 from devstack.aws import aws_environment
 
 T0 = datetime(2026, 11, 26, 12, 0, 30, tzinfo=UTC)
@@ -825,6 +826,70 @@ def test_a_new_minute_starts_a_new_window(models):
         limiter.hit("upload#acme", 2, T0)
 
     limiter.hit("upload#acme", 2, T0 + timedelta(seconds=30))
+
+
+def test_two_limiters_sharing_a_table_never_admit_more_than_the_limit_per_window(models):
+    """Issue 14 item 2: real threads on two instances race for one window; leases never overshoot."""
+    limit, batch = 200, lease_batch(200)
+    instances = [RateLimiter(models), RateLimiter(models)]
+    admitted: list[int] = []
+    refused: list[int] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(8)
+
+    def caller(limiter: RateLimiter) -> None:
+        barrier.wait()
+        for _ in range(60):
+            try:
+                limiter.hit("gateway#acme#x", limit, T0)
+            except RateLimited:
+                with lock:
+                    refused.append(1)
+            else:
+                with lock:
+                    admitted.append(1)
+
+    threads = [threading.Thread(target=caller, args=(instances[i % 2],)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert len(admitted) + len(refused) == 480
+    # Never more than the limit; at most one unused batch per instance short of it.
+    assert limit - 2 * (batch - 1) <= len(admitted) <= limit
+    assert models.ratelimits.get(f"gateway#acme#x#{int(T0.timestamp()) // 60}").hits <= limit
+
+
+def test_calls_within_a_lease_and_refusals_once_full_write_nothing(models):
+    limiter = RateLimiter(models)
+    limit = 100
+    with dynamodb_calls() as seen:
+        for _ in range(limit):
+            limiter.hit("gateway#acme#y", limit, T0)
+    assert seen.count("UpdateItem") == limit // lease_batch(limit)
+    with dynamodb_calls() as seen, pytest.raises(RateLimited):
+        limiter.hit("gateway#acme#y", limit, T0)
+    assert seen.count("UpdateItem") <= 1
+    with dynamodb_calls() as seen:
+        for _ in range(20):
+            with pytest.raises(RateLimited):
+                limiter.hit("gateway#acme#y", limit, T0)
+    assert seen == []
+
+
+def test_a_lease_ends_with_its_window(models):
+    limiter, other = RateLimiter(models), RateLimiter(models)
+    limiter.hit("upload#acme", 40, T0)  # leases 2 of the window's 40
+    for _ in range(38):
+        other.hit("upload#acme", 40, T0)
+    with pytest.raises(RateLimited):
+        other.hit("upload#acme", 40, T0)
+    limiter.hit("upload#acme", 40, T0)  # the second call of its lease
+    with pytest.raises(RateLimited):
+        limiter.hit("upload#acme", 40, T0)
+    # The next minute is a new window: what was leased before counts for nothing.
+    limiter.hit("upload#acme", 40, T0 + timedelta(seconds=60))
 
 
 def test_a_limit_of_zero_is_unlimited(models):
