@@ -296,6 +296,7 @@ def run() -> dict[str, Any]:
             service, wasm_engine, _ = _runner(settings)
             service.execute(payload)  # fetches, verifies and compiles the bundle while the stack is up
             results = _gateway_figures(urls, settings, payload)
+            results.update(_rate_limited_figures(urls, stack.settings, results["gateway_p50_ms"]))
             results["tenant_slot_ms_p50"] = round(_p50(200, _tenant_slot) * 1000, 2)
             results.update(_cold_vs_compile(urls, stack.settings, work))
         finally:
@@ -308,6 +309,25 @@ def run() -> dict[str, Any]:
         )
         wasm_engine.close()
         return {**calls, **results}
+
+
+def _rate_limited_figures(urls: StackUrls, settings: Settings, success_ms: float) -> dict[str, Any]:
+    """A refused call (429) through the gateway against a successful one: the limiter answers a refusal
+    from memory, so it must cost less than a call that runs the extension."""
+    import app as app_module
+
+    app_module.use_settings(settings.replace(ext_gateway_rate_limit_per_minute=1))
+    session = requests.Session()
+    url = f"{urls.api}/api/ext/com.example.hello/hello?name=bench"
+    headers = {"Authorization": f"Bearer {urls.token}"}
+
+    def refused() -> None:
+        assert session.get(url, headers=headers, timeout=30).status_code == 429
+
+    session.get(url, headers=headers, timeout=30)  # the window's one admitted call
+    refused_ms = _p50(200, refused) * 1000
+    app_module.use_settings(settings)
+    return {"gateway_429_p50_ms": round(refused_ms, 2), "gateway_429_vs_success": round(refused_ms / success_ms, 2)}
 
 
 def _gateway_figures(urls: StackUrls, settings: Settings, payload: dict[str, Any]) -> dict[str, Any]:
