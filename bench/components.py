@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import wasmtime
-from wasmtime.component import Linker, Variant
+from wasmtime.component import Linker, Record, Variant
 
 from bench.common import MiB, child_peak_rss_mib
 from extctl.build import build_project
-from runner_container.component import ComponentEngine, PreparedComponent, _context, _record
+from runner_container.component import ComponentEngine, PreparedComponent
 from runner_container.engine import CallLimits, HostServices, WasmEngine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,9 +85,26 @@ def _bare_linker(engine: ComponentEngine) -> Linker:
     return linker
 
 
+def _record(**fields: Any) -> Record:
+    """A WIT record: wasmtime-py reads its fields by their kebab-case names."""
+    record = Record()
+    for name, value in fields.items():
+        setattr(record, name.replace("_", "-"), value)
+    return record
+
+
 def _bare(engine: ComponentEngine, prepared: PreparedComponent) -> Any:
     linker = _bare_linker(engine)
-    ctx = _context({"request_id": "bench", "tenant_id": "dev"}, frozenset())
+    ctx = _record(
+        request_id="bench",
+        tenant_id="dev",
+        extension_id="",
+        install_id="",
+        version="",
+        content_hash="",
+        config="{}",
+        user=None,
+    )
     endpoint = _record(method="GET", path="/hello", handler="hello", params=[])
     req = _record(method="GET", path="/hello", query=[("name", "bench")], headers=[], body=b"", endpoint=endpoint)
 

@@ -28,16 +28,16 @@ from chalicelib.config import load_settings
 from chalicelib.errors import BadRequest, ExtError, Internal, NotFound
 from chalicelib.logs import LOGGER
 from runner_container.compile_jobs import LambdaJobs
-from runner_container.service import RunnerService, build_service, configure_process_logging
-from runner_container.ui import (
+from runner_container.http_responses import (
     SAFE_METHODS,
-    UI_PREFIX,
     HttpResponse,
     error_response,
     json_response,
     log_error_detail,
     method_not_allowed,
 )
+from runner_container.service import RunnerService, build_service, configure_process_logging
+from runner_container.ui import UI_PREFIX
 
 __all__ = ["APP", "MAX_HTTP_BODY_BYTES", "RunnerLambda", "handler"]
 

@@ -46,16 +46,16 @@ from chalicelib.errors import (
     Unauthenticated,
 )
 from chalicelib.logs import LOGGER, log_event
-from runner_container.service import RunnerService, build_service
-from runner_container.ui import (
+from runner_container.http_responses import (
     SAFE_METHODS,
-    UI_PREFIX,
     HttpResponse,
     error_response,
     json_error,
     json_response,
     method_not_allowed,
 )
+from runner_container.service import RunnerService, build_service
+from runner_container.ui import UI_PREFIX
 
 __all__ = ["MAX_BODY_BYTES", "RunnerHTTPServer", "make_server", "serve"]
 

@@ -37,8 +37,9 @@ from chalicelib.errors import BadRequest, EndpointNotFound, ExtensionTimeout, Ru
 from chalicelib.logs import configure_logging, log_event
 from chalicelib.storage.s3 import make_s3_client
 from chalicelib.storage.store import S3BundleStore
-from runner_container.cache import BundleCache, PrecompileResult
+from runner_container.cache import BundleCache
 from runner_container.compile_jobs import CompileJobs
+from runner_container.compiled_code import PrecompileResult
 from runner_container.egress import EgressPolicy
 from runner_container.engine import HostServices, LogLevel, LogRecord, WasmEngine, clamp_limits
 from runner_container.ui import UiServer

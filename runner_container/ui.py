@@ -46,22 +46,25 @@ from an opaque-origin frame are CORS requests.
 from __future__ import annotations
 
 import io
-import json
-import logging
 import re
 import threading
-import uuid
 from collections.abc import Mapping
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
 from urllib.parse import unquote_to_bytes
 
 from chalicelib.bundles.verify import BundleFile
 from chalicelib.errors import AssetTooLarge, BadRequest, ExtError, NotFound, RunnerBusy
-from chalicelib.logs import log_event
-from runner_container.cache import BundleCache, CachedBundle
+from runner_container.bundle_fetch import CachedBundle
+from runner_container.cache import BundleCache
+from runner_container.http_responses import (
+    SAFE_METHODS,
+    SECURITY_HEADERS,
+    HttpResponse,
+    error_response,
+    method_not_allowed,
+)
 
 __all__ = [
     "CONTENT_TYPES",
@@ -69,16 +72,11 @@ __all__ = [
     "IMMUTABLE",
     "SVG_CSP",
     "UI_PREFIX",
-    "HttpResponse",
     "UiServer",
     "UiTarget",
+    "asset_headers",
     "content_type_for",
-    "error_response",
     "etag_matches",
-    "json_error",
-    "json_response",
-    "log_error_detail",
-    "method_not_allowed",
     "normalize_asset_path",
     "parse_ui_path",
     "resolve_asset",
@@ -87,7 +85,6 @@ __all__ = [
 UI_PREFIX = "/ext-ui/"
 UI_FOLDER = "ui/"
 IMMUTABLE = "public, max-age=31536000, immutable"
-NO_STORE = "no-store"
 _REDIRECT_CACHE = "public, max-age=86400"
 HTML_CSP = (
     "sandbox allow-scripts; default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -119,88 +116,11 @@ CONTENT_TYPES: Mapping[str, str] = {
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 _DOCUMENT_CSP: Mapping[str, str] = {_HTML: HTML_CSP, CONTENT_TYPES[".svg"]: SVG_CSP}
 """The types a browser renders as a document when an asset is opened directly, and their policies."""
-SAFE_METHODS = ("GET", "HEAD")
-_ALWAYS = {
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cross-Origin-Resource-Policy": "cross-origin",
-}
 _NAME = re.compile(r"[a-z][a-z0-9-]*(\.[a-z0-9][a-z0-9-]*)+")
 _HASH = re.compile(r"sha256:[0-9a-f]{64}")
 _ENCODED = re.compile(r"%[0-9A-Fa-f]{2}")
 _ENTITY_TAG = re.compile(r'(?:W/)?"([^"]*)"')
 _MAX_NAME = 128
-
-
-@dataclass(frozen=True)
-class HttpResponse:
-    """A response of the runner's HTTP surfaces: ``body``, or an open ``file`` to stream (then closed)."""
-
-    status: int
-    headers: Mapping[str, str]
-    body: bytes = b""
-    file: BinaryIO | None = field(default=None, compare=False)
-
-    def read_body(self) -> bytes:
-        """The whole body; closes ``file``."""
-        if self.file is None:
-            return self.body
-        with self.file:
-            return self.file.read()
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-
-
-def json_response(status: int, document: Any, headers: Mapping[str, str] | None = None) -> HttpResponse:
-    body = json.dumps(document, separators=(",", ":")).encode()
-    return HttpResponse(
-        status,
-        {
-            **_ALWAYS,
-            "Content-Type": "application/json",
-            "Content-Length": str(len(body)),
-            **(headers or {}),
-        },
-        body,
-    )
-
-
-def json_error(
-    status: int, code: str, message: str, request_id: str | None = None, headers: Mapping[str, str] | None = None
-) -> HttpResponse:
-    """A JSON error of DESIGN §4 (``{"error": {"code", "message", "request_id"}}``); never cached."""
-    error: dict[str, str] = {"code": code, "message": message}
-    if request_id is not None:
-        error["request_id"] = request_id
-    return json_response(status, {"error": error}, {"Cache-Control": NO_STORE, **(headers or {})})
-
-
-def error_response(exc: ExtError, request_id: str | None = None) -> HttpResponse:
-    """``exc`` as its JSON error with its HTTP status, and ``Retry-After`` when it says when to retry.
-
-    An operator-side failure (``exc.hides_detail``: storage, configuration, a bug) is logged whole with the
-    request id, and the client gets its generic message: the detail names storage keys and S3's own codes.
-    """
-    request_id = request_id or uuid.uuid4().hex
-    log_error_detail(exc, request_id)
-    headers = {"Cache-Control": NO_STORE}
-    retry_after = exc.details.get("retry_after")
-    if retry_after is not None:
-        headers["Retry-After"] = str(max(1, int(retry_after)))
-    return json_response(exc.http_status, exc.to_client_dict(request_id), headers)
-
-
-def log_error_detail(exc: ExtError, request_id: str) -> None:
-    """Log the whole message of an error whose client sees only its generic message."""
-    if exc.hides_detail:
-        log_event("runner.error", level=logging.ERROR, request_id=request_id, outcome=exc.code, message=exc.message)
-
-
-def method_not_allowed(method: str, allowed: tuple[str, ...], request_id: str | None = None) -> HttpResponse:
-    message = f"{method} is not allowed here; use {' or '.join(allowed)}"
-    return json_error(405, "METHOD_NOT_ALLOWED", message, request_id, {"Allow": ", ".join(allowed)})
 
 
 # --- pure parts: URL, path, resolution, headers ---------------------------------------------
@@ -307,7 +227,7 @@ def asset_headers(path: str, file: BundleFile) -> dict[str, str]:
     """Headers of a 200 for ``path``."""
     content_type = content_type_for(path)
     headers = {
-        **_ALWAYS,
+        **SECURITY_HEADERS,
         "Content-Type": content_type,
         "Content-Length": str(file.size),
         "ETag": f'"sha256-{file.sha256}"',
@@ -323,7 +243,7 @@ def asset_headers(path: str, file: BundleFile) -> dict[str, str]:
 def not_modified_headers(file: BundleFile) -> dict[str, str]:
     """Headers of a 304: the validators and caching of the 200 (RFC 9110 §15.4.5), no content metadata."""
     return {
-        **_ALWAYS,
+        **SECURITY_HEADERS,
         "ETag": f'"sha256-{file.sha256}"',
         "Cache-Control": IMMUTABLE,
         "Access-Control-Allow-Origin": "*",
@@ -332,7 +252,7 @@ def not_modified_headers(file: BundleFile) -> dict[str, str]:
 
 def redirect_headers(location: str) -> dict[str, str]:
     """Headers of the 308 that adds the slash after the hash; it never changes, but is not an asset."""
-    return {**_ALWAYS, "Location": location, "Cache-Control": _REDIRECT_CACHE, "Content-Length": "0"}
+    return {**SECURITY_HEADERS, "Location": location, "Cache-Control": _REDIRECT_CACHE, "Content-Length": "0"}
 
 
 # --- the server -------------------------------------------------------------------------------

@@ -31,7 +31,8 @@ from chalicelib.storage.store import (
     ReadableStream,
     S3BundleStore,
 )
-from runner_container.cache import BundleCache, CompileStatus, ModuleSource
+from runner_container.cache import BundleCache
+from runner_container.compiled_code import CompileStatus, ModuleSource
 from runner_container.engine import WasmEngine
 from tests.integration.runner_fixtures import (
     EXAMPLE,

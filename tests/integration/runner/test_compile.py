@@ -18,8 +18,8 @@ import boto3
 import pytest
 
 from chalicelib.errors import ExtensionFailed, ExtensionNotReady, ExtensionTimeout, RunnerBusy
-from runner_container.cache import CompileStatus, ModuleSource
 from runner_container.compile_jobs import LambdaJobs
+from runner_container.compiled_code import CompileStatus, ModuleSource
 from runner_container.compiler import CompileLimits, FailureKind
 from runner_container.engine import WasmEngine
 from runner_container.lambda_handler import RunnerLambda

@@ -14,7 +14,8 @@ import pytest
 
 from chalicelib.storage.store import BUNDLE_OBJECT
 from runner_container.engine import WasmEngine
-from runner_container.ui import HTML_CSP, IMMUTABLE, HttpResponse, UiServer
+from runner_container.http_responses import HttpResponse
+from runner_container.ui import HTML_CSP, IMMUTABLE, UiServer
 from tests.bundle_factory import good_files, zero_filled_bundle
 from tests.integration.runner_fixtures import (
     EXAMPLE,
