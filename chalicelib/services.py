@@ -19,7 +19,7 @@ from chalicelib.auth import TokenVerifier
 from chalicelib.bundles.signing import TrustBundle
 from chalicelib.config import Settings
 from chalicelib.errors import SettingsInvalid
-from chalicelib.gateway.runner_client import RunnerClient, make_runner_client
+from chalicelib.gateway.runner_client import CompileClient, RunnerClient, make_compile_client, make_runner_client
 from chalicelib.gateway.service import GatewayService
 from chalicelib.logs import log_event
 from chalicelib.registry import (
@@ -112,11 +112,17 @@ class Services:
     def runner(self) -> RunnerClient:
         return make_runner_client(self.settings)
 
+    @cached_property
+    def compiler(self) -> CompileClient | None:
+        """Who compiles a version right after its publish (the worker needs no runner function for it)."""
+        return make_compile_client(self.settings)
+
     def _precompile(self, content_hash: str) -> None:
-        if not (self.settings.runner_function_name or self.settings.runner_base_url):
+        compiler = self.compiler
+        if compiler is None:
             return
         try:
-            self.runner.precompile(content_hash)
+            compiler.precompile(content_hash)
         except Exception as exc:
             # The version is published; without this job the first call asks for one itself.
             log_event(

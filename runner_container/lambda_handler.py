@@ -1,17 +1,19 @@
-"""The runner as a container-image Lambda: ``runner_container.lambda_handler.handler``.
+"""The runner image's Lambda entry points: ``handler`` (the runner, and ``RunnerUi``) and ``compile_handler``.
 
-Two kinds of events reach it:
+The image runs as three functions.  The runner and ``RunnerUi`` use ``handler``
+(:attr:`FunctionRole.RUNNER`), the compile function ``compile_handler`` (:attr:`FunctionRole.COMPILER`, set
+as the function's image command); each accepts only its own work, so only the compile function compiles:
 
-- direct invokes from the gateway (IAM ``lambda:InvokeFunction``), whose JSON is the payload itself:
-  ``{"action": "execute", "content_hash", "extension", "granted_capabilities", "request"}`` or
-  ``{"action": "precompile", "content_hash"}`` (the compile job: the compile function's only work, invoked
-  asynchronously by the finalize worker and by runners that meet code with no compile outcome).  The answer
-  is ``{"ok": true, "response": {...}}`` or ``{"ok": false, "error": {"code", "message", "request_id"},
+- direct invokes (IAM ``lambda:InvokeFunction``), whose JSON is the payload itself: to the runner, from the
+  gateway, ``{"action": "execute", "content_hash", "extension", "granted_capabilities", "request"}``; to the
+  compile function, asynchronously from the finalize worker and from runners that meet code with no compile
+  outcome, ``{"action": "precompile", "content_hash"}`` (the compile job).  The answer is
+  ``{"ok": true, "response": {...}}`` or ``{"ok": false, "error": {"code", "message", "request_id"},
   "status": <HTTP status>, "retry_after"?: <seconds>}``; errors are answers, not Lambda function errors, so
-  the gateway maps them the same way as in HTTP mode;
+  the gateway maps them the same way as in HTTP mode.  The other function's action is ``BAD_REQUEST``;
 - HTTP events from a Function URL or API Gateway (payload formats 1.0 and 2.0) for the public routes,
-  ``GET|HEAD /ext-ui/…`` and ``/healthz``, answered as ``{"statusCode", "headers", "body",
-  "isBase64Encoded"}``.
+  ``GET|HEAD /ext-ui/…`` and ``/healthz`` (runner role only), answered as ``{"statusCode", "headers",
+  "body", "isBase64Encoded"}``.
 
 The service (engine, S3 client, cache) is built on the first event and kept for the container's life.
 """
@@ -22,6 +24,7 @@ import base64
 import threading
 import uuid
 from collections.abc import Callable, Mapping
+from enum import StrEnum
 from typing import Any
 
 from chalicelib.config import load_settings
@@ -39,12 +42,24 @@ from runner_container.http_responses import (
 from runner_container.service import RunnerService, build_service, configure_process_logging
 from runner_container.ui import UI_PREFIX
 
-__all__ = ["APP", "MAX_HTTP_BODY_BYTES", "RunnerLambda", "handler"]
+__all__ = ["APP", "COMPILER", "MAX_HTTP_BODY_BYTES", "FunctionRole", "RunnerLambda", "compile_handler", "handler"]
 
 MAX_HTTP_BODY_BYTES = 4 * 1024 * 1024
 """Largest asset served through Lambda: base64 makes it ~5.6 MB, under Lambda's 6 MB response limit.
 Larger ones are ``413 ASSET_TOO_LARGE``, never read."""
 _TEXT_TYPES = ("text/", "application/json", "image/svg+xml", "application/javascript")
+
+
+class FunctionRole(StrEnum):
+    """Which function of the image this is, and so which invokes it answers."""
+
+    RUNNER = "runner"
+    """``execute`` (the gateway) and the public HTTP routes (``RunnerUi``)."""
+    COMPILER = "compiler"
+    """``precompile`` only: compile jobs, with the memory and time they need."""
+
+
+_ACTIONS = {FunctionRole.RUNNER: "execute", FunctionRole.COMPILER: "precompile"}
 
 
 def _as_text(body: bytes, content_type: str) -> str | None:
@@ -88,10 +103,11 @@ def _lambda_response(response: HttpResponse, request_id: str, *, head: bool) -> 
 
 
 class RunnerLambda:
-    """The Lambda entry point around a service built once, lazily, by ``factory``."""
+    """The Lambda entry point of a function of ``role`` around a service built once, lazily, by ``factory``."""
 
-    def __init__(self, factory: Callable[[], RunnerService]) -> None:
+    def __init__(self, factory: Callable[[], RunnerService], *, role: FunctionRole = FunctionRole.RUNNER) -> None:
         self._factory = factory
+        self._role = role
         self._service: RunnerService | None = None
         self._lock = threading.Lock()
 
@@ -111,7 +127,7 @@ class RunnerLambda:
 
     def __call__(self, event: Any, context: Any) -> dict[str, Any]:
         request_id = str(getattr(context, "aws_request_id", "") or uuid.uuid4().hex)
-        if isinstance(event, Mapping) and _is_http_event(event):
+        if isinstance(event, Mapping) and _is_http_event(event) and self._role is FunctionRole.RUNNER:
             return self._http(event, request_id)
         try:
             if not isinstance(event, Mapping) or "action" not in event:
@@ -129,13 +145,16 @@ class RunnerLambda:
             return {"ok": False, "error": internal.to_client_dict(request_id)["error"], "status": internal.http_status}
 
     def _invoke(self, event: Mapping[str, Any]) -> dict[str, Any]:
-        action = event["action"]
+        action, expected = event["action"], _ACTIONS[self._role]
+        if action != expected:
+            other = {value: role for role, value in _ACTIONS.items()}.get(action)
+            if other is not None:
+                raise BadRequest(f"{action!r} goes to the {other.value} function; this is the {self._role.value}")
+            raise BadRequest(f"unknown action {action!r}; the {self._role.value} function answers {expected!r}")
         if action == "execute":
             payload = {key: value for key, value in event.items() if key != "action"}
             return self.service.execute(payload).to_dict()
-        if action == "precompile":
-            return self.service.precompile(event.get("content_hash")).to_dict()
-        raise BadRequest(f"unknown action {action!r}; expected 'execute' or 'precompile'")
+        return self.service.precompile(event.get("content_hash")).to_dict()
 
     def _http(self, event: Mapping[str, Any], request_id: str) -> dict[str, Any]:
         try:
@@ -182,8 +201,14 @@ def _build() -> RunnerService:
 
 
 APP = RunnerLambda(_build)
+COMPILER = RunnerLambda(_build, role=FunctionRole.COMPILER)
 
 
 def handler(event: Any, context: Any) -> dict[str, Any]:
-    """The Lambda handler (``CMD ["runner_container.lambda_handler.handler"]``)."""
+    """The runner's Lambda handler (the image's ``CMD ["runner_container.lambda_handler.handler"]``)."""
     return APP(event, context)
+
+
+def compile_handler(event: Any, context: Any) -> dict[str, Any]:
+    """The compile function's handler (its ``ImageConfig`` command)."""
+    return COMPILER(event, context)

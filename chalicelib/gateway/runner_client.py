@@ -2,8 +2,10 @@
 
 Both transports carry the same payloads (DESIGN §6): ``execute`` answers with the
 extension's normalized response, ``precompile`` is fire-and-forget right after a
-publish so the first request finds compiled code (in AWS it goes to the compile
-function, ``RUNNER_COMPILE_FUNCTION_NAME``, which has the memory and time for it).
+publish so the first request finds compiled code. In AWS only the compile function
+(``RUNNER_COMPILE_FUNCTION_NAME``, with the memory and time for it) compiles: without
+one no job is asked for (the first call asks), never the runner function, which
+refuses compile jobs (:func:`make_compile_client`).
 
 Errors keep the runner's code and its ``retry_after``; throttling and capacity
 errors of the transport (Lambda's ``TooManyRequestsException``, a runner that
@@ -25,13 +27,25 @@ from chalicelib.config import Settings
 from chalicelib.errors import ExtensionFailed, ExtensionTimeout, RunnerBusy, SettingsInvalid, error_for_code
 from chalicelib.logs import log_event
 
-__all__ = ["HttpRunnerClient", "LambdaRunnerClient", "RunnerClient", "make_runner_client"]
+__all__ = [
+    "CompileClient",
+    "HttpRunnerClient",
+    "LambdaCompileClient",
+    "LambdaRunnerClient",
+    "RunnerClient",
+    "make_compile_client",
+    "make_runner_client",
+]
 
 
-class RunnerClient(Protocol):
+class CompileClient(Protocol):
+    def precompile(self, content_hash: str) -> None:
+        """Ask for the compile job of ``content_hash``; returns at once."""
+        ...
+
+
+class RunnerClient(CompileClient, Protocol):
     def execute(self, payload: Mapping[str, Any], timeout_s: float) -> dict[str, Any]: ...
-
-    def precompile(self, content_hash: str) -> None: ...
 
 
 BUSY_RETRY_AFTER_S = 1
@@ -132,7 +146,7 @@ class LambdaRunnerClient:
     def __init__(self, lambda_client: Any, function_name: str, compile_function: str = "") -> None:
         self._lambda = lambda_client
         self._function = function_name
-        self._compile_function = compile_function or function_name
+        self._compile = LambdaCompileClient(lambda_client, compile_function) if compile_function else None
 
     def execute(self, payload: Mapping[str, Any], timeout_s: float) -> dict[str, Any]:
         """Invoke the runner; the client's read timeout (see :func:`make_runner_client`) is the
@@ -162,11 +176,40 @@ class LambdaRunnerClient:
         return _answer(502, body)
 
     def precompile(self, content_hash: str) -> None:
+        """A job for the compile function; without one, none (the runner function refuses compile jobs)."""
+        if self._compile is None:
+            log_event("runner.precompile_skipped", content_hash=content_hash, reason="no compile function")
+            return
+        self._compile.precompile(content_hash)
+
+
+class LambdaCompileClient:
+    """The compile function (AWS): one asynchronous ``precompile`` invoke per request."""
+
+    def __init__(self, lambda_client: Any, function_name: str) -> None:
+        self._lambda = lambda_client
+        self._function = function_name
+
+    def precompile(self, content_hash: str) -> None:
         self._lambda.invoke(
-            FunctionName=self._compile_function,
+            FunctionName=self._function,
             InvocationType="Event",
             Payload=json.dumps({"action": "precompile", "content_hash": content_hash}).encode(),
         )
+
+
+def make_compile_client(settings: Settings, lambda_client: Any = None) -> CompileClient | None:
+    """Who runs the compile job after a publish: the compile function when ``RUNNER_COMPILE_FUNCTION_NAME`` is
+    set (AWS), else the HTTP runner at ``RUNNER_BASE_URL``; None when neither is (the first call asks)."""
+    if settings.runner_compile_function_name:
+        if lambda_client is None:
+            import boto3
+
+            lambda_client = boto3.client("lambda", region_name=settings.storage_s3_region)
+        return LambdaCompileClient(lambda_client, settings.runner_compile_function_name)
+    if settings.runner_base_url:
+        return _http_client(settings)
+    return None
 
 
 def make_runner_client(settings: Settings, lambda_client: Any = None) -> RunnerClient:
@@ -183,7 +226,11 @@ def make_runner_client(settings: Settings, lambda_client: Any = None) -> RunnerC
             lambda_client = boto3.client("lambda", region_name=settings.storage_s3_region, config=deadline)
         return LambdaRunnerClient(lambda_client, settings.runner_function_name, settings.runner_compile_function_name)
     if settings.runner_base_url:
-        # The HTTP runner answers a precompile once its job is done: wait for the job's limit and a margin.
-        wait_s = settings.runner_compile_timeout_ms / 1000 + 60
-        return HttpRunnerClient(settings.runner_base_url, settings.runner_auth_token, precompile_wait_s=wait_s)
+        return _http_client(settings)
     raise SettingsInvalid("set RUNNER_FUNCTION_NAME (AWS) or RUNNER_BASE_URL (local, self-hosted)")
+
+
+def _http_client(settings: Settings) -> HttpRunnerClient:
+    # The HTTP runner answers a precompile once its job is done: wait for the job's limit and a margin.
+    wait_s = settings.runner_compile_timeout_ms / 1000 + 60
+    return HttpRunnerClient(settings.runner_base_url, settings.runner_auth_token, precompile_wait_s=wait_s)

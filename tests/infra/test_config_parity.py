@@ -38,7 +38,7 @@ MUST_AGREE: dict[str, tuple[str, ...]] = {
     **dict.fromkeys((*EVERYWHERE, "LOG_LEVEL", *BUNDLE_LIMITS), FUNCTIONS),
     # the registry and the runner, which both publishing paths (API route and worker) use
     "REGISTRY_TABLE_PREFIX": ("APIHandler", "FinalizeWorker"),
-    "RUNNER_FUNCTION_NAME": ("APIHandler", "FinalizeWorker"),
+    "RUNNER_FUNCTION_NAME": ("APIHandler",),
     # who asks for compile jobs, and the code they produce: a runner reads the compile function's
     # outcomes under the engine fingerprint (fuel) and the limits id (the three compile limits)
     "RUNNER_COMPILE_FUNCTION_NAME": ("FinalizeWorker", "Runner"),
@@ -92,6 +92,13 @@ def test_settings_that_must_agree_reach_every_function_that_reads_them(stack: St
     variables = environments(stack)
     missing = [function for function in MUST_AGREE[env] if env not in variables[function]]
     assert not missing, f"{env} is not set on {missing}; they would fall back to the default"
+
+
+def test_only_the_api_names_the_runner_function_the_worker_asks_only_the_compile_function(stack: Stack) -> None:
+    # The worker's one use of the runner side is a compile job after publish, which the compile function runs.
+    variables = environments(stack)
+    assert [function for function in FUNCTIONS if "RUNNER_FUNCTION_NAME" in variables[function]] == ["APIHandler"]
+    assert "RUNNER_COMPILE_FUNCTION_NAME" in variables["FinalizeWorker"]
 
 
 def test_credentials_and_api_only_settings_stay_on_the_api(stack: Stack) -> None:

@@ -362,6 +362,32 @@ def test_the_compile_function_runs_the_runner_image_with_room_for_its_jobs(stack
     assert tmp_bytes > settings.bundle_max_unpacked_bytes + settings.runner_compile_max_wasm_bytes
 
 
+def test_only_the_compile_function_runs_the_compile_handler(stack: Stack) -> None:
+    compiler = stack.resolve(stack.resources["Compiler"]["Properties"])
+    assert compiler["ImageConfig"]["Command"] == ["runner_container.lambda_handler.compile_handler"]
+    for function in ("Runner", "RunnerUi"):
+        # The image's default command, the runner's handler, which refuses compile jobs.
+        assert "ImageConfig" not in stack.resources[function]["Properties"], function
+
+
+# A Python component (componentize-py, about 20 MB of wasm) took 11 s and 410 MB of peak RSS to compile here
+# with 2 cores, and 20-60 s on a busier machine; a JavaScript one (12 MB) less (bench/components.py).
+COMPONENT_WASM_BYTES = 20 * 1024 * 1024
+COMPONENT_COMPILE_PEAK_MB = 410
+COMPONENT_COMPILE_SLOW_S = 60
+
+
+def test_the_compile_functions_defaults_fit_a_component_compile(stack: Stack) -> None:
+    compiler = stack.resolve(stack.resources["Compiler"]["Properties"])
+    settings = load_settings(compiler["Environment"]["Variables"])
+    assert settings.runner_compile_max_wasm_bytes >= COMPONENT_WASM_BYTES
+    # RLIMIT_AS caps address space, not RSS: leave wasmtime's reservations room beyond the peak.
+    assert settings.runner_compile_memory_mb >= 2 * COMPONENT_COMPILE_PEAK_MB
+    assert settings.runner_compile_timeout_ms >= 2 * COMPONENT_COMPILE_SLOW_S * 1000
+    # The job reserves 8x the wasm for the native code in the compile function's own cache.
+    assert settings.runner_cache_max_bytes >= 8 * COMPONENT_WASM_BYTES + settings.bundle_max_unpacked_bytes
+
+
 def test_one_tenant_can_take_at_most_a_quarter_of_the_runners_reserved_concurrency(stack: Stack) -> None:
     api = load_settings(stack.resolve(stack.resources["APIHandler"]["Properties"]["Environment"]["Variables"]))
     runner = stack.resolve(stack.resources["Runner"]["Properties"])

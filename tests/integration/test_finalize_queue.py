@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +19,7 @@ import app as app_module
 from chalicelib.bundles.signing import sign_content_hash
 from devstack.pump import sqs_event
 from tests.bundle_factory import bundle, good_files
+from tests.integration.fake_lambda import FakeLambda
 from tests.integration.stack import AwsStack, upload
 
 MiB = 1024 * 1024
@@ -74,6 +76,26 @@ def test_multipart_uploads_are_completed_by_the_route_and_finalized_by_the_worke
     answer = finalize(queued, target)
     assert answer.status_code == 200, answer.json
     assert answer.json["size"] == len(data)
+
+
+def test_the_worker_asks_the_compile_function_without_knowing_the_runner_function(
+    stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    # As deployed: the worker has RUNNER_COMPILE_FUNCTION_NAME and no RUNNER_FUNCTION_NAME.
+    with FakeLambda().running() as fake:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", fake.url)
+        monkeypatch.setenv("RUNNER_COMPILE_FUNCTION_NAME", "ext-compiler")
+        stack: AwsStack = request.getfixturevalue("queued")
+
+        answer = finalize(stack, upload(stack, bundle()))
+
+        assert answer.status_code == 200, answer.json
+        # The worker records the result (which the route answers) before it asks for the compile job.
+        deadline = time.monotonic() + 30
+        while not fake.invoked("Event") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        asked = [(i.function, i.payload) for i in fake.invoked("Event")]
+        assert asked == [("ext-compiler", {"action": "precompile", "content_hash": answer.json["content_hash"]})]
 
 
 def test_rejections_come_back_from_the_worker(queued: AwsStack) -> None:

@@ -559,6 +559,19 @@ def test_publishing_asks_the_compile_function_not_the_runner(lambda_stack: tuple
     ]
 
 
+def test_publishing_without_a_compile_function_asks_for_no_job_and_never_the_runner(
+    stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    with FakeLambda().running() as fake:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", fake.url)
+        monkeypatch.setenv("RUNNER_FUNCTION_NAME", "ext-runner")
+        stack: AwsStack = request.getfixturevalue("stack")
+
+        install(stack, _guest_bundle(wasm((WAT / "echo.wat").read_text())))
+
+        assert fake.invoked("Event") == []
+
+
 def test_lambda_throttling_is_503_runner_busy_never_500(lambda_stack: tuple[AwsStack, FakeLambda]) -> None:
     stack, fake = lambda_stack
     install(stack, _guest_bundle(wasm((WAT / "echo.wat").read_text())))

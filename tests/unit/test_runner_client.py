@@ -6,7 +6,13 @@ import pytest
 
 from chalicelib.config import load_settings
 from chalicelib.errors import SettingsInvalid
-from chalicelib.gateway.runner_client import HttpRunnerClient, LambdaRunnerClient, make_runner_client
+from chalicelib.gateway.runner_client import (
+    HttpRunnerClient,
+    LambdaCompileClient,
+    LambdaRunnerClient,
+    make_compile_client,
+    make_runner_client,
+)
 
 
 def test_a_function_name_means_lambda_with_the_gateway_deadline_and_no_retries() -> None:
@@ -27,3 +33,11 @@ def test_a_base_url_means_http() -> None:
 def test_no_runner_configured_is_an_operator_error() -> None:
     with pytest.raises(SettingsInvalid, match="RUNNER_FUNCTION_NAME"):
         make_runner_client(load_settings({}))
+
+
+def test_compile_jobs_go_to_the_compile_function_or_the_http_runner_never_the_runner_function() -> None:
+    with_compiler = {"RUNNER_FUNCTION_NAME": "runner", "RUNNER_COMPILE_FUNCTION_NAME": "compiler"}
+    assert isinstance(make_compile_client(load_settings(with_compiler)), LambdaCompileClient)
+    assert make_compile_client(load_settings({"RUNNER_FUNCTION_NAME": "runner"})) is None
+    assert isinstance(make_compile_client(load_settings({"RUNNER_BASE_URL": "http://127.0.0.1:1"})), HttpRunnerClient)
+    assert make_compile_client(load_settings({})) is None

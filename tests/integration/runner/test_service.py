@@ -19,7 +19,7 @@ from chalicelib.logs import LOGGER
 from chalicelib.storage.store import BUNDLE_OBJECT
 from runner_container import lambda_handler
 from runner_container.engine import WasmEngine
-from runner_container.lambda_handler import RunnerLambda
+from runner_container.lambda_handler import FunctionRole, RunnerLambda
 from runner_container.service import RunnerService
 from tests.integration.runner_fixtures import (
     BUCKET,
@@ -184,6 +184,11 @@ def app(service: RunnerService) -> RunnerLambda:
     return RunnerLambda(lambda: service)
 
 
+@pytest.fixture
+def compiler_app(service: RunnerService) -> RunnerLambda:
+    return RunnerLambda(lambda: service, role=FunctionRole.COMPILER)
+
+
 CONTEXT = SimpleNamespace(aws_request_id="lambda-req-1")
 
 
@@ -212,14 +217,30 @@ def test_a_failing_invoke_returns_the_error_code_and_status(env: RunnerEnv, app:
     }
 
 
-def test_a_precompile_invoke_stores_the_cwasm(env: RunnerEnv, app: RunnerLambda, engine: WasmEngine) -> None:
+def test_a_precompile_invoke_of_the_compile_function_stores_the_cwasm(
+    env: RunnerEnv, compiler_app: RunnerLambda, engine: WasmEngine
+) -> None:
     content_hash = env.publish(example_bundle())
 
-    answer = app({"action": "precompile", "content_hash": content_hash}, CONTEXT)
+    answer = compiler_app({"action": "precompile", "content_hash": content_hash}, CONTEXT)
 
     assert answer["ok"] is True
     assert answer["response"]["compiled"] is True
     assert env.object_exists(env.store.precompiled_key(content_hash, engine.fingerprint))
+
+
+def test_the_runner_function_refuses_compile_jobs_and_the_compile_function_refuses_calls(
+    env: RunnerEnv, app: RunnerLambda, compiler_app: RunnerLambda, engine: WasmEngine
+) -> None:
+    content_hash = env.publish(example_bundle())
+
+    precompile = app({"action": "precompile", "content_hash": content_hash}, CONTEXT)
+    execute = compiler_app({"action": "execute", **execute_payload(content_hash)}, CONTEXT)
+
+    assert (precompile["ok"], precompile["error"]["code"]) == (False, "BAD_REQUEST")
+    assert "compiler function" in precompile["error"]["message"]
+    assert (execute["ok"], execute["error"]["code"]) == (False, "BAD_REQUEST")
+    assert not env.object_exists(env.store.precompiled_key(content_hash, engine.fingerprint))
 
 
 def test_a_storage_failure_in_an_invoke_answers_a_generic_message(env: RunnerEnv, app: RunnerLambda) -> None:
@@ -338,10 +359,10 @@ def test_the_module_handler_builds_its_service_once_from_the_environment(
     with runner_env(tmp_path) as env:
         content_hash = env.publish(example_bundle())
         try:
-            first = lambda_handler.handler({"action": "precompile", "content_hash": content_hash}, CONTEXT)
-            second = lambda_handler.handler({"action": "precompile", "content_hash": content_hash}, CONTEXT)
+            first = lambda_handler.compile_handler({"action": "precompile", "content_hash": content_hash}, CONTEXT)
+            second = lambda_handler.compile_handler({"action": "precompile", "content_hash": content_hash}, CONTEXT)
         finally:
-            lambda_handler.APP.close()
+            lambda_handler.COMPILER.close()
 
     assert first["response"]["source"] == "compiled"
     assert second["response"]["source"] == "memory"
