@@ -37,8 +37,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import wasmtime
-
 from chalicelib.bundles.manifest import Manifest
 from chalicelib.bundles.signing import TrustBundle
 from chalicelib.bundles.verify import BundleFile
@@ -47,7 +45,8 @@ from chalicelib.errors import RunnerBusy
 from chalicelib.storage.store import content_hash_hex
 from runner_container.bundle_fetch import ENTRY_NAME, BundleFetcher, CachedBundle, Scope
 from runner_container.compile_jobs import BackgroundJobs, CompileJobs
-from runner_container.compiled_code import CompiledCode, CompileStatus, ModuleSource, PrecompileResult
+from runner_container.compiled_code import Code, CompiledCode, CompileStatus, ModuleSource, PrecompileResult
+from runner_container.component import ComponentEngine
 from runner_container.disk_cache import RETRY_AFTER_S, DiskCache, KeyedLocks
 from runner_container.engine import WasmEngine
 from runner_container.runner_store import RunnerStore
@@ -59,7 +58,8 @@ _LOAD_SLOT_WAIT_S = 5.0
 
 @dataclass(frozen=True)
 class LoadedBundle:
-    """A bundle ready to run: ``module`` is None when the manifest declares no ``api``.
+    """A bundle ready to run: ``module`` is its compiled code (a core module, or a checked component for
+    ``wasm-component@1``), None when the manifest declares no ``api``.
 
     ``size`` is the bytes the hash takes in the disk cache when it was handed out.
     """
@@ -67,7 +67,7 @@ class LoadedBundle:
     content_hash: str
     root: Path
     manifest: Manifest
-    module: wasmtime.Module | None
+    module: Code | None
     size: int
     files: Mapping[str, BundleFile]
     module_source: ModuleSource | None
@@ -98,7 +98,8 @@ class BundleCache:
 
     ``trust`` is the trust bundle signatures are checked against (None: unsigned bundles are accepted,
     local development only).  ``compile_jobs`` runs the compile jobs calls ask for (default: this process,
-    in the background).  Safe to share between threads.
+    in the background).  Components load on ``components`` (default: one on ``engine``).  Safe to share
+    between threads.
     """
 
     def __init__(
@@ -109,6 +110,7 @@ class BundleCache:
         trust: TrustBundle | None,
         *,
         compile_jobs: CompileJobs | None = None,
+        components: ComponentEngine | None = None,
     ) -> None:
         self._locks = KeyedLocks()
         self._disk: DiskCache[CachedBundle] = DiskCache(
@@ -119,7 +121,8 @@ class BundleCache:
         self.load_wait_s = _LOAD_SLOT_WAIT_S
         """How long a cold load waits for a load slot before ``RUNNER_BUSY``."""
         jobs = compile_jobs or BackgroundJobs(self.precompile, workers=int(settings.runner_compile_concurrency))
-        self._code = CompiledCode(store, engine, settings, self._disk, self._locks, jobs)
+        components = components or ComponentEngine(engine)
+        self._code = CompiledCode(store, engine, components, settings, self._disk, self._locks, jobs)
         self._disk.start(ENTRY_NAME, self._fetcher.read_entry)
 
     # --- public ---------------------------------------------------------------------------
@@ -140,7 +143,7 @@ class BundleCache:
         started = time.monotonic()
         with self._disk.pinned(hex_digest):
             bundle = self._bundle(content_hash, hex_digest)
-            module: wasmtime.Module | None = None
+            module: Code | None = None
             source: ModuleSource | None = None
             if bundle.manifest.has_api:
                 # A cold load (the download, or the wait for a load slot) spent part of the caller's time.

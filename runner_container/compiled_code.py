@@ -1,6 +1,9 @@
 """Compiled code for the runner's bundle cache: found, downloaded, or compiled by a bounded job.
 
-For a bundle with an ``api`` (its ``code`` entry loaded), :meth:`CompiledCode.load` looks in order at:
+Compiled code (:data:`Code`) is a core module for ``wasm-core@1`` bundles and a checked component
+(:class:`~runner_container.component.PreparedComponent`) for ``wasm-component@1``; both are kept, stored
+and loaded the same way, under the same ``precompiled/<fingerprint>.cwasm`` key.  For a bundle with an
+``api`` (its ``code`` entry loaded), :meth:`CompiledCode.load` looks in order at:
 
 1. the in-memory LRU (``RUNNER_MODULE_CACHE_ENTRIES``);
 2. ``<cache>/<hex>/<fingerprint>.cwasm``, this runner's own or an earlier download;
@@ -10,8 +13,13 @@ For a bundle with an ``api`` (its ``code`` entry loaded), :meth:`CompiledCode.lo
 5. a compile.  Compiles run only in bounded child processes (:mod:`runner_container.compiler`): a compile
    job (:meth:`CompiledCode.job`, after publish or when a call asks for one through
    :mod:`runner_container.compile_jobs`) with the full limits, or, inside a call, small code within half of
-   the call's remaining time; otherwise the call answers ``EXTENSION_NOT_READY``.  A job's outcome (the
-   ``.cwasm``, or a failure record) goes to the store, so every runner sees it.
+   the call's remaining time; otherwise the call answers ``EXTENSION_NOT_READY``.  Components never
+   compile inside a call, whatever their size (a Python one takes 20–60 s and about 400 MB): always a
+   job.  A job's outcome (the ``.cwasm``, or a failure record) goes to the store, so every runner sees it.
+
+Every ``.cwasm`` is counted against the disk budget before its bytes are written: a download reserves each
+chunk before writing it, and a compile reserves :func:`output_bound` before it starts, a bound the
+compiler's child enforces on what it writes.
 
 A ``.cwasm`` is never rewritten in place: wasmtime maps it, so a new file is written aside and
 ``os.replace``'d (a new inode); overwriting or truncating a mapped file would SIGBUS a module still running.
@@ -27,37 +35,45 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import wasmtime
+from wasmtime.component import Component
 
+from chalicelib.bundles.component import COMPONENT_RUNTIME
 from chalicelib.config import Settings
-from chalicelib.errors import ExtensionNotReady, ExtError, NotFound, WasmInvalid
+from chalicelib.errors import BundleUnpackedTooLarge, ExtensionNotReady, ExtError, NotFound, RunnerBusy, WasmInvalid
 from chalicelib.logs import log_event, stage
 from runner_container.bundle_fetch import CachedBundle
 from runner_container.compile_jobs import CompileJobs
 from runner_container.compiler import (
     MAX_FAILURE_RECORD_BYTES,
+    ArtifactKind,
     CompileFailure,
     CompileLimits,
     Compiler,
     CompileResult,
     FailureKind,
 )
-from runner_container.disk_cache import DiskCache, KeyedLocks, write_atomic
+from runner_container.component import ComponentEngine, PreparedComponent
+from runner_container.disk_cache import DiskCache, KeyedLocks, Reservation, write_atomic
 from runner_container.engine import WasmEngine
 from runner_container.runner_store import RunnerStore, read_capped, stream_chunks
 
 __all__ = [
     "CWASM_CONTENT_TYPE",
     "INLINE_SHARE",
+    "Code",
     "CompileStatus",
     "CompiledCode",
     "ModuleSource",
     "PrecompileResult",
+    "artifact_kind",
+    "output_bound",
     "retry_after_s",
 ]
 
@@ -67,6 +83,11 @@ INLINE_SHARE = 0.5
 """Share of a call's remaining time an inline compile may take: the rest is left for the call."""
 _MIN_INLINE_BUDGET_S = 0.05
 _FAILURES_KEPT = 1024
+_OUTPUT_FACTOR = 8
+"""Native code is at most about 5x its wasm for core modules (fuel on) and 2x for components: 8x is room."""
+
+Code = wasmtime.Module | PreparedComponent
+"""Compiled code ready to run: a core module (``wasm-core@1``) or a checked component (``wasm-component@1``)."""
 
 
 class ModuleSource(StrEnum):
@@ -123,14 +144,25 @@ class PrecompileResult:
         return answer
 
 
+def artifact_kind(bundle: CachedBundle) -> ArtifactKind:
+    """What the bundle's entry compiles to, by its manifest's runtime."""
+    return ArtifactKind.COMPONENT if bundle.manifest.runtime == COMPONENT_RUNTIME else ArtifactKind.MODULE
+
+
+def output_bound(wasm_bytes: int) -> int:
+    """The room reserved for the native code of ``wasm_bytes`` of wasm before it is compiled."""
+    return _OUTPUT_FACTOR * wasm_bytes + MiB
+
+
 def retry_after_s(wasm_bytes: int) -> int:
     """Seconds a caller should wait for a compile job: about one per MiB of code, from 2 to 30."""
     return min(30, max(2, math.ceil(wasm_bytes / MiB)))
 
 
 class CompiledCode:
-    """The compiled modules of the bundles in ``disk``, by hex digest; safe to share between threads.
+    """The compiled code of the bundles in ``disk``, by hex digest; safe to share between threads.
 
+    Core modules load on ``engine``, components on ``components`` (built on the same wasmtime engine).
     ``locks`` are the cache's per-entry locks (a code entry's key is its hex digest), so one hash is
     looked up, downloaded or compiled by one thread at a time.  ``jobs`` runs the compile jobs calls ask for.
     """
@@ -139,6 +171,7 @@ class CompiledCode:
         self,
         store: RunnerStore,
         engine: WasmEngine,
+        components: ComponentEngine,
         settings: Settings,
         disk: DiskCache[CachedBundle],
         locks: KeyedLocks,
@@ -146,6 +179,7 @@ class CompiledCode:
     ) -> None:
         self._store = store
         self._engine = engine
+        self._components = components
         self._disk = disk
         self._locks = locks
         self._jobs = jobs
@@ -154,7 +188,7 @@ class CompiledCode:
         self._inline_max_bytes = int(settings.runner_inline_compile_max_bytes)
         self._compiler = Compiler(engine.config_settings, int(settings.runner_compile_concurrency))
         self._state = threading.Lock()
-        self._modules: OrderedDict[str, wasmtime.Module] = OrderedDict()
+        self._modules: OrderedDict[str, Code] = OrderedDict()
         self._failures: OrderedDict[str, CompileFailure] = OrderedDict()
         self._compiling: set[str] = set()
         self._compiled = threading.Condition(self._state)
@@ -184,8 +218,8 @@ class CompiledCode:
 
     # --- memory ----------------------------------------------------------------------------
 
-    def cached(self, hex_digest: str) -> wasmtime.Module | None:
-        """The module in memory, marked as just used; None when it is not there."""
+    def cached(self, hex_digest: str) -> Code | None:
+        """The compiled code in memory, marked as just used; None when it is not there."""
         with self._state:
             module = self._modules.get(hex_digest)
             if module is not None:
@@ -197,7 +231,7 @@ class CompiledCode:
         with self._state:
             self._modules.pop(key, None)
 
-    def _remember(self, hex_digest: str, module: wasmtime.Module) -> None:
+    def _remember(self, hex_digest: str, module: Code) -> None:
         with self._state:
             self._modules[hex_digest] = module
             self._modules.move_to_end(hex_digest)
@@ -206,10 +240,8 @@ class CompiledCode:
 
     # --- the request path -------------------------------------------------------------------
 
-    def load(
-        self, bundle: CachedBundle, hex_digest: str, budget_s: float | None
-    ) -> tuple[wasmtime.Module, ModuleSource]:
-        """Compiled code found, or compiled inline within a share of ``budget_s``.
+    def load(self, bundle: CachedBundle, hex_digest: str, budget_s: float | None) -> tuple[Code, ModuleSource]:
+        """Compiled code found, or (small core modules only) compiled inline within a share of ``budget_s``.
 
         Raises ``EXTENSION_FAILED`` when a compile of this code failed (recorded, never repeated) and
         ``EXTENSION_NOT_READY`` when a compile job has to run first (it is requested here).
@@ -241,16 +273,15 @@ class CompiledCode:
             inline = False
         raise self._not_ready(bundle)
 
-    def _compile_inline(
-        self, bundle: CachedBundle, hex_digest: str, within_s: float
-    ) -> tuple[wasmtime.Module, ModuleSource]:
+    def _compile_inline(self, bundle: CachedBundle, hex_digest: str, within_s: float) -> tuple[Code, ModuleSource]:
         """Compile small code during a call, within ``within_s``; a permanent failure is recorded."""
-        result = self._run(bundle, hex_digest, self._limits.inline(within_s), within_s)
-        if result is not None and result.artifact is not None:
-            installed = self._install(bundle, hex_digest, result, strict=False)
-            if isinstance(installed, CompileFailure):
-                raise installed.error()
-            return installed, ModuleSource.COMPILED
+        with self._disk.reserving() as reservation:
+            result = self._run(bundle, hex_digest, self._limits.inline(within_s), within_s, reservation)
+            if result is not None and result.artifact is not None:
+                installed = self._install(bundle, hex_digest, result, reservation, strict=False)
+                if isinstance(installed, CompileFailure):
+                    raise installed.error()
+                return installed, ModuleSource.COMPILED
         if result is not None and result.failure is not None and result.failure.permanent:
             # Code that fails this way fails under any limits: record it under the jobs' limits.
             failure = dataclasses.replace(result.failure, limits=self._limits)
@@ -271,6 +302,9 @@ class CompiledCode:
     def _may_inline(self, bundle: CachedBundle, budget_s: float | None) -> bool:
         if budget_s is None or budget_s * INLINE_SHARE < _MIN_INLINE_BUDGET_S:
             return False
+        if artifact_kind(bundle) is ArtifactKind.COMPONENT:
+            # Even a small component embeds a language runtime: tens of seconds to compile.
+            return False
         return 0 < _entry_size(bundle) <= self._inline_max_bytes
 
     # --- the compile job --------------------------------------------------------------------
@@ -284,7 +318,7 @@ class CompiledCode:
             if found is not None:
                 module, source = found
                 if source in (ModuleSource.MEMORY, ModuleSource.LOCAL) and self._store.head(key) is None:
-                    self._store.put_immutable(key, self._engine.serialize(module), CWASM_CONTENT_TYPE)
+                    self._store.put_immutable(key, self._serialize(module), CWASM_CONTENT_TYPE)
                 return PrecompileResult(content_hash, fingerprint, key, source, CompileStatus.READY)
             failure = self.recorded_failure(content_hash, hex_digest)
             if failure is not None:
@@ -294,21 +328,22 @@ class CompiledCode:
                     return PrecompileResult(content_hash, fingerprint, key, None, CompileStatus.COMPILING)
                 self._compiling.add(hex_digest)
         try:
-            result = self._run(bundle, hex_digest, self._limits, None)
-            assert result is not None  # no wait limit: a slot always comes
-            with self._locks.hold(hex_digest):
-                if result.artifact is not None:
-                    installed = self._install(bundle, hex_digest, result, strict=True)
-                    if not isinstance(installed, CompileFailure):
-                        return PrecompileResult(
-                            content_hash, fingerprint, key, ModuleSource.COMPILED, CompileStatus.READY, stats=result
-                        )
-                    failure = installed
-                else:
-                    assert result.failure is not None
-                    failure = result.failure
-                    self._record_failure(content_hash, hex_digest, failure, strict=True)
-                return PrecompileResult(content_hash, fingerprint, key, None, CompileStatus.FAILED, failure, result)
+            with self._disk.reserving() as reservation:
+                result = self._run(bundle, hex_digest, self._limits, None, reservation)
+                assert result is not None  # no wait limit: a slot always comes
+                with self._locks.hold(hex_digest):
+                    if result.artifact is not None:
+                        installed = self._install(bundle, hex_digest, result, reservation, strict=True)
+                        if not isinstance(installed, CompileFailure):
+                            return PrecompileResult(
+                                content_hash, fingerprint, key, ModuleSource.COMPILED, CompileStatus.READY, stats=result
+                            )
+                        failure = installed
+                    else:
+                        assert result.failure is not None
+                        failure = result.failure
+                        self._record_failure(content_hash, hex_digest, failure, strict=True)
+                    return PrecompileResult(content_hash, fingerprint, key, None, CompileStatus.FAILED, failure, result)
         finally:
             with self._compiled:
                 self._compiling.discard(hex_digest)
@@ -316,16 +351,16 @@ class CompiledCode:
 
     # --- finding, compiling and keeping compiled code ---------------------------------------
 
-    def _find(self, bundle: CachedBundle, hex_digest: str) -> tuple[wasmtime.Module, ModuleSource] | None:
+    def _find(self, bundle: CachedBundle, hex_digest: str) -> tuple[Code, ModuleSource] | None:
         """Compiled code from memory, the local ``.cwasm`` or the store's, without compiling."""
         module = self.cached(hex_digest)
         if module is not None:
             return module, ModuleSource.MEMORY
-        local = self._local_path(bundle)
-        module = self._deserialize(local, hex_digest)
+        local, kind = self._local_path(bundle), artifact_kind(bundle)
+        module = self._deserialize(local, kind, hex_digest)
         source = ModuleSource.LOCAL
         if module is None and self._download(bundle.content_hash, local, hex_digest):
-            module = self._deserialize(local, hex_digest)
+            module = self._deserialize(local, kind, hex_digest)
             source = ModuleSource.STORED
         if module is None:
             return None
@@ -335,11 +370,32 @@ class CompiledCode:
     def _local_path(self, bundle: CachedBundle) -> Path:
         return bundle.root.parent / f"{self._engine.fingerprint}.cwasm"
 
-    def _deserialize(self, path: Path, hex_digest: str) -> wasmtime.Module | None:
+    def _load_file(self, kind: ArtifactKind, path: Path) -> wasmtime.Module | Component:
+        """The native code in ``path``, unchecked; ``WASM_INVALID`` when this engine cannot use it."""
+        if kind is ArtifactKind.COMPONENT:
+            return self._components.load_file(path)
+        return self._engine.deserialize_file(path)
+
+    def _check(self, loaded: wasmtime.Module | Component) -> Code:
+        """The loaded code checked against its ABI; ``WASM_INVALID`` names what does not fit."""
+        if isinstance(loaded, Component):
+            return self._components.prepare(loaded)
+        self._engine.validate_abi(loaded)
+        return loaded
+
+    def _serialize(self, code: Code) -> bytes:
+        if isinstance(code, PreparedComponent):
+            return self._components.serialize(code)
+        return self._engine.serialize(code)
+
+    def _deserialize(self, path: Path, kind: ArtifactKind, hex_digest: str) -> Code | None:
         if not path.is_file():
             return None
         try:
-            return self._engine.deserialize_file(path)
+            loaded = self._load_file(kind, path)
+            # The platform's own code was checked when it was compiled; a component's world is checked on
+            # every load because that is what makes it callable (its function types), and it costs microseconds.
+            return loaded if isinstance(loaded, wasmtime.Module) else self._components.prepare(loaded)
         except ExtError as exc:
             # Another wasmtime, settings or CPU: a miss.  Unlinking is safe even if something maps it.
             log_event("runner.precompiled_unusable", level=logging.WARNING, path=str(path), reason=exc.message)
@@ -357,39 +413,63 @@ class CompiledCode:
         except ExtError as exc:
             log_event("runner.precompiled_download_failed", level=logging.WARNING, key=key, reason=exc.message)
             return False
-        try:
-            size = write_atomic(local, stream_chunks(stream), self._disk.max_bytes)
-        except Exception as exc:
-            # A failed download costs only a compile; any error here (network, disk) is a miss, not a failure.
-            log_event(
-                "runner.precompiled_download_failed",
-                level=logging.WARNING,
-                key=key,
-                reason=f"{type(exc).__name__}: {exc}",
-            )
-            return False
-        finally:
-            stream.close()
-        self._disk.grow(hex_digest, size)
+        with self._disk.reserving() as reservation:
+            try:
+                chunks = self._reserved(stream_chunks(stream), reservation)
+                size = write_atomic(local, chunks, self._disk.max_bytes)
+            except (RunnerBusy, BundleUnpackedTooLarge):
+                # No room on this runner's disk: the call is busy, not a miss to compile.
+                raise
+            except Exception as exc:
+                # A failed download costs only a compile; any error here (network, disk) is a miss, not a failure.
+                log_event(
+                    "runner.precompiled_download_failed",
+                    level=logging.WARNING,
+                    key=key,
+                    reason=f"{type(exc).__name__}: {exc}",
+                )
+                return False
+            finally:
+                stream.close()
+            self._disk.settle(hex_digest, reservation, size)
         return True
 
+    def _reserved(self, chunks: Iterator[bytes], reservation: Reservation) -> Iterator[bytes]:
+        """``chunks``, each reserved against the disk budget before it is handed on to be written."""
+        for chunk in chunks:
+            self._disk.reserve(reservation, len(chunk), what="the compiled code is")
+            yield chunk
+
     def _run(
-        self, bundle: CachedBundle, hex_digest: str, limits: CompileLimits, within_s: float | None
+        self,
+        bundle: CachedBundle,
+        hex_digest: str,
+        limits: CompileLimits,
+        within_s: float | None,
+        reservation: Reservation,
     ) -> CompileResult | None:
         """One bounded compile of the bundle's entry into ``.incoming/``; None when no compile slot came free.
 
+        The room for its output (:func:`output_bound`, at most the whole budget) is reserved first, and the
+        compiler writes no more than that; ``RUNNER_BUSY`` when the cache has no such room now.
         ``within_s`` (inline compiles) bounds the wait for a slot and the compile together.
         """
+        kind = artifact_kind(bundle)
+        bound = min(output_bound(_entry_size(bundle)), self._disk.max_bytes)
+        self._disk.reserve(reservation, bound, what="the compiled code is")
         output = self._disk.incoming / f"{hex_digest}.{uuid.uuid4().hex}.cwasm"
-        with stage("runner.module_compiled", content_hash=bundle.content_hash, inline=within_s is not None) as learned:
-            result = self._compiler.run(bundle.root / bundle.manifest.entry, output, limits, within_s=within_s)
+        fields = {"content_hash": bundle.content_hash, "inline": within_s is not None, "kind": kind.value}
+        with stage("runner.module_compiled", **fields) as learned:
+            wasm = bundle.root / bundle.manifest.entry
+            result = self._compiler.run(wasm, output, limits, kind=kind, within_s=within_s, max_output_bytes=bound)
             learned.update(result.log_fields() if result is not None else {"failure": "no_compile_slot"})
         return result
 
     def _install(
-        self, bundle: CachedBundle, hex_digest: str, result: CompileResult, *, strict: bool
-    ) -> wasmtime.Module | CompileFailure:
-        """Move a job's artifact next to the bundle, load it, check its ABI, keep it, and publish it.
+        self, bundle: CachedBundle, hex_digest: str, result: CompileResult, reservation: Reservation, *, strict: bool
+    ) -> Code | CompileFailure:
+        """Move a job's artifact next to the bundle (its reserved room becomes the entry's), load it, check
+        its ABI, keep it, and publish it.
 
         Code that compiles but does not implement the ABI is a recorded failure, returned.
         """
@@ -398,10 +478,10 @@ class CompiledCode:
         size = result.artifact.stat().st_size
         # A new inode: anything mapping an earlier file at this path keeps its bytes.
         os.replace(result.artifact, local)
-        self._disk.grow(hex_digest, size)
-        module = self._engine.deserialize_file(local)
+        self._disk.settle(hex_digest, reservation, size)
+        loaded = self._load_file(artifact_kind(bundle), local)
         try:
-            self._engine.validate_abi(module)
+            module = self._check(loaded)
         except WasmInvalid as exc:
             local.unlink(missing_ok=True)
             self._disk.grow(hex_digest, -size)

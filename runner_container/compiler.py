@@ -9,16 +9,19 @@ job, :meth:`Compiler.run`, goes through these stages:
 3. child: ``python -m runner_container.compiler`` caps its own address space (``RLIMIT_AS``) and CPU
    time (``RLIMIT_CPU``, a backstop should the parent die) *before* it imports wasmtime, builds an
    engine with the parent's exact :class:`wasmtime.Config` settings, compiles, serializes the native code
-   to the output path and prints one JSON line with its peak RSS and CPU time;
+   to the output path (never more than ``max_output_bytes``, the room the caller reserved for it) and
+   prints one JSON line with its peak RSS and CPU time;
 4. wall clock: past ``timeout_s`` the parent kills the child;
 5. outcome: the artifact, or a :class:`CompileFailure` with its kind and reason: ``invalid`` (wasmtime
-   refused the code, deterministic), ``too_large``, ``time_limit``, ``memory_limit`` (an allocation
-   failed under the cap) or ``crashed``.
+   refused the code, deterministic), ``too_large`` (the code, or the native code it compiles to),
+   ``time_limit``, ``memory_limit`` (an allocation failed under the cap) or ``crashed``.
 
-The job is generic over "a wasm artifact" (:class:`ArtifactKind`): core modules today; components
-(``wasmtime.component.Component``, the same serialize/deserialize) add one kind.  Where outcomes are
-kept (``precompiled/<fingerprint>.cwasm`` or a failure record beside it) is the cache's business; this
-module defines the failure record's format, :meth:`CompileFailure.to_json` / :meth:`CompileFailure.parse`.
+The job is generic over "a wasm artifact" (:class:`ArtifactKind`): a core module (``wasm-core@1``,
+:func:`~runner_container.engine.compile_module`) or a component (``wasm-component@1``,
+:func:`~runner_container.component.compile_component`; 20–60 s and about 400 MB for a Python one), both
+serialized the same way.  Where outcomes are kept (``precompiled/<fingerprint>.cwasm`` or a failure record
+beside it) is the cache's business; this module defines the failure record's format,
+:meth:`CompileFailure.to_json` / :meth:`CompileFailure.parse`.
 """
 
 from __future__ import annotations
@@ -63,9 +66,10 @@ _ALLOCATION_FAILED = "memory allocation of"
 
 
 class ArtifactKind(StrEnum):
-    """What a compile job turns into native code."""
+    """What a compile job turns into native code: a core module or a component."""
 
     MODULE = "module"
+    COMPONENT = "component"
 
 
 class FailureKind(StrEnum):
@@ -213,12 +217,14 @@ class Compiler:
         *,
         kind: ArtifactKind = ArtifactKind.MODULE,
         within_s: float | None = None,
+        max_output_bytes: int | None = None,
     ) -> CompileResult | None:
         """Compile ``wasm`` into a new file ``output`` (which must not exist) under ``limits``.
 
         ``within_s`` bounds the whole run, waiting for a free slot included (the compile gets what is left);
-        None waits for a slot as long as it takes.  Returns None when no slot came free in time.  Never
-        raises for what the code does: every way it can fail is a :class:`CompileFailure`.
+        None waits for a slot as long as it takes.  Native code over ``max_output_bytes`` is not written
+        (a ``too_large`` failure).  Returns None when no slot came free in time.  Never raises for what the
+        code does: every way it can fail is a :class:`CompileFailure`.
         """
         size = wasm.stat().st_size
         if size > limits.max_wasm_bytes:
@@ -231,11 +237,19 @@ class Compiler:
             if within_s is not None:
                 left = within_s - (time.monotonic() - started)
                 limits = replace(limits, timeout_s=max(0.0, min(limits.timeout_s, left)))
-            return self._child(wasm, output, limits, kind, size)
+            return self._child(wasm, output, limits, kind, size, max_output_bytes)
         finally:
             self._slots.release()
 
-    def _child(self, wasm: Path, output: Path, limits: CompileLimits, kind: ArtifactKind, size: int) -> CompileResult:
+    def _child(
+        self,
+        wasm: Path,
+        output: Path,
+        limits: CompileLimits,
+        kind: ArtifactKind,
+        size: int,
+        max_output_bytes: int | None,
+    ) -> CompileResult:
         command = [
             sys.executable,
             "-m",
@@ -245,6 +259,7 @@ class Compiler:
             str(limits.memory_bytes),
             # CPU time may exceed wall time (the compiler uses every core); this only stops an orphan.
             str(math.ceil(limits.timeout_s * (os.cpu_count() or 1)) + 1),
+            str(max_output_bytes if max_output_bytes is not None else -1),
             os.fspath(wasm),
             os.fspath(output),
         ]
@@ -306,8 +321,9 @@ def _classify(
         return CompileFailure(FailureKind.TIME_LIMIT, f"compiling took longer than {limits.timeout_s:g} s", limits)
     if returncode == 0 and report.get("ok") is True:
         return None
-    if report.get("ok") is False and report.get("kind") == FailureKind.INVALID:
-        return CompileFailure(FailureKind.INVALID, str(report.get("reason", ""))[:_MAX_REASON_CHARS], limits)
+    if report.get("ok") is False and report.get("kind") in (FailureKind.INVALID, FailureKind.TOO_LARGE):
+        kind = FailureKind(report["kind"])
+        return CompileFailure(kind, str(report.get("reason", ""))[:_MAX_REASON_CHARS], limits)
     if report.get("ok") is False and report.get("kind") == FailureKind.MEMORY_LIMIT:
         return out_of_memory
     # Rust aborts when an allocation fails under RLIMIT_AS, after saying so on stderr.
@@ -332,23 +348,34 @@ def _cap(limit: int, value: int, hard: int | None = None) -> None:
 
 
 def _child_main(argv: list[str]) -> int:
-    """``python -m runner_container.compiler KIND SETTINGS MEMORY CPU_S WASM OUT``; see :meth:`Compiler.run`."""
-    kind, settings, memory, cpu_s, wasm_path, out_path = argv
+    """``python -m runner_container.compiler KIND SETTINGS MEMORY CPU_S MAX_OUT WASM OUT``; see :meth:`Compiler.run`.
+
+    ``MAX_OUT`` is the most native code the child may write (-1: no limit).
+    """
+    kind, settings, memory, cpu_s, max_out, wasm_path, out_path = argv
     _cap(resource.RLIMIT_AS, int(memory))
     _cap(resource.RLIMIT_CPU, int(cpu_s), int(cpu_s) + 1)
     # Imported only now, so the limits cover everything wasmtime maps and allocates.
     import wasmtime
 
     from chalicelib.errors import WasmInvalid
+    from runner_container.component import compile_component
     from runner_container.engine import compile_module
 
-    if ArtifactKind(kind) is not ArtifactKind.MODULE:
-        raise ValueError(f"unknown artifact kind {kind!r}")
+    artifact_kind = ArtifactKind(kind)
     try:
         config = wasmtime.Config()
         for name, value in json.loads(settings).items():
             setattr(config, name, value)
-        artifact = compile_module(wasmtime.Engine(config), Path(wasm_path).read_bytes()).serialize()
+        engine, wasm = wasmtime.Engine(config), Path(wasm_path).read_bytes()
+        if artifact_kind is ArtifactKind.COMPONENT:
+            artifact = compile_component(engine, wasm).serialize()
+        else:
+            artifact = compile_module(engine, wasm).serialize()
+        if 0 <= int(max_out) < len(artifact):
+            reason = f"the compiled code is {_size(len(artifact))}, more than the {_size(int(max_out))} it may take"
+            print(json.dumps({"ok": False, "kind": FailureKind.TOO_LARGE.value, "reason": reason}), flush=True)
+            return 1
         with open(out_path, "xb") as out:
             out.write(artifact)
     except MemoryError:

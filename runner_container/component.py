@@ -89,6 +89,7 @@ __all__ = [
     "STDIO_BODY_THRESHOLD",
     "ComponentEngine",
     "PreparedComponent",
+    "compile_component",
 ]
 
 ABI = COMPONENT_RUNTIME
@@ -514,31 +515,34 @@ class ComponentEngine:
     # --- compiled code ---------------------------------------------------------------------
 
     def compile(self, wasm: bytes) -> PreparedComponent:
-        """Compile and check a component; :class:`WasmInvalid` when it is not one or not of the world."""
-        if bytes(wasm[:4]) != _WASM_MAGIC:
-            raise WasmInvalid("not a WebAssembly binary (missing the \\0asm header)")
-        try:
-            component = Component(self.engine, bytes(wasm))
-        except wasmtime.WasmtimeError as exc:
-            raise WasmInvalid(f"component does not compile: {_summary(str(exc))}") from None
-        return self.prepare(component)
+        """Compile and check a component; :class:`WasmInvalid` when it is not one or not of the world.
+
+        The runner never calls this on a request path: compile jobs run :func:`compile_component` in a
+        bounded child process (:mod:`runner_container.compiler`) and the runner loads the result.
+        """
+        return self.prepare(compile_component(self.engine, wasm))
 
     def serialize(self, prepared: PreparedComponent) -> bytes:
         """The component's native code, for :meth:`deserialize_file` in an engine with the same fingerprint."""
         return bytes(prepared.component.serialize())
 
     def deserialize_file(self, path: str | os.PathLike[str]) -> PreparedComponent:
-        """Load a ``.cwasm`` written by :meth:`serialize` on this platform (never a publisher's file).
+        """Load a ``.cwasm`` written by :meth:`serialize` on this platform (never a publisher's file) and check
+        it against the world (:meth:`prepare`).
 
         It is memory-mapped: never rewrite it in place while loaded. Raises :class:`WasmInvalid` when
-        this engine cannot use it.
+        this engine cannot use it or it is not of the world.
         """
+        return self.prepare(self.load_file(path))
+
+    def load_file(self, path: str | os.PathLike[str]) -> Component:
+        """The component in a ``.cwasm`` written on this platform, unchecked; :class:`WasmInvalid` when this
+        engine cannot use it (another wasmtime, settings or CPU)."""
         try:
-            component = Component.deserialize_file(self.engine, os.fspath(path))
+            return Component.deserialize_file(self.engine, os.fspath(path))
         except wasmtime.WasmtimeError as exc:
             reason = _summary(str(exc))
             raise WasmInvalid(f"precompiled component {os.fspath(path)!r} is not usable: {reason}") from None
-        return self.prepare(component)
 
     def prepare(self, component: Component) -> PreparedComponent:
         """Check the component's imports and its ``handle`` export; :class:`WasmInvalid` names the problem."""
@@ -670,6 +674,19 @@ class ComponentEngine:
         if size > stdout.total or size > len(stdout.tail):
             raise ExtensionFailed(f"bad response: {BODY_STDOUT_HEADER} is {size}, but stdout holds fewer bytes")
         return kept, bytes(stdout.tail[len(stdout.tail) - size :]), size
+
+
+def compile_component(engine: wasmtime.Engine, wasm: bytes) -> Component:
+    """Compile ``wasm`` as a component on ``engine``; :class:`WasmInvalid` when it is not a valid one.
+
+    The compile job's child process calls this with an engine of the runner's settings.
+    """
+    if bytes(wasm[:4]) != _WASM_MAGIC:
+        raise WasmInvalid("not a WebAssembly binary (missing the \\0asm header)")
+    try:
+        return Component(engine, bytes(wasm))
+    except wasmtime.WasmtimeError as exc:
+        raise WasmInvalid(f"component does not compile: {_summary(str(exc))}") from None
 
 
 _TYPE_DEFS: tuple[type, ...] = tuple(

@@ -193,6 +193,17 @@ class DiskCache(Generic[EntryT]):
             self._loading -= reservation.bytes
             reservation.bytes = 0
 
+    def settle(self, key: str, reservation: Reservation, size: int) -> None:
+        """``size`` bytes written into entry ``key`` under ``reservation`` are now the entry's: they are counted
+        for it and the whole reservation is given back in one step."""
+        with self._state:
+            if key in self._sizes:
+                self._sizes[key] += size
+                self._total += size
+            self._loading -= reservation.bytes
+            reservation.bytes = 0
+        self.evict(keep=key)
+
     def grow(self, key: str, size: int) -> None:
         """Count ``size`` more (or, negative, fewer) bytes for ``key``, then evict what no longer fits."""
         with self._state:
@@ -231,16 +242,15 @@ class DiskCache(Generic[EntryT]):
                 self._loading -= reservation.bytes
                 reservation.bytes = 0
 
-    def reserve(self, reservation: Reservation, size: int) -> None:
+    def reserve(self, reservation: Reservation, size: int, *, what: str = "the bundle's files to unpack are") -> None:
         """Count ``size`` more bytes of a load in progress against the budget, evicting to make room.
 
         Raises ``RUNNER_BUSY`` when entries in use and other loads hold the room, and
-        ``BUNDLE_UNPACKED_TOO_LARGE`` when the load alone is larger than the whole budget.
+        ``BUNDLE_UNPACKED_TOO_LARGE`` when the load alone (``what``, in its message) is larger than the
+        whole budget.
         """
         if reservation.bytes + size > self.max_bytes:
-            raise BundleUnpackedTooLarge(
-                f"the bundle's files to unpack are larger than this runner's cache ({self.max_bytes} bytes)"
-            )
+            raise BundleUnpackedTooLarge(f"{what} larger than this runner's cache ({self.max_bytes} bytes)")
         with self._state:
             retired = self._retire_lru_locked(keep=None, need=size)
             fits = self._total + self._loading + size <= self.max_bytes

@@ -12,7 +12,10 @@
    gateway and the registry disagree, and the call must not run someone else's code);
 4. derive the call's limits (manifest requests clamped to the platform maximum and to the time left) and
    host services (capabilities granted to the install **and** declared by the manifest; the egress list);
-5. run the handler in a fresh store; a trap, timeout or OOM raises for this call only.
+5. run the handler by the manifest's ``runtime``: a core module on the
+   :class:`~runner_container.engine.WasmEngine`, a component on the
+   :class:`~runner_container.component.ComponentEngine` (the same wasmtime engine, limits and host
+   services); a trap, timeout or OOM raises for this call only.
 
 ``precompile`` is the compile job (after publish, or asked for by a call): it makes sure the store holds
 the compile outcome for this engine; ``health`` reports the engine fingerprint and the cache's state.
@@ -39,9 +42,18 @@ from chalicelib.storage.s3 import make_s3_client
 from chalicelib.storage.store import S3BundleStore
 from runner_container.cache import BundleCache
 from runner_container.compile_jobs import CompileJobs
-from runner_container.compiled_code import PrecompileResult
+from runner_container.compiled_code import Code, PrecompileResult
+from runner_container.component import ComponentEngine, PreparedComponent
 from runner_container.egress import EgressPolicy
-from runner_container.engine import HostServices, LogLevel, LogRecord, WasmEngine, clamp_limits
+from runner_container.engine import (
+    CallLimits,
+    ExecutionResult,
+    HostServices,
+    LogLevel,
+    LogRecord,
+    WasmEngine,
+    clamp_limits,
+)
 from runner_container.ui import UiServer
 
 __all__ = [
@@ -210,11 +222,23 @@ def _guest_log_sink(call: ExecuteCall) -> Callable[[LogRecord], None]:
 
 
 class RunnerService:
-    """The runner's operations over one cache and engine; safe to share between threads."""
+    """The runner's operations over one cache and engine; safe to share between threads.
 
-    def __init__(self, cache: BundleCache, engine: WasmEngine, settings: Settings, egress_policy: EgressPolicy) -> None:
+    Components run on ``components`` (default: one on ``engine``, which must be the cache's).
+    """
+
+    def __init__(
+        self,
+        cache: BundleCache,
+        engine: WasmEngine,
+        settings: Settings,
+        egress_policy: EgressPolicy,
+        *,
+        components: ComponentEngine | None = None,
+    ) -> None:
         self._cache = cache
         self._engine = engine
+        self._components = components or ComponentEngine(engine)
         self._settings = settings
         self._egress = egress_policy
         self._calls = threading.BoundedSemaphore(int(settings.runner_max_concurrent_calls))
@@ -271,7 +295,7 @@ class RunnerService:
             raise ExtensionTimeout("the caller's deadline passed while the extension's code was loaded")
         # The caller stops waiting at its deadline, so the guest stops there too.
         limits = dataclasses.replace(limits, timeout_ms=min(limits.timeout_ms, left_ms))
-        result = self._engine.execute(loaded.module, call.request, limits, host)
+        result = self._run(loaded.module, call.request, limits, host)
         return ExecuteResponse(
             status=result.status,
             headers=result.headers,
@@ -281,6 +305,18 @@ class RunnerService:
             logs_dropped=result.logs_dropped if may_log else result.logs_dropped + len(result.logs),
             fuel_consumed=result.fuel_consumed,
         )
+
+    def _run(
+        self,
+        code: Code,
+        request: Mapping[str, Any],
+        limits: CallLimits,
+        host: HostServices,
+    ) -> ExecutionResult:
+        """One call of ``code`` on the executor of its ABI (the cache loads each bundle by its runtime)."""
+        if isinstance(code, PreparedComponent):
+            return self._components.execute(code, request, limits, host)
+        return self._engine.execute(code, request, limits, host)
 
     def precompile(self, content_hash: object) -> PrecompileResult:
         """The compile job: verify the bundle and record its compile outcome for this engine in the store."""
@@ -306,13 +342,15 @@ def configure_process_logging(level: str) -> None:
 
 
 def build_service(settings: Settings, *, compile_jobs: CompileJobs | None = None) -> RunnerService:
-    """The runner as ``settings`` describe it: one engine, the S3 store, the trust bundle, the egress policy.
+    """The runner as ``settings`` describe it: one engine (core modules and, on it, components), the S3 store,
+    the trust bundle, the egress policy.
 
     ``compile_jobs`` runs the compile jobs calls ask for (default: this process, in the background).
     Raises ``SettingsInvalid`` for an unreadable trust bundle, before anything is served.
     """
     trust = TrustBundle.from_setting(settings.signing_trust_bundle)
     engine = WasmEngine.from_settings(settings)
+    components = ComponentEngine(engine)
     store = S3BundleStore.from_settings(settings, make_s3_client(settings))
-    cache = BundleCache(store, engine, settings, trust, compile_jobs=compile_jobs)
-    return RunnerService(cache, engine, settings, EgressPolicy.from_settings(settings))
+    cache = BundleCache(store, engine, settings, trust, compile_jobs=compile_jobs, components=components)
+    return RunnerService(cache, engine, settings, EgressPolicy.from_settings(settings), components=components)

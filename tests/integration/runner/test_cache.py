@@ -514,6 +514,37 @@ def test_a_load_in_progress_holds_its_room_in_the_budget(env: RunnerEnv, engine:
     assert cache.stats().bytes <= 4 * MiB
 
 
+def test_a_downloaded_cwasm_is_reserved_in_the_budget_before_it_is_written(env: RunnerEnv, engine: WasmEngine) -> None:
+    held = env.publish(ui_bundle("com.acme.held", random_ui(3 * MiB)))
+    content_hash = env.publish(example_bundle())
+    env.overwrite(env.store.precompiled_key(content_hash, engine.fingerprint), os.urandom(2 * MiB))
+    cache = env.cache(engine, runner_cache_max_bytes=4 * MiB)
+
+    # 3 MiB in use and 2 MiB of .cwasm to download: it may not reach the disk uncounted.
+    with cache.lease(held), pytest.raises(RunnerBusy):
+        cache.get(content_hash, budget_s=CALL_BUDGET_S)
+
+    assert not list((env.root / "cache" / content_hash.split(":")[1]).glob("*.cwasm"))
+    assert cache.stats().compiles == 0
+
+
+def test_a_compile_reserves_the_room_for_its_output_before_it_starts(env: RunnerEnv, engine: WasmEngine) -> None:
+    held = env.publish(ui_bundle("com.acme.held", random_ui(3 * MiB)))
+    content_hash = env.publish(example_bundle())
+    cache = env.cache(engine, runner_cache_max_bytes=4 * MiB)
+
+    # The compiled code may take up to 8x its wasm plus 1 MiB: there is no such room beside 3 MiB in use.
+    with cache.lease(held):
+        with pytest.raises(RunnerBusy):
+            cache.get(content_hash, budget_s=CALL_BUDGET_S)
+        with pytest.raises(RunnerBusy):
+            cache.precompile(content_hash)
+
+    assert cache.stats().compiles == 0
+    assert cache.get(content_hash, budget_s=CALL_BUDGET_S).module_source is ModuleSource.COMPILED
+    assert cache.stats().bytes <= 4 * MiB
+
+
 def test_cold_loads_past_the_cap_are_busy_and_ui_loads_never_take_the_slots_of_calls(
     env: RunnerEnv, engine: WasmEngine
 ) -> None:

@@ -16,16 +16,20 @@ from typing import Any, TypeVar
 
 import boto3
 import pytest
+import wasmtime
 
+from chalicelib.config import load_settings
 from chalicelib.errors import ExtensionFailed, ExtensionNotReady, ExtensionTimeout, RunnerBusy
 from runner_container.compile_jobs import LambdaJobs
 from runner_container.compiled_code import CompileStatus, ModuleSource
-from runner_container.compiler import CompileLimits, FailureKind
+from runner_container.compiler import ArtifactKind, CompileLimits, Compiler, FailureKind
+from runner_container.component import ComponentEngine
 from runner_container.engine import WasmEngine
 from runner_container.lambda_handler import RunnerLambda
 from runner_container.restore_plan import RESTORABLE_MARKER
 from runner_container.service import RunnerService
 from tests.bundle_factory import TYPE_MISMATCH_WAT, bundle, good_files, slow_to_compile_wasm, wasm
+from tests.components import dummy_component
 from tests.integration.fake_lambda import FakeLambda
 from tests.integration.runner_fixtures import RunnerEnv, example_bundle, execute_payload, wat_bundle
 
@@ -151,7 +155,7 @@ def test_code_a_compile_job_made_keeps_its_instances_between_calls(
     loaded = env.cache(engine, cache_dir=tmp_path / "another-runner").get(content_hash)
 
     assert loaded.module_source is ModuleSource.STORED
-    assert loaded.module is not None
+    assert isinstance(loaded.module, wasmtime.Module)
     assert RESTORABLE_MARKER in {exported.name for exported in loaded.module.exports}
 
 
@@ -194,6 +198,43 @@ def test_a_lambda_answer_while_the_code_compiles_carries_retry_after(env: Runner
     assert answer["ok"] is False
     assert (answer["status"], answer["error"]["code"]) == (503, "EXTENSION_NOT_READY")
     assert answer["retry_after"] >= 1
+
+
+# --- the compiler's child: components, and the room for its output ---------------------------------------
+
+
+def test_a_component_compiles_in_the_bounded_child_and_a_core_module_is_not_a_component(
+    engine: WasmEngine, tmp_path: Path
+) -> None:
+    compiler, limits = Compiler(engine.config_settings), CompileLimits.from_settings(load_settings({}))
+    (tmp_path / "component.wasm").write_bytes(dummy_component(tmp_path))
+    (tmp_path / "module.wasm").write_bytes(wasm())
+
+    component = compiler.run(
+        tmp_path / "component.wasm", tmp_path / "component.cwasm", limits, kind=ArtifactKind.COMPONENT
+    )
+    module = compiler.run(tmp_path / "module.wasm", tmp_path / "module.cwasm", limits, kind=ArtifactKind.COMPONENT)
+
+    assert component is not None and component.artifact is not None
+    assert ComponentEngine(engine).deserialize_file(component.artifact).body_stdio is False
+    assert module is not None and module.failure is not None
+    assert module.failure.kind is FailureKind.INVALID
+    assert not (tmp_path / "module.cwasm").exists()
+
+
+def test_the_compilers_child_writes_no_more_native_code_than_the_room_reserved_for_it(
+    engine: WasmEngine, tmp_path: Path
+) -> None:
+    compiler, limits = Compiler(engine.config_settings), CompileLimits.from_settings(load_settings({}))
+    source = tmp_path / "main.wasm"
+    source.write_bytes(wasm())
+
+    result = compiler.run(source, tmp_path / "main.cwasm", limits, max_output_bytes=1000)
+
+    assert result is not None and result.failure is not None
+    assert result.failure.kind is FailureKind.TOO_LARGE
+    assert "more than the 1000 bytes it may take" in result.failure.reason
+    assert not (tmp_path / "main.cwasm").exists()
 
 
 # --- the caller's deadline and the runner's capacity ---------------------------------------------------

@@ -1,15 +1,14 @@
 """The wasm-component@1 executor with real components built by the real toolchains.
 
 The Python example, a hostile Python component and the JS example are each built once per session
-(componentize-py / componentize-js through ``extctl build``) and compiled once; every test gets a
-fresh store, as every call does.
+(componentize-py / componentize-js through ``extctl build``) and compiled once by the runner's compile job
+(``component_artifacts``); every test gets a fresh store, as every call does.
 """
 
 from __future__ import annotations
 
 import base64
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from chalicelib.errors import ExtensionFailed, ExtensionTimeout, PayloadTooLarge
 from runner_container.component import MAX_INLINE_BODY_BYTES, OUTPUT_CAPTURE_BYTES, ComponentEngine, PreparedComponent
 from runner_container.egress import EgressPolicy
 from runner_container.engine import CallLimits, HostServices, LogLevel, WasmEngine
-from tests.components import FIXTURES, ROOT, build_example, dummy_component
+from tests.components import FIXTURES, ROOT, ComponentArtifacts, dummy_component
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("components")]
 
@@ -28,21 +27,20 @@ FETCH = frozenset({"cap:http.fetch", "cap:log.emit"})
 
 
 @pytest.fixture(scope="module")
-def engines() -> Iterator[ComponentEngine]:
-    with WasmEngine(consume_fuel=True) as core:
-        yield ComponentEngine(core)
+def engines(engine: WasmEngine) -> ComponentEngine:
+    return ComponentEngine(engine)
 
 
 @pytest.fixture(scope="module")
-def python_example(engines: ComponentEngine, tmp_path_factory: pytest.TempPathFactory) -> PreparedComponent:
-    built = build_example(ROOT / "examples" / "hello-python", tmp_path_factory.mktemp("py"))
-    return engines.compile(built.read_bytes())
+def python_example(
+    engines: ComponentEngine, engine: WasmEngine, component_artifacts: ComponentArtifacts
+) -> PreparedComponent:
+    return engines.deserialize_file(component_artifacts.cwasm(ROOT / "examples" / "hello-python", engine))
 
 
 @pytest.fixture(scope="module")
-def hostile(engines: ComponentEngine, tmp_path_factory: pytest.TempPathFactory) -> PreparedComponent:
-    built = build_example(FIXTURES / "hostile-python", tmp_path_factory.mktemp("hostile"))
-    return engines.compile(built.read_bytes())
+def hostile(engines: ComponentEngine, engine: WasmEngine, component_artifacts: ComponentArtifacts) -> PreparedComponent:
+    return engines.deserialize_file(component_artifacts.cwasm(FIXTURES / "hostile-python", engine))
 
 
 def request(handler: str, method: str = "GET", body: bytes = b"", **query: str) -> dict[str, Any]:
@@ -175,9 +173,10 @@ def test_guest_log_records_past_the_limit_are_counted_as_dropped(engines: Compon
     assert answer.logs_dropped == 900
 
 
-def test_the_js_example_answers_its_endpoints(engines: ComponentEngine, tmp_path_factory: pytest.TempPathFactory):
-    built = build_example(ROOT / "examples" / "hello-js", tmp_path_factory.mktemp("js"))
-    component = engines.compile(built.read_bytes())
+def test_the_js_example_answers_its_endpoints(
+    engines: ComponentEngine, engine: WasmEngine, component_artifacts: ComponentArtifacts
+):
+    component = engines.deserialize_file(component_artifacts.cwasm(ROOT / "examples" / "hello-js", engine))
     hello = engines.execute(component, request("hello", name="Ada"), LIMITS, HostServices(capabilities=FETCH))
     assert (hello.status, hello.body) == (200, b'{"message":"Hello, Ada!"}')
     body = os.urandom(4096)
