@@ -39,9 +39,11 @@ from chalicelib.errors import (
     UnsupportedMediaType,
 )
 from chalicelib.gateway.service import GatewayRequest
+from chalicelib.install_state import KvKeyQuery, KvListQuery, KvPutRequest, UninstallQuery
 from chalicelib.logs import LOGGER, bind, configure_logging, log_event
 from chalicelib.openapi import openapi_document
 from chalicelib.registry import Actor, ExtensionView, InstallChange, InstallRequest, RollbackRequest, TransferRequest
+from chalicelib.secrets import PutSecretRequest
 from chalicelib.services import Services
 from chalicelib.uploads.events import created_objects
 from chalicelib.uploads.messages import AbortRequest, FinalizeRequest, InitiateRequest
@@ -364,8 +366,66 @@ def rollback_install(name: str) -> dict[str, Any]:
 @app.route("/installs/{name}", methods=["DELETE"])
 @api
 def uninstall(name: str) -> dict[str, Any]:
-    services().installs.uninstall(admin().tenant, name)
-    return {"extension": name, "status": "uninstalled"}
+    identity, query = admin(), UninstallQuery.parse(_query())
+    return services().state.uninstall(identity.tenant, name, query).to_json()
+
+
+def _query() -> dict[str, str]:
+    """The query string, one value per name (the last, as API Gateway's ``queryStringParameters`` has it)."""
+    params = _current().query_params
+    return dict(params) if params else {}
+
+
+# --- an install's secrets and KV data (its tenant's admins; values of secrets are write-only) --------
+
+
+@app.route("/installs/{name}/secrets", methods=["GET"])
+@api
+def list_secrets(name: str) -> dict[str, Any]:
+    return services().state.list_secrets(admin().tenant, name).to_json()
+
+
+@app.route("/installs/{name}/secrets/{secret}", methods=["PUT"])
+@api
+def put_secret(name: str, secret: str) -> dict[str, Any]:
+    identity, request = admin(), PutSecretRequest.parse(json_body())
+    return services().state.put_secret(identity.tenant, name, secret, request, by=identity.sub).to_json()
+
+
+@app.route("/installs/{name}/secrets/{secret}", methods=["DELETE"])
+@api
+def delete_secret(name: str, secret: str) -> dict[str, Any]:
+    services().state.delete_secret(admin().tenant, name, secret)
+    return {"name": secret, "deleted": True}
+
+
+@app.route("/installs/{name}/kv", methods=["GET"])
+@api
+def list_kv(name: str) -> dict[str, Any]:
+    identity, query = admin(), KvListQuery.parse(_query())
+    return services().state.kv_list(identity.tenant, name, query).to_json()
+
+
+@app.route("/installs/{name}/kv/entry", methods=["GET"])
+@api
+def get_kv(name: str) -> dict[str, Any]:
+    identity, query = admin(), KvKeyQuery.parse(_query())
+    return services().state.kv_get(identity.tenant, name, query).to_json()
+
+
+@app.route("/installs/{name}/kv/entry", methods=["PUT"])
+@api
+def put_kv(name: str) -> dict[str, Any]:
+    identity, request = admin(), KvPutRequest.parse(json_body())
+    return services().state.kv_put(identity.tenant, name, request).to_json()
+
+
+@app.route("/installs/{name}/kv/entry", methods=["DELETE"])
+@api
+def delete_kv(name: str) -> dict[str, Any]:
+    identity, query = admin(), KvKeyQuery.parse(_query())
+    services().state.kv_delete(identity.tenant, name, query)
+    return {"key": query.key, "deleted": True}
 
 
 # --- the admin UI (static files shipped inside chalicelib/admin_ui) ----------------------------

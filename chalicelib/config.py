@@ -302,7 +302,7 @@ SETTINGS: tuple[Setting, ...] = (
         "KV_TABLE_NAME",
         _parse_str,
         "ext-kv",
-        "DynamoDB table of the extensions' key-value data (only the runner reads and writes it).",
+        "DynamoDB table of the extensions' key-value data (the runner for guests, the API for admins and purge).",
     ),
     _row(
         "SECRETS_TABLE_NAME",

@@ -66,6 +66,11 @@ _HASH = {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"}
 _TEXT = {"type": "string", "minLength": 1}
 """A string the server refuses empty."""
 _NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": _STR}
+_SECRET_NAME = {"type": "string", "pattern": "^[A-Z][A-Z0-9_]{0,63}$"}
+# ``required`` is also _obj's first parameter: schemas with a property of that name are spelt out.
+_SECRET_SPEC: dict[str, Any] = {"name": _SECRET_NAME, "description": {"type": ["string", "null"]}, "required": _BOOL}
+_SECRET_PARAM = {"name": "secret", "in": "path", "required": True, "schema": _STR, "description": "a declared name"}
+_KEY_PARAM = {"name": "key", "in": "query", "required": True, "schema": _STR, "description": "the key (any UTF-8)"}
 
 _B64_TAIL = "([A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=|[A-Za-z0-9+/][AQgw]==)?"
 _ED25519_SIGNATURE = {"type": "string", "pattern": "^[A-Za-z0-9+/]{85}[AQgw]==$"}
@@ -197,6 +202,11 @@ _SCHEMAS: dict[str, Any] = {
         content_hash=_HASH,
         capabilities={"type": "array", "items": _STR},
         egress={"type": "array", "items": _STR},
+        config_schema={"type": ["object", "null"], "description": "the JSON Schema an install's config must fit"},
+        secrets={
+            "type": "array",
+            "items": {"type": "object", "required": ["name"], "properties": _SECRET_SPEC},
+        },
         size=_INT,
         signature_status=_STR,
         key_id={"type": ["string", "null"]},
@@ -214,6 +224,68 @@ _SCHEMAS: dict[str, Any] = {
         history={"type": "array"},
     ),
     "InstallRequest": _obj(["extension", "version"], extension=_TEXT, version=_TEXT),
+    "Uninstalled": _obj(
+        ["extension", "status"],
+        extension=_STR,
+        status={
+            "enum": ["uninstalled", "purged"],
+            "description": "`purged`: with `purge=true`, no install was left and only its data was deleted",
+        },
+        purged=_obj(["kv_keys", "secrets"], kv_keys=_INT, secrets=_INT),
+    ),
+    "SecretValue": {
+        "type": "object",
+        "required": ["value"],
+        "additionalProperties": False,
+        "properties": {"value": {"type": "string", "description": "1 B to 8 KiB of UTF-8; never returned"}},
+    },
+    "SecretStatus": {
+        "type": "object",
+        "required": ["name", "description", "declared", "required", "set", "missing", "updated_at"],
+        "properties": {
+            **_SECRET_SPEC,
+            "declared": {
+                "type": "boolean",
+                "description": "false: stored, but the installed version no longer declares it",
+            },
+            "set": _BOOL,
+            "missing": {"type": "boolean", "description": "required and not set"},
+            "updated_at": {"type": ["string", "null"], "format": "date-time"},
+        },
+    },
+    "SecretList": _obj(["secrets"], secrets={"type": "array", "items": _ref("SecretStatus")}),
+    "SecretDeleted": _obj(["name", "deleted"], name=_SECRET_NAME, deleted={"const": True}),
+    "KvPut": {
+        "type": "object",
+        "required": ["key"],
+        "additionalProperties": False,
+        "properties": {
+            "key": {"type": "string", "description": "1–512 bytes of UTF-8, no control characters"},
+            "value": {"type": "string", "description": "UTF-8 text to store (or `value_b64`)"},
+            "value_b64": {"type": "string", "contentEncoding": "base64", "description": "bytes to store, ≤ 64 KiB"},
+            "if_revision": {
+                "type": ["integer", "null"],
+                "minimum": 0,
+                "maximum": 2**64 - 1,
+                "description": "absent or null: always write; 0: only a new key; n: only over revision n",
+            },
+        },
+        "oneOf": [{"required": ["value"]}, {"required": ["value_b64"]}],
+    },
+    "KvValue": _obj(
+        ["key", "value_b64", "revision"],
+        key=_STR,
+        value_b64={"type": "string", "contentEncoding": "base64"},
+        revision=_INT,
+    ),
+    "KvStored": _obj(["key", "revision"], key=_STR, revision=_INT),
+    "KvDeleted": _obj(["key", "deleted"], key=_STR, deleted={"const": True}),
+    "KvListing": _obj(
+        ["keys", "cursor", "usage"],
+        keys={"type": "array", "items": _STR, "description": "in key order (UTF-8 bytes)"},
+        cursor={"type": ["string", "null"], "description": "the next page's `cursor`; null on the last page"},
+        usage=_obj(["keys", "bytes"], keys=_INT, bytes=_INT),
+    ),
     "InstallUpdate": {
         "type": "object",
         "minProperties": 1,
@@ -246,6 +318,7 @@ def _gateway() -> dict[str, Any]:
 def _paths() -> dict[str, Any]:
     ext = "extensions"
     inst = "installs"
+    state = "install state"
     up = "uploads"
     return {
         "/healthz": {"get": _public(_op("Liveness", _ok("ok", {"type": "object"}), tag="meta"))},
@@ -385,7 +458,89 @@ def _paths() -> dict[str, Any]:
                 body=_ref("InstallUpdate"),
                 tag=inst,
             ),
-            "delete": _op("Uninstall", {**_ok("uninstalled", {"type": "object"}), **_errors(404)}, tag=inst),
+            "delete": {
+                **_op(
+                    "Uninstall; with `purge=true` also delete the install's KV data and secrets (kept otherwise)",
+                    {**_ok("uninstalled", _ref("Uninstalled")), **_errors(400, 404, 503)},
+                    tag=inst,
+                ),
+                "parameters": [
+                    {
+                        "name": "purge",
+                        "in": "query",
+                        "required": False,
+                        "description": "`true`: delete KV data and secrets now (also when no install is left)",
+                        "schema": {"enum": ["true", "false"], "default": "false"},
+                    }
+                ],
+            },
+        },
+        "/installs/{name}/secrets": {
+            "parameters": [_NAME_PARAM],
+            "get": _op(
+                "Admins: the declared secrets and whether each is set (never a value)",
+                {**_ok("secrets", _ref("SecretList")), **_errors(400, 404, 503)},
+                tag=state,
+            ),
+        },
+        "/installs/{name}/secrets/{secret}": {
+            "parameters": [_NAME_PARAM, _SECRET_PARAM],
+            "put": _op(
+                "Admins: set or replace a declared secret (write-only: the value is never returned)",
+                {**_ok("stored", _ref("SecretStatus")), **_errors(400, 404, 503)},
+                body=_ref("SecretValue"),
+                tag=state,
+            ),
+            "delete": _op(
+                "Admins: delete a stored secret",
+                {**_ok("deleted", _ref("SecretDeleted")), **_errors(400, 404, 503)},
+                tag=state,
+            ),
+        },
+        "/installs/{name}/kv": {
+            "get": {
+                **_op(
+                    "Admins: the install's KV keys, one page in key order, and its usage",
+                    {**_ok("keys", _ref("KvListing")), **_errors(400, 404, 503)},
+                    tag=state,
+                ),
+                "parameters": [
+                    _NAME_PARAM,
+                    {"name": "prefix", "in": "query", "required": False, "schema": _STR},
+                    {"name": "cursor", "in": "query", "required": False, "schema": _STR},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 1000},
+                    },
+                ],
+            },
+        },
+        "/installs/{name}/kv/entry": {
+            "parameters": [_NAME_PARAM],
+            "get": {
+                **_op(
+                    "Admins: one key's value and revision",
+                    {**_ok("value", _ref("KvValue")), **_errors(400, 404, 503)},
+                    tag=state,
+                ),
+                "parameters": [_KEY_PARAM],
+            },
+            "put": _op(
+                "Admins: store a value (compare-and-set with `if_revision`)",
+                {**_ok("stored", _ref("KvStored")), **_errors(400, 404, 409, 413, 503)},
+                body=_ref("KvPut"),
+                tag=state,
+            ),
+            "delete": {
+                **_op(
+                    "Admins: delete a key",
+                    {**_ok("deleted", _ref("KvDeleted")), **_errors(400, 404, 503)},
+                    tag=state,
+                ),
+                "parameters": [_KEY_PARAM],
+            },
         },
         "/installs/{name}/rollback": {
             "parameters": [_NAME_PARAM],

@@ -21,6 +21,8 @@ from chalicelib.config import Settings
 from chalicelib.errors import SettingsInvalid
 from chalicelib.gateway.runner_client import CompileClient, RunnerClient, make_compile_client, make_runner_client
 from chalicelib.gateway.service import GatewayService
+from chalicelib.install_state import InstallStateService
+from chalicelib.kv import KvService, make_kv_models
 from chalicelib.logs import log_event
 from chalicelib.registry import (
     ConcurrencyLimiter,
@@ -32,6 +34,7 @@ from chalicelib.registry import (
     make_models,
     utc_now,
 )
+from chalicelib.secrets import SecretsService, make_secret_model
 from chalicelib.storage.multipart import MultipartUploads, S3Multipart
 from chalicelib.storage.presign import S3UploadSigner, UploadSigner
 from chalicelib.storage.s3 import make_s3_client, make_s3_presign_client
@@ -87,6 +90,19 @@ class Services:
     def _install_changed(self, tenant: str, name: str) -> None:
         if "gateway" in self.__dict__:  # only a gateway already built holds cached installs
             self.gateway.forget_install(tenant, name)
+
+    @cached_property
+    def kv(self) -> KvService:
+        return KvService(make_kv_models(self.settings), utc_now)
+
+    @cached_property
+    def secrets(self) -> SecretsService:
+        kms = boto3.client("kms", region_name=self.settings.storage_s3_region)
+        return SecretsService(make_secret_model(self.settings), kms, self.settings.secrets_kms_key_id, utc_now)
+
+    @cached_property
+    def state(self) -> InstallStateService:
+        return InstallStateService(self.installs, self.registry, self.kv, self.secrets)
 
     @cached_property
     def uploads(self) -> UploadService:

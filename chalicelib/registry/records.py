@@ -301,6 +301,9 @@ class VersionRecord:
             "endpoints": plain_json(self.endpoints),
             "capabilities": list(self.capabilities),
             "egress": list(self.egress),
+            # What an admin fills in for an install: the admin UI's config form and secrets list.
+            "config_schema": plain_json(self.manifest.get("config_schema")),
+            "secrets": [plain_json(spec) for spec in self.manifest.get("secrets", ())],
             "size": self.size,
             "signature_status": str(self.signature_status),
             "key_id": self.key_id,

@@ -48,7 +48,8 @@ MUST_AGREE: dict[str, tuple[str, ...]] = {
     ),
     # secrets are written by the API and read by the runner: both must name the same table
     "SECRETS_TABLE_NAME": ("APIHandler", "Runner"),
-    "KV_TABLE_NAME": ("Runner",),
+    # KV data is read and written by the runner (guests) and the API (admins, purge)
+    "KV_TABLE_NAME": ("APIHandler", "Runner"),
 }
 API_ONLY = (
     "EXT_AUTH_SECRET",

@@ -493,7 +493,7 @@ def test_missing_objects_read_as_404_for_every_function_but_listings_stay_in_its
 
 def test_each_function_reaches_only_its_own_tables(stack: Stack) -> None:
     expected = {
-        "APIHandler": {"extensions", "versions", "installs", "uploads", "ratelimits"},
+        "APIHandler": {"extensions", "versions", "installs", "uploads", "ratelimits", "kv"},
         "FinalizeWorker": {"extensions", "versions", "uploads"},
         "Runner": {"kv", "secrets"},
         "RunnerUi": set(),
@@ -629,13 +629,15 @@ KV_ACTIONS = (
 )
 
 
-def test_only_the_runner_reaches_the_kv_table(stack: Stack) -> None:
+def test_only_the_runner_and_the_api_reach_the_kv_table(stack: Stack) -> None:
     for action in KV_ACTIONS:
         assert can(stack, "Runner", action, table_arn("kv")), action
-        assert not can(stack, "APIHandler", action, table_arn("kv")), action
-        assert not can(stack, "FinalizeWorker", action, table_arn("kv")), action
+        assert can(stack, "APIHandler", action, table_arn("kv")), action
+        for function in ("FinalizeWorker", "RunnerUi", "Compiler"):
+            assert not can(stack, function, action, table_arn("kv")), (function, action)
     for action in ("dynamodb:Scan", "dynamodb:BatchWriteItem", "dynamodb:DeleteTable"):
         assert not can(stack, "Runner", action, table_arn("kv")), action
+        assert not can(stack, "APIHandler", action, table_arn("kv")), action
     for registry_table in ("installs", "versions"):
         assert not can(stack, "Runner", "dynamodb:GetItem", table_arn(registry_table))
 
