@@ -84,9 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_keygen, _add_init, _add_build, _add_pack, _add_sign, _add_verify):
         add(sub)
-    from extctl import dev, remote
+    from extctl import dev, remote, state
 
     remote.add_commands(sub)
+    state.add_commands(sub)
     dev.add_command(sub)
     return parser
 

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 
 from extctl.api import ApiClient, dumps, with_retries
 from extctl.publish import publish_bundle
+from extctl.state import confirm_purge
 
 __all__ = ["add_commands"]
 
@@ -42,6 +43,13 @@ def add_commands(sub: Any) -> None:
     for command, text in (("uninstall", "remove the install"), ("enable", "enable"), ("disable", "disable")):
         p = sub.add_parser(command, help=f"{text} an extension in your tenant")
         p.add_argument("name")
+        if command == "uninstall":
+            p.add_argument(
+                "--purge",
+                action="store_true",
+                help="also delete the install's KV data and secrets (kept otherwise, for a reinstall)",
+            )
+            p.add_argument("--yes", action="store_true", help="purge without asking")
         _common(p)
         p.set_defaults(handler=_change, change=command)
 
@@ -110,7 +118,9 @@ def _change(args: argparse.Namespace, out: TextIO) -> None:
     api = _client(args)
     path = f"/installs/{args.name}"
     if args.change == "uninstall":
-        print(dumps(api.delete(path)), file=out)
+        if args.purge and not args.yes:
+            confirm_purge(args.name)
+        print(dumps(api.delete(path + ("?purge=true" if args.purge else ""))), file=out)
     else:
         print(dumps(api.patch(path, {"enabled": args.change == "enable"})), file=out)
 
