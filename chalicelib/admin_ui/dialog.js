@@ -14,6 +14,11 @@ export function dialogOpen() {
   return ui.dialog.open;
 }
 
+// Renames the confirming button of the open dialog (when a choice inside it changes what it does).
+export function setOkLabel(text) {
+  ui.ok.textContent = text;
+}
+
 // Shows the dialog; resolves true when the person confirms.
 export function confirmDialog({ title, body, okLabel, danger = false }) {
   ui.title.textContent = title;

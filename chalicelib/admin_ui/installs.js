@@ -1,12 +1,15 @@
 // The Installed tab: the tenant's installs, each with its switch, version picker, rollback,
-// configuration editor, preview and uninstall; and the preview below them.
+// configuration editor (a form when the version has a config_schema), secrets, preview and
+// uninstall; and the preview below them.
 
-import { api, enc } from "./api.js";
+import { api, ApiError, enc } from "./api.js";
 import { addView, catalog, extensionByName, refresh, versionRecord } from "./catalog.js";
 import { act, changeVersion, grantList } from "./changes.js";
-import { confirmDialog } from "./dialog.js";
+import { configForm, fieldOfMessage, formableSchema } from "./config-form.js";
+import { confirmDialog, setOkLabel } from "./dialog.js";
 import { el, elements, fromTemplate, isPlainObject, plural, slug } from "./dom.js";
 import { closePreview, initPreview, openPreview, previewing, previewProblem } from "./preview.js";
+import { loadSecrets } from "./secrets.js";
 import { tenantName } from "./session.js";
 import { toast } from "./toast.js";
 import { chips, hashElement, signatureBadge, timeElement } from "./widgets.js";
@@ -32,8 +35,10 @@ export function initInstalls() {
 function render() {
   const installs = [...catalog.installs.values()].sort((a, b) => a.extension.localeCompare(b.extension));
   const drafts = openConfigDrafts();
+  const secretsOpen = openSecretPanels();
   ui.list.replaceChildren(...installs.map(installCard));
   restoreConfigDrafts(drafts);
+  reopenSecretPanels(secretsOpen);
   ui.status.textContent =
     installs.length === 0
       ? "Nothing is installed yet. Install a version from the Extensions tab."
@@ -81,6 +86,25 @@ function restoreConfigDrafts(drafts) {
   }
 }
 
+function openSecretPanels() {
+  const names = [];
+  for (const card of ui.list.querySelectorAll(".install-card")) {
+    if (!card.querySelector(".secrets-panel").hidden) {
+      names.push(card.dataset.extension);
+    }
+  }
+  return names;
+}
+
+function reopenSecretPanels(names) {
+  for (const name of names) {
+    const card = ui.list.querySelector(`[data-extension="${CSS.escape(name)}"]`);
+    if (card) {
+      card.querySelector(".inst-secrets").click();
+    }
+  }
+}
+
 function installCard(install) {
   const card = fromTemplate(ui.cardTemplate);
   const id = slug(install.extension);
@@ -113,8 +137,31 @@ function installCard(install) {
   const uninstallButton = card.querySelector(".inst-uninstall");
   uninstallButton.setAttribute("aria-label", `Uninstall ${install.extension}`);
   uninstallButton.addEventListener("click", () => uninstall(install));
-  fillConfigEditor(card, install, id);
+  fillConfigEditor(card, install, id, record);
+  fillSecretsPanel(card, install, id);
   return card;
+}
+
+function fillSecretsPanel(card, install, id) {
+  const toggle = card.querySelector(".inst-secrets");
+  const section = card.querySelector(".secrets-panel");
+  const panel = {
+    list: section.querySelector(".secrets-list"),
+    box: section.querySelector(".secrets-error"),
+    status: section.querySelector(".secrets-status"),
+  };
+  section.id = `secrets-${id}`;
+  section.setAttribute("aria-label", `Secrets of ${install.extension}`);
+  toggle.setAttribute("aria-controls", section.id);
+  toggle.setAttribute("aria-label", `Secrets of ${install.extension}`);
+  toggle.addEventListener("click", () => {
+    const opened = section.hidden;
+    section.hidden = !opened;
+    toggle.setAttribute("aria-expanded", String(opened));
+    if (opened) {
+      loadSecrets(install, panel);
+    }
+  });
 }
 
 function historyList(install) {
@@ -165,27 +212,46 @@ function fillVersionPicker(card, install, id) {
   button.addEventListener("click", () => changeVersion(install, select.value, surface));
 }
 
-function fillConfigEditor(card, install, id) {
+function fillConfigEditor(card, install, id, record) {
   const toggle = card.querySelector(".inst-configure");
   const editor = card.querySelector(".config-editor");
   const text = card.querySelector(".config-text");
   const error = card.querySelector(".config-error");
+  const slot = card.querySelector(".config-form-slot");
+  const schema = record && formableSchema(record.config_schema) ? record.config_schema : null;
   text.id = `config-${id}`;
   error.id = `config-error-${id}`;
   card.querySelector(".config-label").htmlFor = text.id;
   text.setAttribute("aria-describedby", `${error.id}`);
   toggle.setAttribute("aria-controls", `config-editor-${id}`);
   editor.id = `config-editor-${id}`;
+  // With a schema, the form edits the config and the hidden textarea holds its JSON, so a redraw
+  // keeps a draft the same way in both modes.
+  const state = { form: null };
+  const showForm = (config) => {
+    state.form = configForm(schema, config, `cf-${id}`);
+    state.form.element.addEventListener("input", () => {
+      text.value = JSON.stringify(state.form.read().config, null, 2);
+    });
+    slot.replaceChildren(state.form.element);
+  };
+  if (schema) {
+    text.hidden = true;
+    card.querySelector(".config-label").hidden = true;
+  }
   const reset = () => {
     text.value = JSON.stringify(install.config || {}, null, 2);
     showConfigProblem(text, error, null);
+    if (schema) {
+      showForm(install.config || {});
+    }
   };
   const open = (opened) => {
     editor.hidden = !opened;
     toggle.setAttribute("aria-expanded", String(opened));
     if (opened) {
       reset();
-      text.focus();
+      (schema ? slot.querySelector(".cf-input") || text : text).focus();
     }
   };
   toggle.addEventListener("click", () => open(editor.hidden));
@@ -193,8 +259,26 @@ function fillConfigEditor(card, install, id) {
     open(false);
     toggle.focus();
   });
-  text.addEventListener("input", () => showConfigProblem(text, error, configProblem(text.value)));
-  card.querySelector(".config-save").addEventListener("click", () => saveConfig(install, editor, text, error));
+  text.addEventListener("input", () => {
+    if (schema) {
+      const draft = parseConfig(text.value);
+      showForm(draft === null ? install.config || {} : draft);
+    } else {
+      showConfigProblem(text, error, configProblem(text.value));
+    }
+  });
+  card
+    .querySelector(".config-save")
+    .addEventListener("click", () => saveConfig(install, { editor, text, error, form: state.form && state }));
+}
+
+function parseConfig(text) {
+  try {
+    const value = JSON.parse(text);
+    return isPlainObject(value) ? value : null;
+  } catch (_error) {
+    return null;
+  }
 }
 
 // Why `text` is not an acceptable config, or null when it is.
@@ -222,15 +306,54 @@ function showConfigProblem(text, error, problem) {
 
 // ---- changes only this tab makes ----------------------------------------------------------------
 
-async function saveConfig(install, editor, text, error) {
-  const problem = configProblem(text.value);
-  showConfigProblem(text, error, problem);
-  if (problem) {
-    text.focus();
+// Saves the config from the form or the JSON editor. CONFIG_INVALID stays in the editor, next to
+// the field its path names; other failures go to the tab's error box.
+async function saveConfig(install, { editor, text, error, form: formState }) {
+  const form = formState ? formState.form : null;
+  showConfigProblem(text, error, null);
+  let config;
+  if (form) {
+    form.clearErrors();
+    const read = form.read();
+    if (read.problems.length > 0) {
+      for (const [name, problem] of read.problems) {
+        form.showFieldError(name, problem);
+      }
+      form.focusField(read.problems[0][0]);
+      return;
+    }
+    config = read.config;
+  } else {
+    const problem = configProblem(text.value);
+    showConfigProblem(text, error, problem);
+    if (problem) {
+      text.focus();
+      return;
+    }
+    config = JSON.parse(text.value);
+  }
+  let failure = null;
+  try {
+    await api("PATCH", `installs/${enc(install.extension)}`, { config });
+  } catch (caught) {
+    failure = caught;
+  }
+  if (failure instanceof ApiError && failure.code === "CONFIG_INVALID") {
+    const field = fieldOfMessage(failure.message);
+    if (form && field !== null && form.showFieldError(field, failure.message)) {
+      form.focusField(field);
+    } else {
+      showConfigProblem(text, error, failure.message);
+      if (!form) {
+        text.focus();
+      }
+    }
     return;
   }
   await act(install.extension, ".inst-configure", surface, async () => {
-    await api("PATCH", `installs/${enc(install.extension)}`, { config: JSON.parse(text.value) });
+    if (failure) {
+      throw failure;
+    }
     editor.hidden = true; // saved: no draft to keep
     toast(`Saved the configuration of ${install.extension}.`);
   });
@@ -272,12 +395,41 @@ async function toggleEnabled(install) {
   });
 }
 
+// The choice the uninstall dialog offers: keep the install's data for a reinstall, or purge it.
+function dataChoice(name) {
+  const option = (value, title, detail) => {
+    const input = el("input", { type: "radio", name: "uninstall-data", value, className: `uninstall-${value}` });
+    return [input, el("label", {}, [input, el("span", {}, [el("strong", { text: title }), ` ${detail}`])])];
+  };
+  const [keep, keepLabel] = option(
+    "keep",
+    "Keep its data.",
+    `Its key-value data and secrets stay, and come back if you install ${name} again.`,
+  );
+  const [purge, purgeLabel] = option(
+    "purge",
+    "Delete its data too.",
+    "Its key-value data and secrets are erased now, for good.",
+  );
+  keep.checked = true;
+  const fieldset = el("fieldset", { className: "uninstall-choice" }, [
+    el("legend", { text: "Its data" }),
+    keepLabel,
+    purgeLabel,
+  ]);
+  fieldset.addEventListener("change", () => {
+    setOkLabel(purge.checked ? "Uninstall and delete data" : "Uninstall");
+  });
+  return { fieldset, purge };
+}
+
 async function uninstall(install) {
+  const choice = dataChoice(install.extension);
   const confirmed = await confirmDialog({
     title: `Uninstall ${install.extension}?`,
     body: [
       el("p", { text: `Users of tenant ${tenantName()} lose it at once, and its configuration is deleted.` }),
-      el("p", { text: "You can install it again later." }),
+      choice.fieldset,
     ],
     okLabel: "Uninstall",
     danger: true,
@@ -285,12 +437,13 @@ async function uninstall(install) {
   if (!confirmed) {
     return;
   }
+  const purge = choice.purge.checked;
   await act(install.extension, ".inst-uninstall", surface, async () => {
-    await api("DELETE", `installs/${enc(install.extension)}`);
+    await api("DELETE", `installs/${enc(install.extension)}${purge ? "?purge=true" : ""}`);
     const preview = previewing();
     if (preview && preview.name === install.extension) {
       closePreview();
     }
-    toast(`Uninstalled ${install.extension}.`);
+    toast(purge ? `Uninstalled ${install.extension} and deleted its data.` : `Uninstalled ${install.extension}.`);
   });
 }
