@@ -297,7 +297,6 @@ class InstallStateService:
         purge, the data goes whether or not an install was there, so a purge a failure interrupted
         (``KV_UNAVAILABLE``, ``SECRET_UNAVAILABLE``) finishes when sent again.
         """
-        scope = InstallScope(tenant, extension)
         try:
             self._installs.uninstall(tenant, extension)
             removed = True
@@ -307,5 +306,6 @@ class InstallStateService:
             removed = False
         if not query.purge:
             return Uninstalled(extension, removed)
+        scope = InstallScope(tenant, extension)
         purged = Purged(kv_keys=self._kv.purge(scope), secrets=self._secrets.purge(scope))
         return Uninstalled(extension, removed, purged)

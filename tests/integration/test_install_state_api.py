@@ -293,6 +293,9 @@ def test_purge_finishes_the_data_of_an_install_already_gone_and_plain_uninstall_
     assert code(again) == "NOT_INSTALLED"
     assert purged.json == {"extension": NAME, "status": "purged", "purged": {"kv_keys": 1, "secrets": 0}}
     assert code(bad) == "BAD_REQUEST"
+    # A name no extension can have: nothing installed, and no scope to purge.
+    assert code(call(installed, "DELETE", "/installs/Not_A_Name")) == "NOT_INSTALLED"
+    assert code(call(installed, "DELETE", "/installs/Not_A_Name", purge="true")) == "BAD_REQUEST"
 
 
 # --- tenant isolation ----------------------------------------------------------------------------------------
