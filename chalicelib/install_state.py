@@ -24,7 +24,7 @@ from chalicelib.errors import BadRequest, KvNotFound, NotInstalled, SecretNotFou
 from chalicelib.kv import KvEntry, KvPage, KvService, KvUsage
 from chalicelib.registry import InstallService, RegistryService
 from chalicelib.secrets import PutSecretRequest, SecretList, SecretsService, SecretStatus
-from chalicelib.tenancy import InstallScope
+from chalicelib.tenancy import InstallScope, is_extension_name
 
 __all__ = [
     "InstallStateService",
@@ -295,13 +295,14 @@ class InstallStateService:
 
         Without purge, no install is :class:`NotInstalled`, and the data stays for a reinstall.  With
         purge, the data goes whether or not an install was there, so a purge a failure interrupted
-        (``KV_UNAVAILABLE``, ``SECRET_UNAVAILABLE``) finishes when sent again.
+        (``KV_UNAVAILABLE``, ``SECRET_UNAVAILABLE``) finishes when sent again; a name no extension can
+        have holds no data and stays :class:`NotInstalled`.
         """
         try:
             self._installs.uninstall(tenant, extension)
             removed = True
         except NotInstalled:
-            if not query.purge:
+            if not query.purge or not is_extension_name(extension):
                 raise
             removed = False
         if not query.purge:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from chalicelib.errors import BadRequest
 
-__all__ = ["EXTENSION_NAME", "TENANT_ID", "InstallScope"]
+__all__ = ["EXTENSION_NAME", "TENANT_ID", "InstallScope", "is_extension_name"]
 
 TENANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 """A token's ``tenant`` claim (``chalicelib.auth`` accepts nothing else)."""
@@ -22,6 +22,11 @@ EXTENSION_NAME = re.compile(r"[a-z][a-z0-9-]*(\.[a-z0-9][a-z0-9-]*)+")
 """A manifest ``name`` (the schema's pattern; a test holds the two together), at most 128 characters."""
 
 _MAX_NAME = 128
+
+
+def is_extension_name(name: str) -> bool:
+    """Whether ``name`` is one an extension can have (so state may exist under it)."""
+    return len(name) <= _MAX_NAME and EXTENSION_NAME.fullmatch(name) is not None
 
 
 @dataclass(frozen=True)
@@ -34,7 +39,7 @@ class InstallScope:
     def __post_init__(self) -> None:
         if not TENANT_ID.fullmatch(self.tenant):
             raise BadRequest(f"{self.tenant[:80]!r} is not a tenant id")
-        if len(self.extension) > _MAX_NAME or not EXTENSION_NAME.fullmatch(self.extension):
+        if not is_extension_name(self.extension):
             raise BadRequest(f"{self.extension[:140]!r} is not an extension name")
 
     @property
