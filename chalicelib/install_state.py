@@ -21,6 +21,7 @@ from typing import Any
 
 from chalicelib.bundles.manifest import SecretSpec
 from chalicelib.errors import BadRequest, KvNotFound, NotInstalled, SecretNotFound
+from chalicelib.json_values import as_integer
 from chalicelib.kv import KvEntry, KvPage, KvService, KvUsage
 from chalicelib.registry import InstallService, RegistryService
 from chalicelib.secrets import PutSecretRequest, SecretList, SecretsService, SecretStatus
@@ -96,10 +97,9 @@ class KvPutRequest:
                 value = base64.b64decode(_required_text(body, "value_b64"), validate=True)
             except (binascii.Error, ValueError):
                 raise BadRequest("`value_b64` must be standard base64") from None
-        revision = body.get("if_revision")
-        if revision is not None and (
-            isinstance(revision, bool) or not isinstance(revision, int) or not 0 <= revision < _U64
-        ):
+        raw = body.get("if_revision")
+        revision = as_integer(raw)
+        if raw is not None and (revision is None or not 0 <= revision < _U64):
             raise BadRequest("`if_revision` must be null or an integer from 0 to 2**64 - 1")
         return cls(key=key, value=value, if_revision=revision)
 
@@ -133,7 +133,7 @@ class KvListQuery:
             if not raw_limit.isascii() or not raw_limit.isdigit() or not 1 <= int(raw_limit) <= _MAX_PAGE:
                 raise BadRequest(f"`limit` must be an integer from 1 to {_MAX_PAGE}")
             limit = int(raw_limit)
-        return cls(prefix=_text(query, "prefix") or "", cursor=_text(query, "cursor"), limit=limit)
+        return cls(prefix=_text(query, "prefix") or "", cursor=_text(query, "cursor") or None, limit=limit)
 
 
 @dataclass(frozen=True)
@@ -237,13 +237,13 @@ class InstallStateService:
         self._secrets = secrets
 
     def _installed(self, tenant: str, extension: str) -> InstallScope:
-        scope = InstallScope(tenant, extension)
+        # The install first: a name no extension can have is not installed, like any other absent one.
         self._installs.get(tenant, extension)
-        return scope
+        return InstallScope(tenant, extension)
 
     def _declared(self, tenant: str, extension: str) -> tuple[InstallScope, tuple[SecretSpec, ...]]:
-        scope = InstallScope(tenant, extension)
         install = self._installs.get(tenant, extension)
+        scope = InstallScope(tenant, extension)
         version = self._registry.get_version(extension, install.version)
         return scope, SecretSpec.from_manifest(version.manifest)
 

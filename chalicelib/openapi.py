@@ -70,7 +70,17 @@ _SECRET_NAME = {"type": "string", "pattern": "^[A-Z][A-Z0-9_]{0,63}$"}
 # ``required`` is also _obj's first parameter: schemas with a property of that name are spelt out.
 _SECRET_SPEC: dict[str, Any] = {"name": _SECRET_NAME, "description": {"type": ["string", "null"]}, "required": _BOOL}
 _SECRET_PARAM = {"name": "secret", "in": "path", "required": True, "schema": _STR, "description": "a declared name"}
-_KEY_PARAM = {"name": "key", "in": "query", "required": True, "schema": _STR, "description": "the key (any UTF-8)"}
+_KV_KEY = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 512,
+    "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f\\ud800-\\udfff]+$",
+    "description": "1–512 bytes of UTF-8, no control characters",
+}
+_UTF8_TEXT = {"type": "string", "pattern": "^[^\\ud800-\\udfff]*$"}
+"""Text that encodes as UTF-8 (no lone surrogates)."""
+_BASE64 = {"type": "string", "pattern": "^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"}
+_KEY_PARAM = {"name": "key", "in": "query", "required": True, "schema": _KV_KEY, "description": "the key"}
 
 _B64_TAIL = "([A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=|[A-Za-z0-9+/][AQgw]==)?"
 _ED25519_SIGNATURE = {"type": "string", "pattern": "^[A-Za-z0-9+/]{85}[AQgw]==$"}
@@ -237,7 +247,7 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["value"],
         "additionalProperties": False,
-        "properties": {"value": {"type": "string", "description": "1 B to 8 KiB of UTF-8; never returned"}},
+        "properties": {"value": {**_UTF8_TEXT, "minLength": 1, "description": "1 B to 8 KiB of UTF-8; never returned"}},
     },
     "SecretStatus": {
         "type": "object",
@@ -260,9 +270,9 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["key"],
         "additionalProperties": False,
         "properties": {
-            "key": {"type": "string", "description": "1–512 bytes of UTF-8, no control characters"},
-            "value": {"type": "string", "description": "UTF-8 text to store (or `value_b64`)"},
-            "value_b64": {"type": "string", "contentEncoding": "base64", "description": "bytes to store, ≤ 64 KiB"},
+            "key": _KV_KEY,
+            "value": {**_UTF8_TEXT, "description": "UTF-8 text to store (or `value_b64`)"},
+            "value_b64": {**_BASE64, "contentEncoding": "base64", "description": "bytes to store, ≤ 64 KiB"},
             "if_revision": {
                 "type": ["integer", "null"],
                 "minimum": 0,
@@ -506,7 +516,13 @@ def _paths() -> dict[str, Any]:
                 ),
                 "parameters": [
                     _NAME_PARAM,
-                    {"name": "prefix", "in": "query", "required": False, "schema": _STR},
+                    {
+                        "name": "prefix",
+                        "in": "query",
+                        "required": False,
+                        "schema": {**_KV_KEY, "minLength": 0, "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f\\ud800-\\udfff]*$"},
+                        "description": "keys starting with it (at most 512 bytes of UTF-8)",
+                    },
                     {"name": "cursor", "in": "query", "required": False, "schema": _STR},
                     {
                         "name": "limit",

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from chalicelib.bundles.signing import SignatureEnvelope
 from chalicelib.errors import BadRequest
+from chalicelib.json_values import as_integer
 from chalicelib.registry import UploadState
 from chalicelib.storage.multipart import UploadedPart
 from chalicelib.storage.presign import PresignedPart
@@ -114,11 +115,10 @@ def _envelope(value: Any) -> SignatureEnvelope | None:
 
 
 def _size(value: Any) -> int:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)  # JSON's 4096.0 is the integer 4096 (JSON Schema agrees)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    size = as_integer(value)
+    if size is None or size <= 0:
         raise BadRequest("`size` must be the bundle's size in bytes, a positive integer")
-    return value
+    return size
 
 
 def _parts(value: Any) -> tuple[UploadedPart, ...] | None:
