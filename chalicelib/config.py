@@ -208,7 +208,7 @@ SETTINGS: tuple[Setting, ...] = (
         _parse_int,
         64,
         "UI requests one runner process serves at once (HTTP mode; in AWS the UI function's reserved "
-        "concurrency); more get `503 RUNNER_BUSY`.",
+        "concurrency); more wait up to 1 s for a slot, then get `503 RUNNER_BUSY`.",
         1,
     ),
     _row("RUNNER_DEFAULT_TIMEOUT_MS", _parse_int, 5000, "Per-call deadline when the manifest asks for none.", 10),

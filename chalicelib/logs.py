@@ -20,7 +20,16 @@ from typing import Any
 
 from chalicelib.errors import ExtError
 
-__all__ = ["LOGGER", "JsonFormatter", "bind", "configure_logging", "log_event", "stage", "stage_at"]
+__all__ = [
+    "LOGGER",
+    "JsonFormatter",
+    "bind",
+    "configure_logging",
+    "log_connection_error",
+    "log_event",
+    "stage",
+    "stage_at",
+]
 
 LOGGER = logging.getLogger("ext")
 _BOUND: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
@@ -71,6 +80,21 @@ def bind(**fields: Any) -> Iterator[None]:
 
 def log_event(event: str, *, level: int = logging.INFO, **fields: Any) -> None:
     LOGGER.log(level, event, extra=_extra(fields))
+
+
+def log_connection_error(event: str, client: object) -> None:
+    """Log the exception a server is handling outside any request's own handling (its ``handle_error``).
+
+    A client that went away (reset, broken pipe, timed out) is ordinary traffic: one ``debug`` line with
+    ``outcome: client_disconnected`` and no traceback.  Anything else is an ``error`` with its traceback.
+    """
+    failure = sys.exc_info()[1]
+    if isinstance(failure, ConnectionError | TimeoutError):
+        log_event(
+            event, level=logging.DEBUG, outcome="client_disconnected", error=type(failure).__name__, client=str(client)
+        )
+        return
+    LOGGER.exception(event, extra=_extra({"outcome": "error", "client": str(client)}))
 
 
 @contextmanager

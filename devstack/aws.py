@@ -18,6 +18,7 @@ every moto server in one process shares it.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -26,7 +27,10 @@ from typing import Any
 
 import requests
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import ThreadedWSGIServer
+
+from chalicelib.logs import log_connection_error, log_event
+from runner_container.server import LISTEN_BACKLOG
 
 __all__ = ["AwsServer", "aws_environment"]
 
@@ -53,14 +57,42 @@ class _DynamoDbOneAtATime:
             return list(self._app(environ, start_response))
 
 
+class _AwsRequestHandler(MotoRequestHandler):
+    """moto's handler without werkzeug's access log: the pump alone polls SQS every second."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """Not logged: the platform's own lines say what it asked of AWS."""
+
+    def log(self, type: str, message: str, *args: Any) -> None:
+        """werkzeug's other lines about a request (a malformed one, say) as JSON."""
+        _log_werkzeug(type, message % args if args else message)
+
+
+def _log_werkzeug(type: str, message: str) -> None:
+    """A line werkzeug would write to stderr itself, as a JSON line of the dev log at its level."""
+    level = logging.ERROR if type == "error" else logging.INFO
+    log_event("aws.server", level=level, message=message.rstrip())
+
+
+class _AwsHttpServer(ThreadedWSGIServer):
+    """werkzeug's threaded server, holding a burst of connections, logging as the rest of the stack."""
+
+    request_queue_size = LISTEN_BACKLOG
+
+    def log(self, type: str, message: str, *args: Any) -> None:
+        """A request moto failed on, with werkzeug's traceback in the message."""
+        _log_werkzeug(type, message % args if args else message)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log_connection_error("aws.connection_error", client_address)
+
+
 class AwsServer:
     """moto's server on 127.0.0.1: :meth:`start` it, use :attr:`url`, :meth:`stop` it."""
 
     def __init__(self, port: int = 0) -> None:
         app = _DynamoDbOneAtATime(DomainDispatcherApplication(create_backend_app))
-        self._server: BaseWSGIServer = make_server(
-            "127.0.0.1", port, app, threaded=True, request_handler=MotoRequestHandler
-        )
+        self._server = _AwsHttpServer("127.0.0.1", port, app, handler=_AwsRequestHandler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="moto", daemon=True)
 
     @property

@@ -18,8 +18,14 @@ def free_port() -> int:
 
 
 def ensure_free(port: int) -> None:
-    """Refuse a busy port up front, with a message a person can act on."""
+    """Refuse a busy port up front, with a message a person can act on.
+
+    Busy means something listens on it.  Connections a stopped server left in TIME_WAIT do not count:
+    the servers bind with ``SO_REUSEADDR`` (as the standard library's HTTP servers do), so this check
+    does too, and a restart on the same ports succeeds at once.
+    """
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

@@ -8,6 +8,7 @@ The runner's server is :mod:`runner_container.server`'s own (its HTTP mode); the
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import uuid
 from http import HTTPStatus
@@ -27,6 +28,8 @@ from chalice.local import (
 )
 
 from chalicelib.errors import BadRequest, ExtError, Forbidden, MethodNotAllowed, RouteNotFound
+from chalicelib.logs import log_connection_error, log_event
+from runner_container.server import LISTEN_BACKLOG
 
 __all__ = ["ApiServer", "chalice_config"]
 
@@ -80,6 +83,23 @@ class _ApiHandler(ChaliceRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """One JSON line at ``debug`` (the standard library writes a line of its own to stderr)."""
+        log_event("api.request", level=logging.DEBUG, method=self.command, path=self.path, status=str(code))
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """The standard library's other notes (a malformed request, a timeout): a JSON line at ``debug``."""
+        log_event("api.http", level=logging.DEBUG, message=format % args)
+
+
+class _ApiHttpServer(ThreadedHTTPServer):
+    """Chalice's threaded server, holding a burst of connections, logging a failed one as JSON."""
+
+    request_queue_size = LISTEN_BACKLOG
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log_connection_error("api.connection_error", client_address)
+
 
 class ApiServer:
     """The Chalice ``app`` on 127.0.0.1:``port`` (0: a free one), bound at construction.
@@ -90,9 +110,7 @@ class ApiServer:
     def __init__(self, app: Any, port: int, config: Config | None = None) -> None:
         config = config or chalice_config()
         _local_ready(app, config)
-        self._local = LocalDevServer(
-            app, config, "127.0.0.1", port, handler_cls=_ApiHandler, server_cls=ThreadedHTTPServer
-        )
+        self._local = LocalDevServer(app, config, "127.0.0.1", port, handler_cls=_ApiHandler, server_cls=_ApiHttpServer)
 
     @property
     def port(self) -> int:

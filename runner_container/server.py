@@ -45,7 +45,7 @@ from chalicelib.errors import (
     SettingsInvalid,
     Unauthenticated,
 )
-from chalicelib.logs import LOGGER, log_event
+from chalicelib.logs import LOGGER, log_connection_error, log_event
 from runner_container.http_responses import (
     SAFE_METHODS,
     HttpResponse,
@@ -57,11 +57,17 @@ from runner_container.http_responses import (
 from runner_container.service import RunnerService, build_service
 from runner_container.ui import UI_PREFIX
 
-__all__ = ["MAX_BODY_BYTES", "RunnerHTTPServer", "make_server", "serve"]
+__all__ = ["LISTEN_BACKLOG", "MAX_BODY_BYTES", "RunnerHTTPServer", "make_server", "serve"]
 
 MAX_BODY_BYTES = 6 * 1024 * 1024
 """Largest execute/precompile body: the gateway's body cap (default 4 MiB) plus its JSON envelope."""
 IDLE_TIMEOUT_S = 30
+LISTEN_BACKLOG = 1024
+"""Connections the kernel queues before this server accepts them (capped by ``net.core.somaxconn``).
+
+The standard library's default of 5 resets or stalls a burst of connections (a page loading its
+assets, a load test): the server accepts them one by one, on one thread, however many arrive at once.
+"""
 DRAIN_TIMEOUT_S = 10.0
 _COPY_CHUNK = 64 * 1024
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -86,6 +92,7 @@ class RunnerHTTPServer(ThreadingHTTPServer):
     """A threading HTTP server bound to one :class:`RunnerService`; ``auth_token`` None means no auth."""
 
     daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
 
     def __init__(self, address: tuple[str, int], service: RunnerService, auth_token: str | None) -> None:
         super().__init__(address, _Handler)
@@ -110,7 +117,7 @@ class RunnerHTTPServer(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A connection failed outside any request's own error handling: log it (the base class prints)."""
-        LOGGER.exception("runner.connection_error", extra={"client": str(client_address)})
+        log_connection_error("runner.connection_error", client_address)
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no request is being handled (after :meth:`shutdown`); False if time ran out."""

@@ -10,12 +10,12 @@
 2. check the asset path (:func:`normalize_asset_path`): decoded once; ``..`` or ``.`` segments, empty
    segments, backslashes, NUL and other control characters, a leading ``/`` and double-encoded
    sequences are all ``400`` (even in spellings the lookup below would never match);
-3. take one of the server's ``max_concurrency`` slots (``503 RUNNER_BUSY`` when none is free) and lease the
-   bundle's UI from the cache (verified, only ``manifest.json`` and ``ui/`` unpacked; no compiling); both
-   are held until the response's file is closed.  Require the manifest name to equal ``{extension}``, else
-   ``404``.  That is how "some version of this extension has this hash" is
-   checked without a database: only finalize writes under ``sha256/``, and only once the registry took
-   the version;
+3. take one of the server's ``max_concurrency`` slots (``503 RUNNER_BUSY`` when none frees up within
+   :data:`SLOT_WAIT_S`) and lease the bundle's UI from the cache (verified, only ``manifest.json`` and
+   ``ui/`` unpacked; no compiling); both are held until the response's file is closed.  Require the
+   manifest name to equal ``{extension}``, else ``404``.  That is how "some version of this extension
+   has this hash" is checked without a database: only finalize writes under ``sha256/``, and only once
+   the registry took the version;
 4. resolve (:func:`resolve_asset`) against the bundle's verified file list, never the file system: an empty
    path is ``ui.entry``; an existing file is itself; a missing extensionless path falls back to
    ``ui.entry`` (single-page apps); a missing path with an extension is ``404``;
@@ -273,13 +273,20 @@ class _LeasedFile(io.BufferedReader):
             self._held.close()
 
 
+SLOT_WAIT_S = 1.0
+"""How long a UI request waits for a free slot before ``503 RUNNER_BUSY``: a page loading its assets
+at once queues briefly behind the cap instead of losing some of them."""
+
+
 class UiServer:
     """Answers ``/ext-ui/…`` requests from the bundle cache, at most ``max_concurrency`` at once
-    (more get ``503 RUNNER_BUSY``: UI traffic cannot take what calls need)."""
+    (more wait up to ``slot_wait_s`` for a slot, then get ``503 RUNNER_BUSY``: UI traffic cannot take
+    what calls need)."""
 
-    def __init__(self, cache: BundleCache, max_concurrency: int = 64) -> None:
+    def __init__(self, cache: BundleCache, max_concurrency: int = 64, slot_wait_s: float = SLOT_WAIT_S) -> None:
         self._cache = cache
         self._max_concurrency = max_concurrency
+        self._slot_wait_s = slot_wait_s
         self._slots = threading.BoundedSemaphore(max_concurrency)
 
     def serve(
@@ -305,7 +312,7 @@ class UiServer:
                 target = parse_ui_path(raw_path)
                 if target.redirect is not None:
                     return HttpResponse(308, redirect_headers(target.redirect))
-                if not self._slots.acquire(blocking=False):
+                if not self._slots.acquire(timeout=self._slot_wait_s):
                     raise RunnerBusy(
                         f"this runner is answering {self._max_concurrency} UI requests; retry shortly", retry_after=1
                     )
