@@ -41,7 +41,8 @@ class StackConfig:
 
     ``port``: the API's (the runner takes PORT+1, moto PORT+2); 0 picks free ports.  ``environment``:
     settings as a process environment holds them (``extctl dev`` passes its own), beneath the stack's
-    own wiring; ``settings``: settings over it (tests and benchmarks).
+    own wiring, except ``EXT_AUTH_SECRET``, which the stack uses when set (else a random one);
+    ``settings``: settings over it (tests and benchmarks).
     """
 
     port: int = 0
@@ -127,7 +128,8 @@ class LocalStack:
         wiring = {
             "STORAGE_S3_BUCKET": BUCKET,
             "STORAGE_S3_FORCE_PATH_STYLE": "true",
-            "EXT_AUTH_SECRET": secrets.token_urlsafe(32),
+            # A secret the environment gives lets a person or a test mint tokens of any tenant and role.
+            "EXT_AUTH_SECRET": self.config.environment.get("EXT_AUTH_SECRET") or secrets.token_urlsafe(32),
             "RUNNER_AUTH_TOKEN": secrets.token_urlsafe(32),
             # The gateway calls the runner over HTTP, and the runner runs its compile jobs itself.
             "RUNNER_FUNCTION_NAME": "",

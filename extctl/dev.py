@@ -58,6 +58,8 @@ def run_dev(args: argparse.Namespace, out: TextIO) -> None:
     stopped = threading.Event()
     try:
         urls = stack.start()
+        if os.environ.get("EXT_AUTH_SECRET"):
+            print("tokens: HS256 with EXT_AUTH_SECRET from the environment", file=sys.stderr)
         if not args.no_example:
             example = publish_example(urls, args.key)
             print(

@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from chalicelib.admin_ui import ASSETS
+from chalicelib.auth import issue_token
 from chalicelib.errors import UsageError
 from devstack.ports import ensure_free, free_port
 
@@ -30,7 +31,12 @@ EXTCTL = str(Path(sys.executable).parent / "extctl")
 BURST = 200
 CLIENT_TIMEOUT_S = 60
 """A client gives up after this long: a stalled connection counts as failed, not as slow."""
-HUMAN_LINES = ("installed com.example.hello@", "ready; press Ctrl-C to stop", "stopping…")
+HUMAN_LINES = (
+    "installed com.example.hello@",
+    "tokens: HS256 with EXT_AUTH_SECRET",
+    "ready; press Ctrl-C to stop",
+    "stopping…",
+)
 """How the lines `extctl dev` itself prints on stderr start; every other line of its log is a JSON record."""
 
 
@@ -257,3 +263,27 @@ def test_dev_refuses_a_port_really_in_use_with_a_usage_error(tmp_path: Path) -> 
         f"error: USAGE: port {port + 1} on 127.0.0.1 is in use; stop what uses it or pass another --port"
     )
     assert "Traceback" not in ran.stderr
+
+
+def test_dev_takes_ext_auth_secret_from_the_environment_so_tokens_of_any_tenant_work(tmp_path: Path) -> None:
+    secret = "a-secret-this-test-chose-0123456789"
+    dev = start_dev(tmp_path, free_ports(), env={"EXT_AUTH_SECRET": secret})
+    try:
+        api = dev.urls["EXT_API_URL"]
+        minted = issue_token(secret, sub="tester", tenant="globex", roles=["user"], ttl_seconds=600)
+        forged = issue_token("some-other-secret-0123456789abcdef", sub="x", tenant="globex", roles=["user"])
+
+        mine = requests.get(f"{api}/installs", headers={"Authorization": f"Bearer {minted}"}, timeout=30)
+        refused = requests.get(f"{api}/installs", headers={"Authorization": f"Bearer {forged}"}, timeout=30)
+        as_user = requests.post(
+            f"{api}/installs", json={"extension": EXAMPLE}, headers={"Authorization": f"Bearer {minted}"}, timeout=30
+        )
+    finally:
+        assert dev.stop() == 0
+
+    assert mine.status_code == 200, mine.text
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "UNAUTHENTICATED"
+    # The token's role holds: a user of tenant globex is not an admin.
+    assert as_user.status_code == 403, as_user.text
+    assert "tokens: HS256 with EXT_AUTH_SECRET from the environment" in dev.lines()
