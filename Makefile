@@ -7,7 +7,7 @@ JS_STAMP := sdk/js/node_modules/.installed
 
 .PHONY: dev test lint typecheck pytest bench example venv clean infra-check deploy
 
-$(STAMP): requirements.txt runner_container/requirements.txt requirements-dev.txt pyproject.toml
+$(STAMP): requirements.txt requirements-cli.txt runner_container/requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements-dev.txt

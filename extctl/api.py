@@ -6,11 +6,12 @@ import json
 import random
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
-
-import requests
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from chalicelib.errors import ApiUnreachable, ExtError, UsageError, error_for_code
+
+if TYPE_CHECKING:
+    import requests
 
 __all__ = ["ApiClient", "with_retries"]
 
@@ -46,12 +47,17 @@ class ApiClient:
             raise UsageError("no API URL: pass --api or set EXT_API_URL (extctl dev prints it)")
         if not token:
             raise UsageError("no token: pass --token or set EXT_TOKEN (extctl dev prints one)")
+        # Imported on first use: requests (and urllib3) take longer to import than `extctl --help` to run.
+        import requests
+
         self.base_url = base_url.rstrip("/")
-        self._session = requests.Session()
+        self._session: requests.Session = requests.Session()
         self._session.headers.update({"Authorization": f"Bearer {token}", "Accept": "application/json"})
         self._timeout = timeout_s
 
     def request(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
+        import requests
+
         try:
             response = self._session.request(method, self.base_url + path, json=body, timeout=self._timeout)
         except requests.RequestException as exc:
@@ -84,6 +90,8 @@ class ApiClient:
 
     def put_bytes(self, url: str, data: bytes, headers: Mapping[str, str]) -> str:
         """PUT ``data`` to a presigned URL (no bearer token); returns the ETag."""
+        import requests
+
         try:
             response = requests.put(url, data=data, headers=dict(headers), timeout=self._timeout)
         except requests.RequestException as exc:

@@ -16,7 +16,11 @@ from chalicelib.errors import UsageError
 if TYPE_CHECKING:
     from devstack.stack import StackUrls
 
-__all__ = ["add_command", "publish_example"]
+__all__ = ["SERVER_INSTALL", "add_command", "publish_example"]
+
+SERVER_INSTALL = "pip install 'ext-platform[server]'"
+"""What adds the platform's own packages (Chalice, moto, wasmtime…) to a CLI-only install."""
+_OWN_PACKAGES = frozenset({"app", "chalicelib", "devstack", "extctl", "runner_container"})
 
 
 def add_command(sub: Any) -> None:
@@ -48,9 +52,24 @@ def publish_example(urls: StackUrls, key: Path | None) -> dict[str, Any]:
         return result
 
 
+def _require_server_packages() -> None:
+    """Import :mod:`devstack.stack`, or raise a usage error naming the install command when the platform's
+    own packages are missing (the CLI installs without them)."""
+    try:
+        import devstack.stack  # noqa: F401 - only whether it imports
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.partition(".")[0] in _OWN_PACKAGES:
+            raise
+        raise UsageError(
+            f"extctl dev runs the whole platform, which needs packages this install lacks ({exc.name}): "
+            f"{SERVER_INSTALL} (in a checkout: make venv)"
+        ) from None
+
+
 def run_dev(args: argparse.Namespace, out: TextIO) -> None:
     if args.trust_bundle and not args.key and not args.no_example:
         raise UsageError("with --trust-bundle, pass --key to sign the example (or --no-example)")
+    _require_server_packages()
     from devstack.stack import LocalStack, StackConfig
 
     # The platform's settings a developer exported (egress allow-list, limits…) apply to the stack too.

@@ -8,10 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
-
 from extctl.api import ApiClient, dumps, with_retries
-from extctl.publish import publish_bundle
 from extctl.state import confirm_purge
 
 __all__ = ["add_commands"]
@@ -86,6 +83,11 @@ def add_commands(sub: Any) -> None:
 
 
 def _publish(args: argparse.Namespace, out: TextIO) -> None:
+    # Imported here: rich and the bundle verifier cost more start-up time than every other command needs.
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    from extctl.publish import publish_bundle
+
     api = _client(args)
     columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
     with Progress("[progress.description]{task.description}", *columns, transient=True, console=None) as bar:

@@ -18,9 +18,10 @@ from chalicelib.errors import UsageError
 
 __all__ = ["LANGUAGES", "TEMPLATE", "InitResult", "init_project"]
 
-_ROOT = Path(__file__).resolve().parent.parent
-TEMPLATE = _ROOT / "examples" / "hello"
-_TEMPLATES = {"c": TEMPLATE, "python": _ROOT / "examples" / "hello-python", "js": _ROOT / "examples" / "hello-js"}
+# In a checkout these are symbolic links to examples/ and sdk/; a built wheel holds copies.
+_ROOT = Path(__file__).resolve().parent / "templates"
+TEMPLATE = _ROOT / "hello"
+_TEMPLATES = {"c": TEMPLATE, "python": _ROOT / "hello-python", "js": _ROOT / "hello-js"}
 LANGUAGES = tuple(_TEMPLATES)
 _SDK = _ROOT / "sdk"
 _COPIED = ("manifest.json", "README.md", "src", "dist", "ui")
@@ -62,7 +63,7 @@ def init_project(name: str, directory: Path | None = None, lang: str = "c") -> I
     if template is None:
         raise UsageError(f"unknown language {lang!r}; choose one of {', '.join(LANGUAGES)}")
     if not template.is_dir():
-        raise UsageError(f"the example template is missing at {template}; install extctl from a source checkout")
+        raise UsageError(f"the example template is missing at {template}; reinstall extctl (pip install ext-platform)")
     manifest = json.loads((template / "manifest.json").read_text("utf-8"))
     manifest["name"] = name
     if isinstance(manifest.get("ui", {}).get("hooks", {}).get("appMenu"), dict):

@@ -2,9 +2,10 @@
 
 The workflow's own ``run:`` scripts (build, pack, sign, publish) are executed unchanged, as GitHub
 Actions runs them (``bash --noprofile --norc -eo pipefail``), in a fresh extension project, with the
-``.venv/bin/extctl`` console script first on PATH, the secrets and variables the workflow expects,
-and a local stack whose trust bundle holds the signing key: what CI publishes is what the platform
-then serves, signed and verified.
+CLI the workflow's setup step installs (a plain ``pip install`` of the project: the CLI alone, in a
+fresh virtualenv; tests/e2e/conftest.py) first on PATH, the secrets and variables the workflow
+expects, and a local stack whose trust bundle holds the signing key: what CI publishes is what the
+platform then serves, signed and verified.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +25,15 @@ import requests
 import yaml  # type: ignore[import-untyped]
 
 from devstack.stack import LocalStack, StackConfig, StackUrls
+from tests.e2e.conftest import CLI_INSTALL_GROUP, CliInstall
+
+pytestmark = pytest.mark.xdist_group(CLI_INSTALL_GROUP)
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW = ROOT / "docs" / "ci" / "publish-extension.yml"
-VENV_BIN = Path(sys.executable).parent
 EXTENSION = "com.acme.ci-demo"
 LOCAL_STEPS = ("build", "pack", "sign", "publish")
-"""Steps run here; ``setup`` (apt and pip) is what this machine's .venv already is."""
+"""Steps run here; ``setup`` (apt and pip) is the system's clang and :func:`tests.e2e.conftest.cli_install`."""
 _EXPRESSION = re.compile(r"\$\{\{\s*(vars|secrets)\.([A-Z0-9_]+)\s*\}\}")
 
 
@@ -65,30 +67,32 @@ def resolve(env: Mapping[str, str], context: Mapping[str, Mapping[str, str]]) ->
     return resolved
 
 
-def extctl(*args: str, env: Mapping[str, str], cwd: Path) -> str:
-    done = subprocess.run([str(VENV_BIN / "extctl"), *args], cwd=cwd, env=env, capture_output=True, text=True)
+def extctl(cli: CliInstall, *args: str, env: Mapping[str, str], cwd: Path) -> str:
+    done = subprocess.run([str(cli.extctl), *args], cwd=cwd, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
 
 @pytest.fixture(scope="module")
-def published(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Published]:
+def published(tmp_path_factory: pytest.TempPathFactory, cli_install: CliInstall) -> Iterator[Published]:
     if not (shutil.which("clang") and shutil.which("wasm-ld")):
         pytest.skip("the workflow's build step needs clang and wasm-ld (.ci/run installs them)")
     work = tmp_path_factory.mktemp("ci")
     base_env = {
-        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PATH": f"{cli_install.bin}{os.pathsep}{os.environ.get('PATH', '')}",
         "HOME": str(work / "home"),
         "XDG_CACHE_HOME": str(work / "cache"),
         "RUNNER_TEMP": str(work / "runner-temp"),
         "LANG": "C.UTF-8",
     }
     (work / "runner-temp").mkdir()
-    key_id = extctl("keygen", "--out", str(work / "keys"), "--name", "ci", env=base_env, cwd=work).splitlines()[-1]
+    key_id = extctl(
+        cli_install, "keygen", "--out", str(work / "keys"), "--name", "ci", env=base_env, cwd=work
+    ).splitlines()[-1]
     public_key = (work / "keys" / "ci.pub").read_text("utf-8")
     trust_bundle = f"# name: acme CI\n# scope: com.acme.*\n{public_key}"
     project = work / "repo"
-    extctl("init", EXTENSION, "--dir", str(project), env=base_env, cwd=work)
+    extctl(cli_install, "init", EXTENSION, "--dir", str(project), env=base_env, cwd=work)
 
     stack = LocalStack(StackConfig(trust_bundle=trust_bundle, cache_dir=work / "runner-cache"))
     try:
