@@ -7,8 +7,8 @@ import os
 import signal
 import sys
 import tempfile
-import threading
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
 
 from chalicelib.errors import UsageError
@@ -66,6 +66,19 @@ def _require_server_packages() -> None:
         ) from None
 
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _StopRequested(Exception):
+    """SIGINT or SIGTERM arrived while the stack runs."""
+
+
+def _request_stop(signum: int, frame: FrameType | None) -> None:
+    """Stop by raising in the main thread: a handler that takes a lock (``Event.set``) can deadlock when
+    the signal lands while the main thread holds that same lock."""
+    raise _StopRequested
+
+
 def run_dev(args: argparse.Namespace, out: TextIO) -> None:
     if args.trust_bundle and not args.key and not args.no_example:
         raise UsageError("with --trust-bundle, pass --key to sign the example (or --no-example)")
@@ -74,7 +87,7 @@ def run_dev(args: argparse.Namespace, out: TextIO) -> None:
 
     # The platform's settings a developer exported (egress allow-list, limits…) apply to the stack too.
     stack = LocalStack(StackConfig(port=args.port, trust_bundle=args.trust_bundle, environment=dict(os.environ)))
-    stopped = threading.Event()
+    previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
     try:
         urls = stack.start()
         if os.environ.get("EXT_AUTH_SECRET"):
@@ -92,10 +105,16 @@ def run_dev(args: argparse.Namespace, out: TextIO) -> None:
         print(f"EXT_ADMIN_URL={urls.admin}", file=out)
         out.flush()
         # Until here Ctrl-C interrupts start-up as usual; from now on it (and SIGTERM) stops the stack.
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stopped.set())
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, _request_stop)
         print("ready; press Ctrl-C to stop", file=sys.stderr)
-        stopped.wait()
+        while True:
+            signal.pause()
+    except _StopRequested:
+        pass
     finally:
+        # A second Ctrl-C while stopping interrupts the stop, as usual.
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         print("stopping…", file=sys.stderr)
         stack.stop()

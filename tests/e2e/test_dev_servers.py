@@ -30,6 +30,7 @@ pytestmark = pytest.mark.xdist_group("dev-servers")
 EXTCTL = str(Path(sys.executable).parent / "extctl")
 BURST = 200
 CLIENT_TIMEOUT_S = 60
+STOP_TIMEOUT_S = 60
 """A client gives up after this long: a stalled connection counts as failed, not as slow."""
 HUMAN_LINES = (
     "installed com.example.hello@",
@@ -48,7 +49,13 @@ class Dev:
 
     def stop(self) -> int:
         self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=60)
+        try:
+            return self.process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            # With PYTHONFAULTHANDLER (start_dev sets it) SIGABRT writes every thread's stack to the log.
+            self.process.send_signal(signal.SIGABRT)
+            self.process.wait(timeout=30)
+            pytest.fail(f"extctl dev did not stop within {STOP_TIMEOUT_S} s:\n{self.log.read_text()[-30000:]}")
 
     def lines(self) -> list[str]:
         return self.log.read_text("utf-8", errors="replace").splitlines()
@@ -82,7 +89,7 @@ def start_dev(workdir: Path, port: int, env: dict[str, str] | None = None, *, ex
             stdout=subprocess.PIPE,
             stderr=sink,
             text=True,
-            env={**os.environ, "TMPDIR": str(workdir), **(env or {})},
+            env={**os.environ, "TMPDIR": str(workdir), "PYTHONFAULTHANDLER": "1", **(env or {})},
         )
     urls = {"moto": f"http://127.0.0.1:{port + 2}"}
     assert process.stdout is not None
