@@ -85,7 +85,9 @@ class _ApiHandler(ChaliceRequestHandler):
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         """One JSON line at ``debug`` (the standard library writes a line of its own to stderr)."""
-        log_event("api.request", level=logging.DEBUG, method=self.command, path=self.path, status=str(code))
+        # A malformed request line is answered before http.server has set a path.
+        path = getattr(self, "path", None)
+        log_event("api.request", level=logging.DEBUG, method=self.command, path=path, status=str(code))
 
     def log_message(self, format: str, *args: Any) -> None:
         """The standard library's other notes (a malformed request, a timeout): a JSON line at ``debug``."""
