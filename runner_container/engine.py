@@ -47,9 +47,18 @@ import wasmtime
 from chalicelib.config import Settings
 from chalicelib.errors import ExtensionFailed, ExtensionTimeout, ExtError, ManifestInvalid, SettingsInvalid, WasmInvalid
 from chalicelib.headers import is_header_name, is_header_value
+from chalicelib.kv.abi import MAX_CORE_REQUEST_BYTES
 from chalicelib.logs import log_event
 from runner_container.egress import EgressPolicy, FetchError, FetchOutcome
-from runner_container.host_services import KvService, SecretService
+from runner_container.host_services import (
+    KV_CAPABILITY,
+    MAX_SECRET_NAME_BYTES,
+    SECRETS_CAPABILITY,
+    KvService,
+    SecretService,
+    core_kv_answer,
+    core_secret_answer,
+)
 from runner_container.instances import RESTORE_MAX_MEMORY_BYTES, Instance, InstancePool, PoolStats, memory_address
 from runner_container.restore_plan import RESERVED_EXPORT_PREFIX, RESTORABLE_MARKER, plan_module
 
@@ -99,6 +108,8 @@ _REQUIRED_FUNCTIONS = ("alloc", "handler")
 _HOST_FUNCTIONS: dict[tuple[str, str], _Signature] = {
     ("ext", "log"): (("i32", "i32", "i32"), ()),
     ("ext", "http_fetch"): (("i32", "i32", "i32"), ("i32",)),
+    ("ext", "kv"): (("i32", "i32", "i32"), ("i32",)),
+    ("ext", "secret_get"): (("i32", "i32", "i32"), ("i32",)),
 }
 
 
@@ -305,6 +316,35 @@ def _fetch_answer(
     return policy.fetch_json(raw, host.egress, remaining_s=state.deadline - time.monotonic())
 
 
+def _host_kv(state: _CallState, caller: wasmtime.Caller, req_ptr: int, req_len: int, out_ptr: int) -> int:
+    """``ext.kv``: JSON in, JSON out (DESIGN §6c); 0 = done, 1 = refused (the JSON says why), never a trap."""
+    req_ptr, req_len, out_ptr = req_ptr & _U32, req_len & _U32, out_ptr & _U32
+    memory = _guest_memory(caller)
+    _check_region(memory, caller, req_ptr, req_len, "request")
+    _check_region(memory, caller, out_ptr, 8, "out slot")
+    service = state.host.kv if KV_CAPABILITY in state.host.capabilities else None
+    # One byte past the largest valid request is enough for the parser to refuse it: never copy more.
+    kept = min(req_len, MAX_CORE_REQUEST_BYTES + 1)
+    raw = b"" if service is None else bytes(memory.read(caller, req_ptr, req_ptr + kept))
+    code, answer = core_kv_answer(service, raw)
+    _hand_to_guest(caller, memory, answer, out_ptr)
+    return code
+
+
+def _host_secret_get(state: _CallState, caller: wasmtime.Caller, name_ptr: int, name_len: int, out_ptr: int) -> int:
+    """``ext.secret_get``: the name's UTF-8 bytes in, ``{"value"}`` (0) or an error object (1) out."""
+    name_ptr, name_len, out_ptr = name_ptr & _U32, name_len & _U32, out_ptr & _U32
+    memory = _guest_memory(caller)
+    _check_region(memory, caller, name_ptr, name_len, "name")
+    _check_region(memory, caller, out_ptr, 8, "out slot")
+    service = state.host.secrets if SECRETS_CAPABILITY in state.host.capabilities else None
+    kept = min(name_len, MAX_SECRET_NAME_BYTES + 1)
+    raw = b"" if service is None else bytes(memory.read(caller, name_ptr, name_ptr + kept))
+    code, answer = core_secret_answer(service, raw)
+    _hand_to_guest(caller, memory, answer, out_ptr)
+    return code
+
+
 def _hand_to_guest(caller: wasmtime.Caller, memory: wasmtime.Memory, payload: bytes, out_ptr: int) -> None:
     """Copy ``payload`` into memory the guest allocates and store ``(ptr, len)`` at ``out_ptr``."""
     alloc = caller.get("alloc")
@@ -336,7 +376,8 @@ def _check_imports(module: wasmtime.Module) -> None:
         expected = _HOST_FUNCTIONS.get(key)
         where = f"{imported.module}.{imported.name}"
         if expected is None:
-            raise WasmInvalid(f"module imports {where}, which {ABI} does not provide (only ext.log, ext.http_fetch)")
+            provided = ", ".join(f"{module}.{name}" for module, name in _HOST_FUNCTIONS)
+            raise WasmInvalid(f"module imports {where}, which {ABI} does not provide (only {provided})")
         kind = imported.type
         if not isinstance(kind, wasmtime.FuncType) or _signature(kind) != expected:
             raise WasmInvalid(f"import {where} must be a function {_describe(expected)}")
@@ -514,13 +555,14 @@ class WasmEngine:
         linker.define_func(
             "ext", "log", wasmtime.FuncType([i32, i32, i32], []), _guarded("ext.log", _host_log), access_caller=True
         )
-        linker.define_func(
-            "ext",
-            "http_fetch",
-            wasmtime.FuncType([i32, i32, i32], [i32]),
-            _guarded("ext.http_fetch", _host_http_fetch),
-            access_caller=True,
-        )
+        for name, body in (("http_fetch", _host_http_fetch), ("kv", _host_kv), ("secret_get", _host_secret_get)):
+            linker.define_func(
+                "ext",
+                name,
+                wasmtime.FuncType([i32, i32, i32], [i32]),
+                _guarded(f"ext.{name}", body),
+                access_caller=True,
+            )
         return linker
 
     # --- compiled code -------------------------------------------------------------------
@@ -585,7 +627,8 @@ class WasmEngine:
         """Check the module implements ``wasm-core@1``; raises :class:`WasmInvalid` naming the problem.
 
         Required exports: ``memory``, ``alloc(i32) -> i32``, ``handler(i32, i32, i32) -> i32``; optional
-        ``dealloc(i32, i32)``. Imports: only ``ext.log`` and ``ext.http_fetch`` with their ABI types.
+        ``dealloc(i32, i32)``. Imports: only ``ext.log``, ``ext.http_fetch``, ``ext.kv`` and ``ext.secret_get``
+        with their ABI types.
         """
         _check_imports(module)
         _check_exports(module)

@@ -11,12 +11,19 @@ install (tenant, extension) and to the manifest's declared secret names.
 
 from __future__ import annotations
 
+import base64
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+from typing import Any, Protocol
+
+from chalicelib.errors import KvInvalid as KvInvalidRequest
+from chalicelib.kv.abi import KvDeleteRequest, KvGetRequest, KvSetRequest, parse_core_request
 
 __all__ = [
     "KV_CAPABILITY",
+    "MAX_SECRET_NAME_BYTES",
     "SECRETS_CAPABILITY",
     "KvEntry",
     "KvError",
@@ -26,6 +33,8 @@ __all__ = [
     "SecretError",
     "SecretErrorCode",
     "SecretService",
+    "core_kv_answer",
+    "core_secret_answer",
 ]
 
 KV_CAPABILITY = "cap:storage.kv"
@@ -111,3 +120,75 @@ class SecretService(Protocol):
     def get(self, name: str) -> str:
         """The secret's value; ``NOT_FOUND`` when the install holds none by that name."""
         ...
+
+
+# --- wasm-core@1: the JSON shapes of ext.kv and ext.secret_get ---------------------------------
+
+MAX_SECRET_NAME_BYTES = 64
+"""The longest name a manifest can declare (``^[A-Z][A-Z0-9_]{0,63}$``): longer ones are refused unread."""
+
+
+def _core_error(prefix: str, code: KvErrorCode | SecretErrorCode, message: str) -> dict[str, Any]:
+    # The core ABI's codes are the WIT cases spelled as error codes: not-found -> KV_NOT_FOUND.
+    return {"error": {"code": f"{prefix}_{code.value.upper().replace('-', '_')}", "message": message or code.value}}
+
+
+def _json(body: Mapping[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _refused(body: Mapping[str, Any]) -> tuple[int, bytes]:
+    return 1, _json(body)
+
+
+def core_kv_answer(service: KvService | None, raw: bytes) -> tuple[int, bytes]:
+    """The return code and answer of ``ext.kv`` for the request bytes ``raw``.
+
+    ``(0, result)`` when the operation ran, ``(1, {"error": {"code", "message"}})`` when it was refused
+    or failed. ``service`` ``None`` (no ``cap:storage.kv``) answers ``KV_DENIED`` without reading ``raw``.
+    Never raises for anything the guest sent.
+    """
+    if service is None:
+        return _refused(_core_error("KV", KvErrorCode.DENIED, f"the install was not granted {KV_CAPABILITY}"))
+    try:
+        request = parse_core_request(raw)
+    except KvInvalidRequest as exc:
+        return _refused(_core_error("KV", KvErrorCode.INVALID, exc.message))
+    try:
+        body: dict[str, Any]
+        if isinstance(request, KvGetRequest):
+            entry = service.get(request.key)
+            body = {"value_b64": base64.b64encode(entry.value).decode("ascii"), "revision": entry.revision}
+        elif isinstance(request, KvSetRequest):
+            body = {"revision": service.set(request.key, request.value, request.if_revision)}
+        elif isinstance(request, KvDeleteRequest):
+            body = {"deleted": service.delete(request.key)}
+        else:
+            page = service.list_keys(request.prefix, request.cursor, request.limit)
+            body = {"keys": list(page.keys), "cursor": page.cursor}
+    except KvError as exc:
+        return _refused(_core_error("KV", exc.code, exc.message))
+    return 0, _json(body)
+
+
+def core_secret_answer(service: SecretService | None, raw_name: bytes) -> tuple[int, bytes]:
+    """The return code and answer of ``ext.secret_get`` for the name bytes ``raw_name``.
+
+    ``(0, {"value": "…"})``, or ``(1, {"error": {"code", "message"}})``. ``service`` ``None`` (no
+    ``cap:secrets.get``) answers ``SECRET_DENIED``; so does a name that is not UTF-8 or longer than any
+    declared name can be.
+    """
+    if service is None:
+        message = f"the install was not granted {SECRETS_CAPABILITY}"
+        return _refused(_core_error("SECRET", SecretErrorCode.DENIED, message))
+    if len(raw_name) > MAX_SECRET_NAME_BYTES:
+        message = f"a secret name is at most {MAX_SECRET_NAME_BYTES} bytes; the manifest declares none this long"
+        return _refused(_core_error("SECRET", SecretErrorCode.DENIED, message))
+    try:
+        name = raw_name.decode("utf-8")
+    except UnicodeDecodeError:
+        return _refused(_core_error("SECRET", SecretErrorCode.DENIED, "a secret name is UTF-8 text"))
+    try:
+        return 0, _json({"value": service.get(name)})
+    except SecretError as exc:
+        return _refused(_core_error("SECRET", exc.code, exc.message))

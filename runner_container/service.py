@@ -11,7 +11,9 @@
 3. require the manifest's name to be the extension the gateway resolved (``BAD_REQUEST`` otherwise: the
    gateway and the registry disagree, and the call must not run someone else's code);
 4. derive the call's limits (manifest requests clamped to the platform maximum and to the time left) and
-   host services (capabilities granted to the install **and** declared by the manifest; the egress list);
+   host services (capabilities granted to the install **and** declared by the manifest; the egress list;
+   KV and secrets scoped to the install, the tenant of the request's context and the manifest's name,
+   with a fresh KV operation budget and the manifest's declared secret names);
 5. run the handler by the manifest's ``runtime``: a core module on the
    :class:`~runner_container.engine.WasmEngine`, a component on the
    :class:`~runner_container.component.ComponentEngine` (the same wasmtime engine, limits and host
@@ -54,6 +56,7 @@ from runner_container.engine import (
     WasmEngine,
     clamp_limits,
 )
+from runner_container.state import StateServices
 from runner_container.ui import UiServer
 
 __all__ = [
@@ -225,6 +228,7 @@ class RunnerService:
     """The runner's operations over one cache and engine; safe to share between threads.
 
     Components run on ``components`` (default: one on ``engine``, which must be the cache's).
+    ``state`` serves the installs' KV data and secrets (default: the tables and KMS key ``settings`` name).
     """
 
     def __init__(
@@ -235,12 +239,14 @@ class RunnerService:
         egress_policy: EgressPolicy,
         *,
         components: ComponentEngine | None = None,
+        state: StateServices | None = None,
     ) -> None:
         self._cache = cache
         self._engine = engine
         self._components = components or ComponentEngine(engine)
         self._settings = settings
         self._egress = egress_policy
+        self._state = state or StateServices.from_settings(settings)
         self._calls = threading.BoundedSemaphore(int(settings.runner_max_concurrent_calls))
         self.ui = UiServer(cache, int(settings.runner_ui_max_concurrency))
 
@@ -283,11 +289,15 @@ class RunnerService:
         # cap:log.emit is the right to write to the platform's logs; without it the
         # guest may still call ext.log, but its records go nowhere.
         may_log = LOG_CAPABILITY in capabilities
+        tenant = call.request["context"].get("tenant_id")
+        state = self._state.for_call(tenant, manifest.name, capabilities, [spec.name for spec in manifest.secrets])
         host = HostServices(
             capabilities=capabilities,
             egress=manifest.egress,
             egress_policy=self._egress,
             log_sink=_guest_log_sink(call) if may_log else None,
+            kv=state.kv,
+            secrets=state.secrets,
         )
         limits = clamp_limits(manifest.limits, self._settings)
         left_ms = int((deadline - time.monotonic()) * 1000)

@@ -4,7 +4,9 @@
  * Linked with examples/hello's own sources (main.c, json.c, base64.c, ext.c), so the plug-in does the
  * same JSON work as the runner's guest. Only the ABI differs: Extism calls the export `handle` with no
  * arguments; it reads the request from Extism's input, runs hello's `handler`, and sets Extism's output.
- * Defining `host_log` here resolves hello's ext.log import, so its log line goes to Extism's log_info.
+ * Defining `host_log` here resolves hello's ext.log import, so its log line goes to Extism's log_info;
+ * the JSON imports (ext.http_fetch, ext.kv, ext.secret_get) resolve to refusals, as the benchmark's
+ * routes never call them.
  */
 #include <stdint.h>
 
@@ -46,6 +48,24 @@ void host_log(int32_t level, const uint8_t *ptr, int32_t len)
     uint64_t handle = to_extism(ptr, (uint64_t)len);
     extism_log_info(handle);
     extism_free(handle);
+}
+
+int32_t host_http_fetch(const uint8_t *ptr, int32_t len, uint8_t *out)
+{
+    (void)ptr, (void)len, (void)out;
+    return 1;
+}
+
+int32_t host_kv(const uint8_t *ptr, int32_t len, uint8_t *out)
+{
+    (void)ptr, (void)len, (void)out;
+    return 1;
+}
+
+int32_t host_secret_get(const uint8_t *ptr, int32_t len, uint8_t *out)
+{
+    (void)ptr, (void)len, (void)out;
+    return 1;
 }
 
 __attribute__((export_name("handle"))) int32_t handle(void)

@@ -316,6 +316,8 @@ RUNTIME_ABIS: dict[str, dict[str, dict[str, FuncType | None]]] = {
         "imports": {
             "ext.log": FuncType((_I32, _I32, _I32), ()),
             "ext.http_fetch": FuncType((_I32, _I32, _I32), (_I32,)),
+            "ext.kv": FuncType((_I32, _I32, _I32), (_I32,)),
+            "ext.secret_get": FuncType((_I32, _I32, _I32), (_I32,)),
         },
     }
 }

@@ -1,8 +1,10 @@
 """The example extension's committed guest, run in real wasmtime, and rebuilt from its source.
 
 The host here is the smallest faithful one: a fresh instance per request, ``ext.log``
-defined, the request written through ``alloc``, one ``handler`` call, and the
-``(ptr, len)`` pair read back from ``out``.
+defined, ``ext.http_fetch``, ``ext.kv`` and ``ext.secret_get`` refusing as a host without the
+capabilities does, the request written through ``alloc``, one ``handler`` call, and the
+``(ptr, len)`` pair read back from ``out``.  The routes that use KV, secrets and fetches are tested
+against the real host in ``tests/integration/runner/test_state.py``.
 """
 
 from __future__ import annotations
@@ -122,8 +124,25 @@ class Guest:
             assert isinstance(memory, wasmtime.Memory)
             logs.append((level, memory.read(caller, ptr, ptr + length).decode("utf-8")))
 
+        def refuse(code: str) -> Any:
+            answer = json.dumps({"error": {"code": code, "message": "not granted"}}).encode()
+
+            def host_function(caller: wasmtime.Caller, ptr: int, length: int, out: int) -> int:
+                memory, alloc = caller["memory"], caller["alloc"]
+                assert isinstance(memory, wasmtime.Memory)
+                assert isinstance(alloc, wasmtime.Func)
+                at = alloc(caller, len(answer))
+                memory.write(caller, answer, at)
+                memory.write(caller, struct.pack("<II", at, len(answer)), out)
+                return 1
+
+            return host_function
+
         i32 = wasmtime.ValType.i32()
         linker.define_func("ext", "log", wasmtime.FuncType([i32, i32, i32], []), log, access_caller=True)
+        json_function = wasmtime.FuncType([i32, i32, i32], [i32])
+        for name, code in (("http_fetch", "EGRESS_DENIED"), ("kv", "KV_DENIED"), ("secret_get", "SECRET_DENIED")):
+            linker.define_func("ext", name, json_function, refuse(code), access_caller=True)
         return Instance(store, linker.instantiate(store, self.module).exports(store), logs)
 
     def call_raw(self, request: bytes) -> tuple[Reply, list[tuple[int, str]]]:
@@ -374,9 +393,22 @@ def test_alloc_returns_zero_when_memory_cannot_grow(guest: Guest) -> None:
     assert instance.exports["alloc"](instance.store, 16) != 0
 
 
-def test_the_guest_exports_only_the_abi_and_imports_only_ext_log(guest: Guest) -> None:
+def test_the_guest_exports_only_the_abi_and_imports_only_the_hosts_functions(guest: Guest) -> None:
     assert sorted(e.name for e in guest.module.exports) == ["alloc", "handler", "memory"]
-    assert [(i.module, i.name) for i in guest.module.imports] == [("ext", "log")]
+    imports = [(i.module, i.name) for i in guest.module.imports]
+    assert imports == [("ext", "log"), ("ext", "http_fetch"), ("ext", "kv"), ("ext", "secret_get")]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [("POST", "/counter", 403, "KV_DENIED"), ("GET", "/upstream", 403, "SECRET_DENIED")],
+)
+def test_a_route_the_host_refuses_passes_the_hosts_error_on(
+    guest: Guest, method: str, path: str, status: int, code: str
+) -> None:
+    reply = guest.call(method=method, path=path)
+    assert reply.status == status
+    assert reply.json() == {"error": {"code": code, "message": "not granted"}}
 
 
 # --- building from source -----------------------------------------------------------------

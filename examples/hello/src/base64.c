@@ -49,3 +49,41 @@ bool base64_is_valid(Bytes text)
     }
     return true;
 }
+
+static uint32_t sextet(uint8_t ch)
+{
+    if (ch >= 'A' && ch <= 'Z') {
+        return (uint32_t)(ch - 'A');
+    }
+    if (ch >= 'a' && ch <= 'z') {
+        return (uint32_t)(ch - 'a' + 26);
+    }
+    if (ch >= '0' && ch <= '9') {
+        return (uint32_t)(ch - '0' + 52);
+    }
+    return ch == '+' ? 62 : 63;
+}
+
+bool base64_decode(Buf *out, Bytes text)
+{
+    if (!base64_is_valid(text)) {
+        return false;
+    }
+    for (size_t i = 0; i < text.len; i += 4) {
+        uint32_t group = 0;
+        size_t bytes = 3;
+        for (size_t j = 0; j < 4; j++) {
+            uint8_t ch = text.ptr[i + j];
+            if (ch == '=') {
+                bytes--;
+                group <<= 6;
+                continue;
+            }
+            group = group << 6 | sextet(ch);
+        }
+        for (size_t k = 0; k < bytes; k++) {
+            buf_put_byte(out, (uint8_t)(group >> (16 - 8 * k)));
+        }
+    }
+    return true;
+}

@@ -13,4 +13,7 @@ void base64_encode(Buf *out, Bytes data);
 /* Whether `text` is padded base64: whole 4-character groups, '=' only at the end. */
 bool base64_is_valid(Bytes text);
 
+/* Appends the bytes `text` encodes to `out`; false (and nothing appended) when it is not valid base64. */
+bool base64_decode(Buf *out, Bytes text);
+
 #endif

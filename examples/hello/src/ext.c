@@ -1,5 +1,5 @@
 /*
- * ext.c: allocator, buffers, logging and the `alloc` export (see ext.h).
+ * ext.c: allocator, buffers, the host's functions and the `alloc` export (see ext.h).
  */
 #include "ext.h"
 
@@ -15,6 +15,14 @@ static uintptr_t heap_next;
 /* The host's log function: module "ext", name "log". */
 __attribute__((import_module("ext"), import_name("log"))) void host_log(int32_t level, const uint8_t *ptr,
                                                                           int32_t len);
+
+/* The host's JSON functions: request in, (answer_ptr, answer_len) at `out`, 0 = done. */
+__attribute__((import_module("ext"), import_name("http_fetch"))) int32_t host_http_fetch(const uint8_t *ptr,
+                                                                                         int32_t len, uint8_t *out);
+__attribute__((import_module("ext"), import_name("kv"))) int32_t host_kv(const uint8_t *ptr, int32_t len,
+                                                                         uint8_t *out);
+__attribute__((import_module("ext"), import_name("secret_get"))) int32_t host_secret_get(const uint8_t *ptr,
+                                                                                         int32_t len, uint8_t *out);
 
 static uint64_t memory_bytes(void)
 {
@@ -77,6 +85,42 @@ static void store_le32(uint8_t *at, uint32_t value)
     for (int i = 0; i < 4; i++) {
         at[i] = (uint8_t)(value >> (8 * i));
     }
+}
+
+static uint32_t load_le32(const uint8_t *at)
+{
+    return (uint32_t)at[0] | (uint32_t)at[1] << 8 | (uint32_t)at[2] << 16 | (uint32_t)at[3] << 24;
+}
+
+typedef int32_t (*HostJsonFunction)(const uint8_t *ptr, int32_t len, uint8_t *out);
+
+/* One call of a host JSON function; an answer the host did not leave in memory counts as a refusal. */
+static HostAnswer host_call(HostJsonFunction function, Bytes request)
+{
+    uint8_t *out = ext_alloc(8);
+    store_le32(out, 0);
+    store_le32(out + 4, 0);
+    int32_t code = function(request.ptr, (int32_t)request.len, out);
+    Bytes answer = {(const uint8_t *)(uintptr_t)load_le32(out), load_le32(out + 4)};
+    if (answer.ptr == NULL || !ext_in_memory(answer.ptr, answer.len)) {
+        return (HostAnswer){false, BYTES("{\"error\":{\"code\":\"HOST_FAILED\",\"message\":\"no answer\"}}")};
+    }
+    return (HostAnswer){code == 0, answer};
+}
+
+HostAnswer ext_http_fetch(Bytes request)
+{
+    return host_call(host_http_fetch, request);
+}
+
+HostAnswer ext_kv(Bytes request)
+{
+    return host_call(host_kv, request);
+}
+
+HostAnswer ext_secret_get(Bytes name)
+{
+    return host_call(host_secret_get, name);
 }
 
 void ext_return(uint8_t *out, Bytes response)

@@ -12,7 +12,8 @@
  *      response JSON they point at.
  *
  * This header offers what a handler needs around that: an allocator, a growable
- * byte buffer, the host's log function, and the call that hands the response back.
+ * byte buffer, the host's functions (log, and the JSON ones: outgoing HTTP, key-value
+ * storage, secrets), and the call that hands the response back.
  */
 #ifndef EXT_H
 #define EXT_H
@@ -50,6 +51,32 @@ bool ext_in_memory(const void *ptr, size_t len);
 
 /* Sends one line to the platform's log (the ext.log import). */
 void ext_log(LogLevel level, Bytes line);
+
+/*
+ * The host's JSON functions (module "ext", DESIGN §6 and §6c).  Each sends a request to the
+ * host and returns its answer, a JSON document in fresh memory.  The result's `ok` is false
+ * when the host refused or failed; the answer is then {"error": {"code", "message"}}.
+ * A call the install has no capability for is refused (EGRESS_DENIED, KV_DENIED,
+ * SECRET_DENIED), never a trap.
+ *
+ *   ext_http_fetch  {"url", "method", "headers", "body_b64"} -> {"status", "headers", "body_b64"}
+ *                   (cap:http.fetch, and the host on the manifest's `egress` list)
+ *   ext_kv          {"op": "get", "key"}                      -> {"value_b64", "revision"}
+ *                   {"op": "set", "key", "value_b64", "if_revision"?} -> {"revision"}
+ *                   {"op": "delete", "key"}                   -> {"deleted"}
+ *                   {"op": "list", "prefix"?, "cursor"?, "limit"?} -> {"keys", "cursor"}
+ *                   (cap:storage.kv; at most 100 operations per request)
+ *   ext_secret_get  the secret's name (not JSON)              -> {"value"}
+ *                   (cap:secrets.get, and the name declared under the manifest's `secrets`)
+ */
+typedef struct {
+    bool ok;
+    Bytes answer;
+} HostAnswer;
+
+HostAnswer ext_http_fetch(Bytes request);
+HostAnswer ext_kv(Bytes request);
+HostAnswer ext_secret_get(Bytes name);
 
 /* Stores (response, response_len) at `out` for the host to pick up. */
 void ext_return(uint8_t *out, Bytes response);
