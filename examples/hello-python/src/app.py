@@ -32,3 +32,34 @@ def fetch(req: Request, ctx: Context) -> Response:
     except HostError as error:
         return Response.json({"error": {"code": error.code, "message": error.message}}, status=502)
     return Response.json({"status": answer.status, "bytes": len(answer.body), "body": answer.text()[:200]})
+
+
+@handler("counter")
+def counter(req: Request, ctx: Context) -> Response:
+    """Adds one to the install's counter in KV storage; compare-and-set, so no increment is ever lost."""
+    try:
+        for _ in range(8):
+            entry = ctx.kv.get("counter")
+            count = int(entry.value) + 1 if entry else 1
+            try:
+                ctx.kv.set("counter", str(count), if_revision=entry.revision if entry else 0)
+            except HostError as error:
+                if error.code == "conflict":
+                    continue  # another call got in between: read again
+                raise
+            return Response.json({"count": count})
+    except HostError as error:
+        return Response.json({"error": {"code": error.code, "message": error.message}}, status=503)
+    return Response.json({"error": {"code": "conflict", "message": "the counter kept changing"}}, status=409)
+
+
+@handler("upstream")
+def upstream(req: Request, ctx: Context) -> Response:
+    """Calls ?url= (default https://example.com/) with the install's secret API_KEY as the x-api-key header."""
+    url = req.query.get("url") or "https://example.com/"
+    try:
+        answer = ctx.http.fetch(url, headers={"x-api-key": ctx.secrets.get("API_KEY")}, timeout_ms=2000)
+    except HostError as error:
+        return Response.json({"error": {"code": error.code, "message": error.message}}, status=502)
+    content_type = answer.headers.get("content-type", "application/octet-stream")
+    return Response(answer.status, {"content-type": content_type}, answer.body)

@@ -8,6 +8,7 @@ The Python example, a hostile Python component and the JS example are each built
 from __future__ import annotations
 
 import base64
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,12 @@ from typing import Any
 import pytest
 
 from chalicelib.errors import ExtensionFailed, ExtensionTimeout, PayloadTooLarge
+from chalicelib.tenancy import InstallScope
 from runner_container.component import MAX_INLINE_BODY_BYTES, OUTPUT_CAPTURE_BYTES, ComponentEngine, PreparedComponent
 from runner_container.egress import EgressPolicy
 from runner_container.engine import CallLimits, HostServices, LogLevel, WasmEngine
 from tests.components import FIXTURES, ROOT, ComponentArtifacts, dummy_component
+from tests.integration.state_fixtures import StateBackend, state_backend, upstream_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("components")]
 
@@ -181,3 +184,91 @@ def test_the_js_example_answers_its_endpoints(
     assert (hello.status, hello.body) == (200, b'{"message":"Hello, Ada!"}')
     body = os.urandom(4096)
     assert engines.execute(component, request("echo", "POST", body), LIMITS, HostServices()).body == body
+    with state_backend() as backend, upstream_server() as upstream:
+        _counts_and_calls_upstream_with_its_secret(engines, component, backend, upstream)
+
+
+# --- KV and secrets (ext:platform/kv, ext:platform/secrets) -----------------------------------------
+
+STATE = frozenset({"cap:storage.kv", "cap:secrets.get", "cap:http.fetch"})
+API_KEY = "sk-live-components-0xFEEDFACE"
+
+
+def stateful(backend: StateBackend, upstream: str, tenant: str = "t1", granted: frozenset[str] = STATE) -> HostServices:
+    """One call's host services as the runner builds them: KV and secrets scoped to (tenant, extension)."""
+    state = backend.services().for_call(tenant, "com.example.x", granted, ["API_KEY"])
+    policy = EgressPolicy(allowlist=(upstream,), allow_private=True)
+    return HostServices(
+        capabilities=granted, egress=(upstream,), egress_policy=policy, kv=state.kv, secrets=state.secrets
+    )
+
+
+def as_tenant(call: dict[str, Any], tenant: str) -> dict[str, Any]:
+    call["context"]["tenant_id"] = tenant
+    return call
+
+
+def _counts_and_calls_upstream_with_its_secret(
+    engines: ComponentEngine, component: PreparedComponent, backend: StateBackend, upstream: str
+) -> None:
+    """The example's counter and upstream handlers, as a guest sees KV and secrets through the WIT world."""
+    counts = [engines.execute(component, request("counter", "POST"), LIMITS, stateful(backend, upstream)) for _ in "ab"]
+    assert [(answer.status, answer.body) for answer in counts] == [(200, b'{"count":1}'), (200, b'{"count":2}')]
+    other = engines.execute(component, request("counter", "POST"), LIMITS, stateful(backend, upstream, "t2"))
+    assert other.body == b'{"count":1}'
+    url = f"http://{upstream}/v1/me"
+    missing = engines.execute(component, request("upstream", url=url), LIMITS, stateful(backend, upstream))
+    assert missing.status == 502
+    assert b'"not-found"' in missing.body
+    backend.set_secret("t1", "com.example.x", "API_KEY", API_KEY)
+    called = engines.execute(component, request("upstream", url=url), LIMITS, stateful(backend, upstream))
+    assert called.status == 200
+    assert json.loads(called.body) == {"x-api-key": API_KEY, "path": "/v1/me"}
+    denied = engines.execute(
+        component, request("counter", "POST"), LIMITS, stateful(backend, upstream, granted=frozenset())
+    )
+    assert denied.status == 503
+    assert json.loads(denied.body)["error"]["code"] == "denied"
+
+
+def test_the_python_examples_counter_persists_and_each_tenant_counts_apart(
+    engines: ComponentEngine, python_example: PreparedComponent
+) -> None:
+    with state_backend() as backend, upstream_server() as upstream:
+        for expected in (1, 2, 3):
+            answer = engines.execute(python_example, request("counter", "POST"), LIMITS, stateful(backend, upstream))
+            assert (answer.status, json.loads(answer.body)) == (200, {"count": expected})
+        other = stateful(backend, upstream, "t2")
+        assert json.loads(engines.execute(python_example, request("counter", "POST"), LIMITS, other).body) == {
+            "count": 1
+        }
+        assert backend.kv().get(InstallScope("t1", "com.example.x"), "counter").value == b"3"
+
+
+def test_the_python_example_sends_its_secret_only_to_its_own_tenants_upstream_call(
+    engines: ComponentEngine, python_example: PreparedComponent
+) -> None:
+    with state_backend() as backend, upstream_server() as upstream:
+        backend.set_secret("t1", "com.example.x", "API_KEY", API_KEY)
+        url = f"http://{upstream}/v1/me"
+        mine = engines.execute(python_example, request("upstream", url=url), LIMITS, stateful(backend, upstream))
+        assert (mine.status, json.loads(mine.body)) == (200, {"x-api-key": API_KEY, "path": "/v1/me"})
+        theirs = engines.execute(
+            python_example, as_tenant(request("upstream", url=url), "t2"), LIMITS, stateful(backend, upstream, "t2")
+        )
+        assert theirs.status == 502
+        assert json.loads(theirs.body)["error"]["code"] == "not-found"
+        assert API_KEY.encode() not in theirs.body
+
+
+def test_kv_and_secrets_without_their_capabilities_are_denied_variants_not_traps(
+    engines: ComponentEngine, python_example: PreparedComponent
+) -> None:
+    with state_backend() as backend, upstream_server() as upstream:
+        backend.set_secret("t1", "com.example.x", "API_KEY", API_KEY)
+        fetch_only = stateful(backend, upstream, granted=frozenset({"cap:http.fetch"}))
+        counter = engines.execute(python_example, request("counter", "POST"), LIMITS, fetch_only)
+        assert (counter.status, json.loads(counter.body)["error"]["code"]) == (503, "denied")
+        url = f"http://{upstream}/"
+        upstream_call = engines.execute(python_example, request("upstream", url=url), LIMITS, fetch_only)
+        assert (upstream_call.status, json.loads(upstream_call.body)["error"]["code"]) == (502, "denied")

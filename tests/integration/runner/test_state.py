@@ -11,36 +11,23 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
-from chalicelib.bundles.manifest import SecretSpec
 from chalicelib.bundles.pack import pack_project
 from chalicelib.errors import BadRequest, ToolchainMissing
-from chalicelib.kv import KvLimits, KvService, create_kv_table, make_kv_models
-from chalicelib.secrets import (
-    PutSecretRequest,
-    SecretReader,
-    SecretsService,
-    SecretValue,
-    create_secrets_table,
-    ensure_secrets_key,
-    make_secret_model,
-)
+from chalicelib.kv import KvLimits, KvService
 from chalicelib.tenancy import InstallScope
 from extctl.build import build_project, find_toolchain
 from runner_container.egress import EgressPolicy
 from runner_container.engine import WasmEngine
 from runner_container.service import RunnerService
-from runner_container.state import StateServices
 from tests.integration.runner_fixtures import EXAMPLE, REPO, RunnerEnv, execute_payload, runner_env
+from tests.integration.state_fixtures import StateBackend, provision_state, upstream_server
 
 PROXY = REPO / "tests" / "fixtures" / "c" / "state-proxy"
 PROXY_NAME = "com.acme.state-proxy"
@@ -60,29 +47,10 @@ def _toolchain_or_skip() -> None:
         pytest.skip(f"needs clang and wasm-ld to build guests: {exc.message}")
 
 
-class _Upstream(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = json.dumps({"x-api-key": self.headers.get("x-api-key"), "path": self.path}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[str]:
-    """A local server that answers every GET with the ``x-api-key`` header it received, as JSON."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    with upstream_server() as address:
+        yield address
 
 
 @pytest.fixture(scope="module")
@@ -115,34 +83,27 @@ def hello_bundle(tmp_path_factory: pytest.TempPathFactory, upstream: str) -> byt
 class StateRunner:
     env: RunnerEnv
     engine: WasmEngine
-    kv: KvService
-    admin: SecretsService
-    kms: Any
+    backend: StateBackend
 
     def runner(self, limits: KvLimits | None = None) -> RunnerService:
         """A runner whose KV has ``limits`` (the platform's by default)."""
-        models = make_kv_models(self.env.settings)
-        state = StateServices(
-            KvService(models, limits=limits), SecretReader(make_secret_model(self.env.settings), self.kms)
-        )
         policy = EgressPolicy.from_settings(self.env.settings)
+        state = self.backend.services(limits)
         return RunnerService(self.env.cache(self.engine), self.engine, self.env.settings, policy, state=state)
 
-    def set_secret(self, tenant: str, extension: str, name: str, value: str, declared: tuple[str, ...]) -> None:
-        specs = [SecretSpec(each, None, required=False) for each in declared]
-        self.admin.put(InstallScope(tenant, extension), name, PutSecretRequest(SecretValue(value)), specs)
+    def set_secret(self, tenant: str, extension: str, name: str, value: str) -> None:
+        self.backend.set_secret(tenant, extension, name, value)
+
+    @property
+    def kv(self) -> KvService:
+        return self.backend.kv()
 
 
 @pytest.fixture
 def state(tmp_path: Path, engine: WasmEngine, upstream: str) -> Iterator[StateRunner]:
     allow = {"EXT_EGRESS_ALLOWLIST": upstream, "EXT_EGRESS_ALLOW_PRIVATE": "true"}
     with runner_env(tmp_path, **allow) as env:
-        create_kv_table(make_kv_models(env.settings))
-        create_secrets_table(make_secret_model(env.settings))
-        kms = boto3.client("kms", region_name=env.settings.storage_s3_region)
-        key = ensure_secrets_key(kms, env.settings.secrets_kms_key_id)
-        admin = SecretsService(make_secret_model(env.settings), kms, key)
-        yield StateRunner(env, engine, KvService(make_kv_models(env.settings)), admin, kms)
+        yield StateRunner(env, engine, provision_state(env.settings))
 
 
 def call(
@@ -193,7 +154,7 @@ def test_the_examples_upstream_call_carries_the_secret_in_a_header(
     state: StateRunner, hello_bundle: bytes, upstream: str
 ) -> None:
     runner, hello = state.runner(), state.env.publish(hello_bundle)
-    state.set_secret("acme", HELLO, "API_KEY", API_KEY, ("API_KEY",))
+    state.set_secret("acme", HELLO, "API_KEY", API_KEY)
     status, body = call(
         runner, hello, extension=HELLO, path="/upstream", granted=HELLO_GRANTS, url=f"http://{upstream}/v1/me"
     )
@@ -284,7 +245,7 @@ def test_the_101st_operation_of_one_call_is_refused_and_the_next_call_has_a_fres
 
 def test_without_the_capabilities_kv_and_secrets_are_denied(state: StateRunner, proxy_bundle: bytes) -> None:
     runner, proxy = state.runner(), state.env.publish(proxy_bundle)
-    state.set_secret("acme", PROXY_NAME, "API_KEY", API_KEY, ("API_KEY",))
+    state.set_secret("acme", PROXY_NAME, "API_KEY", API_KEY)
     kv_answer = kv(runner, proxy, {"op": "get", "key": "k"}, granted=())
     assert kv_answer["last"]["error"]["code"] == "KV_DENIED"
     secret_answer = secret(runner, proxy, "API_KEY", granted=("cap:storage.kv",))
@@ -296,8 +257,8 @@ def test_without_the_capabilities_kv_and_secrets_are_denied(state: StateRunner, 
 
 def test_a_declared_secret_is_read_and_an_undeclared_one_is_denied(state: StateRunner, proxy_bundle: bytes) -> None:
     runner, proxy = state.runner(), state.env.publish(proxy_bundle)
-    state.set_secret("acme", PROXY_NAME, "API_KEY", API_KEY, ("API_KEY",))
-    state.set_secret("acme", PROXY_NAME, "UNDECLARED", "from-an-older-version", ("UNDECLARED",))
+    state.set_secret("acme", PROXY_NAME, "API_KEY", API_KEY)
+    state.set_secret("acme", PROXY_NAME, "UNDECLARED", "from-an-older-version")
     assert secret(runner, proxy, "API_KEY")["last"] == {"value": API_KEY}
     assert secret(runner, proxy, "OTHER")["last"]["error"]["code"] == "SECRET_NOT_FOUND"
     denied = secret(runner, proxy, "UNDECLARED")["last"]["error"]
@@ -310,14 +271,14 @@ def test_another_tenants_guest_reads_none_of_this_tenants_kv_or_secrets(
 ) -> None:
     runner, proxy = state.runner(), state.env.publish(proxy_bundle)
     kv(runner, proxy, {"op": "set", "key": "owner", "value_b64": b64("acme")}, tenant="acme")
-    state.set_secret("acme", PROXY_NAME, "API_KEY", API_KEY, ("API_KEY",))
+    state.set_secret("acme", PROXY_NAME, "API_KEY", API_KEY)
     other = {"tenant": "globex"}
     assert kv(runner, proxy, {"op": "get", "key": "owner"}, **other)["last"]["error"]["code"] == "KV_NOT_FOUND"
     assert kv(runner, proxy, {"op": "list"}, **other)["last"] == {"keys": [], "cursor": None}
     assert secret(runner, proxy, "API_KEY", **other)["last"]["error"]["code"] == "SECRET_NOT_FOUND"
     kv(runner, proxy, {"op": "set", "key": "owner", "value_b64": b64("globex")}, **other)
     assert kv(runner, proxy, {"op": "get", "key": "owner"})["last"]["value_b64"] == b64("acme")
-    state.set_secret("globex", PROXY_NAME, "API_KEY", "globex-key", ("API_KEY",))
+    state.set_secret("globex", PROXY_NAME, "API_KEY", "globex-key")
     assert secret(runner, proxy, "API_KEY")["last"] == {"value": API_KEY}
     assert secret(runner, proxy, "API_KEY", **other)["last"] == {"value": "globex-key"}
 
