@@ -429,10 +429,21 @@ def test_an_entry_importing_the_host_functions_is_accepted() -> None:
     module = wasm(
         '(module (import "ext" "log" (func (param i32 i32 i32)))'
         ' (import "ext" "http_fetch" (func (param i32 i32 i32) (result i32)))'
+        ' (import "ext" "kv" (func (param i32 i32 i32) (result i32)))'
+        ' (import "ext" "secret_get" (func (param i32 i32 i32) (result i32)))'
         ' (memory (export "memory") 1) (func (export "alloc") (param i32) (result i32) i32.const 0)'
         ' (func (export "handler") (param i32 i32 i32) (result i32) i32.const 0))'
     )
     verify_bundle(io.BytesIO(bundle({**good_files(), "dist/main.wasm": module})))
+
+
+def test_a_state_import_with_the_wrong_signature_is_refused_naming_it() -> None:
+    module = wasm(
+        '(module (import "ext" "kv" (func (param i32 i32) (result i32)))'
+        ' (memory (export "memory") 1) (func (export "alloc") (param i32) (result i32) i32.const 0)'
+        ' (func (export "handler") (param i32 i32 i32) (result i32) i32.const 0))'
+    )
+    rejects(bundle({**good_files(), "dist/main.wasm": module}), "WASM_INVALID", "imports ext.kv as")
 
 
 def test_a_bundle_without_api_needs_no_entry() -> None:

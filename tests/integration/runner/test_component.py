@@ -192,6 +192,10 @@ def test_the_js_example_answers_its_endpoints(
 
 STATE = frozenset({"cap:storage.kv", "cap:secrets.get", "cap:http.fetch"})
 API_KEY = "sk-live-components-0xFEEDFACE"
+# Each call here reads DynamoDB (and KMS once): on a loaded machine that takes seconds, not the 5 s budget.
+STATE_LIMITS = CallLimits(
+    timeout_ms=30_000, memory_bytes=LIMITS.memory_bytes, fuel=None, max_response_bytes=LIMITS.max_response_bytes
+)
 
 
 def stateful(backend: StateBackend, upstream: str, tenant: str = "t1", granted: frozenset[str] = STATE) -> HostServices:
@@ -212,20 +216,22 @@ def _counts_and_calls_upstream_with_its_secret(
     engines: ComponentEngine, component: PreparedComponent, backend: StateBackend, upstream: str
 ) -> None:
     """The example's counter and upstream handlers, as a guest sees KV and secrets through the WIT world."""
-    counts = [engines.execute(component, request("counter", "POST"), LIMITS, stateful(backend, upstream)) for _ in "ab"]
+    counts = [
+        engines.execute(component, request("counter", "POST"), STATE_LIMITS, stateful(backend, upstream)) for _ in "ab"
+    ]
     assert [(answer.status, answer.body) for answer in counts] == [(200, b'{"count":1}'), (200, b'{"count":2}')]
-    other = engines.execute(component, request("counter", "POST"), LIMITS, stateful(backend, upstream, "t2"))
+    other = engines.execute(component, request("counter", "POST"), STATE_LIMITS, stateful(backend, upstream, "t2"))
     assert other.body == b'{"count":1}'
     url = f"http://{upstream}/v1/me"
-    missing = engines.execute(component, request("upstream", url=url), LIMITS, stateful(backend, upstream))
+    missing = engines.execute(component, request("upstream", url=url), STATE_LIMITS, stateful(backend, upstream))
     assert missing.status == 502
     assert b'"not-found"' in missing.body
     backend.set_secret("t1", "com.example.x", "API_KEY", API_KEY)
-    called = engines.execute(component, request("upstream", url=url), LIMITS, stateful(backend, upstream))
+    called = engines.execute(component, request("upstream", url=url), STATE_LIMITS, stateful(backend, upstream))
     assert called.status == 200
     assert json.loads(called.body) == {"x-api-key": API_KEY, "path": "/v1/me"}
     denied = engines.execute(
-        component, request("counter", "POST"), LIMITS, stateful(backend, upstream, granted=frozenset())
+        component, request("counter", "POST"), STATE_LIMITS, stateful(backend, upstream, granted=frozenset())
     )
     assert denied.status == 503
     assert json.loads(denied.body)["error"]["code"] == "denied"
@@ -236,10 +242,12 @@ def test_the_python_examples_counter_persists_and_each_tenant_counts_apart(
 ) -> None:
     with state_backend() as backend, upstream_server() as upstream:
         for expected in (1, 2, 3):
-            answer = engines.execute(python_example, request("counter", "POST"), LIMITS, stateful(backend, upstream))
+            answer = engines.execute(
+                python_example, request("counter", "POST"), STATE_LIMITS, stateful(backend, upstream)
+            )
             assert (answer.status, json.loads(answer.body)) == (200, {"count": expected})
         other = stateful(backend, upstream, "t2")
-        assert json.loads(engines.execute(python_example, request("counter", "POST"), LIMITS, other).body) == {
+        assert json.loads(engines.execute(python_example, request("counter", "POST"), STATE_LIMITS, other).body) == {
             "count": 1
         }
         assert backend.kv().get(InstallScope("t1", "com.example.x"), "counter").value == b"3"
@@ -251,10 +259,13 @@ def test_the_python_example_sends_its_secret_only_to_its_own_tenants_upstream_ca
     with state_backend() as backend, upstream_server() as upstream:
         backend.set_secret("t1", "com.example.x", "API_KEY", API_KEY)
         url = f"http://{upstream}/v1/me"
-        mine = engines.execute(python_example, request("upstream", url=url), LIMITS, stateful(backend, upstream))
+        mine = engines.execute(python_example, request("upstream", url=url), STATE_LIMITS, stateful(backend, upstream))
         assert (mine.status, json.loads(mine.body)) == (200, {"x-api-key": API_KEY, "path": "/v1/me"})
         theirs = engines.execute(
-            python_example, as_tenant(request("upstream", url=url), "t2"), LIMITS, stateful(backend, upstream, "t2")
+            python_example,
+            as_tenant(request("upstream", url=url), "t2"),
+            STATE_LIMITS,
+            stateful(backend, upstream, "t2"),
         )
         assert theirs.status == 502
         assert json.loads(theirs.body)["error"]["code"] == "not-found"
@@ -267,8 +278,8 @@ def test_kv_and_secrets_without_their_capabilities_are_denied_variants_not_traps
     with state_backend() as backend, upstream_server() as upstream:
         backend.set_secret("t1", "com.example.x", "API_KEY", API_KEY)
         fetch_only = stateful(backend, upstream, granted=frozenset({"cap:http.fetch"}))
-        counter = engines.execute(python_example, request("counter", "POST"), LIMITS, fetch_only)
+        counter = engines.execute(python_example, request("counter", "POST"), STATE_LIMITS, fetch_only)
         assert (counter.status, json.loads(counter.body)["error"]["code"]) == (503, "denied")
         url = f"http://{upstream}/"
-        upstream_call = engines.execute(python_example, request("upstream", url=url), LIMITS, fetch_only)
+        upstream_call = engines.execute(python_example, request("upstream", url=url), STATE_LIMITS, fetch_only)
         assert (upstream_call.status, json.loads(upstream_call.body)["error"]["code"]) == (502, "denied")

@@ -102,7 +102,8 @@ class StateRunner:
 @pytest.fixture
 def state(tmp_path: Path, engine: WasmEngine, upstream: str) -> Iterator[StateRunner]:
     allow = {"EXT_EGRESS_ALLOWLIST": upstream, "EXT_EGRESS_ALLOW_PRIVATE": "true"}
-    with runner_env(tmp_path, **allow) as env:
+    # A call here makes up to 101 DynamoDB requests: on a loaded machine that outlasts the 10 s default.
+    with runner_env(tmp_path, EXT_GATEWAY_TIMEOUT_MS="30000", **allow) as env:
         yield StateRunner(env, engine, provision_state(env.settings))
 
 
