@@ -6,7 +6,9 @@ the table)::
     service = KvService(make_kv_models(settings))
     access = KvAccess(service, InstallScope(tenant, extension), OperationBudget(service.limits.max_operations),
                       allowed="cap:storage.kv" in granted)
-    answer = handle_core_request(access, request_bytes)   # wasm-core@1's ext.kv
+
+The runner does this per call in ``runner_container/state.py`` and serves both ABIs from ``access`` through
+``runner_container/host_services.py`` (which parses ``ext.kv`` requests with :func:`parse_core_request`).
 """
 
 from chalicelib.kv.abi import (

@@ -8,7 +8,9 @@ Typical wiring::
     reader = SecretReader(model, kms)                                        # the runner
     access = SecretsAccess(reader, InstallScope(tenant, extension), declared_names,
                            allowed="cap:secrets.get" in granted)
-    answer = handle_core_request(access, name_bytes)                         # wasm-core@1's ext.secret_get
+
+The runner builds the access per call in ``runner_container/state.py`` and serves both ABIs from it through
+``runner_container/host_services.py``.
 """
 
 from chalicelib.secrets.models import SecretModel, create_secrets_table, make_secret_model
