@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 JS_STAMP := sdk/js/node_modules/.installed
 
-.PHONY: dev test lint typecheck pytest bench example venv clean infra-check deploy
+.PHONY: dev test lint typecheck pytest bench load example venv clean infra-check deploy
 
 $(STAMP): requirements.txt requirements-cli.txt runner_container/requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ deploy: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# The gateway under Locust on the local stack (not part of make test): concurrency 4, 16, 64 for
+# LOAD_SECONDS each, then LOAD_CALLS calls with the serving process's RSS before and after; prints JSON.
+load: $(STAMP)
+	$(BIN)/python -m bench.load
 
 example: $(STAMP)
 	$(BIN)/extctl build examples/hello
