@@ -2,13 +2,17 @@
 
 In AWS, ``infra/template.yaml`` creates these; here :func:`provision` does, against the AWS the process's
 SDK clients reach (``AWS_ENDPOINT_URL``): the bundle bucket (CORS for browser uploads, ObjectCreated on
-``staging/`` → the finalize queue), the queue, the registry tables, the KV and secrets tables, and the
+``staging/`` → the finalize queue), the queue and its dead-letter queue (a message the worker fails on
+:data:`MAX_RECEIVE_COUNT` times parks there, as ``FinalizeQueue``'s redrive policy does in AWS), the
+registry tables, the KV and secrets tables, and the
 KMS key that seals secrets.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any
 
 import boto3
 
@@ -18,9 +22,15 @@ from chalicelib.registry import create_tables, make_models
 from chalicelib.secrets import create_secrets_table, ensure_secrets_key, make_secret_model
 from chalicelib.storage.s3 import ensure_bucket, make_s3_client
 
-__all__ = ["QUEUE_NAME", "Provisioned", "provision"]
+__all__ = ["MAX_RECEIVE_COUNT", "QUEUE_NAME", "VISIBILITY_TIMEOUT_SECONDS", "Provisioned", "provision"]
 
 QUEUE_NAME = "ext-finalize"
+MAX_RECEIVE_COUNT = 5
+"""Receives of one message before SQS moves it to the dead-letter queue: ``FinalizeQueue``'s
+``maxReceiveCount`` in infra/template.yaml (tests/infra checks they agree)."""
+VISIBILITY_TIMEOUT_SECONDS = 30
+"""How long a message the worker failed on stays hidden before its next delivery.  AWS's is six times
+the worker's timeout (720 s); the local worker runs in-process without one, so a shorter wait suffices."""
 
 
 @dataclass(frozen=True)
@@ -28,25 +38,36 @@ class Provisioned:
     queue_url: str
     queue_arn: str
     secrets_key_arn: str
+    dead_letter_url: str
 
 
-def provision(settings: Settings, *, queue_name: str = QUEUE_NAME, origins: tuple[str, ...] = ("*",)) -> Provisioned:
+def provision(
+    settings: Settings,
+    *,
+    queue_name: str = QUEUE_NAME,
+    origins: tuple[str, ...] = ("*",),
+    visibility_timeout_seconds: int = VISIBILITY_TIMEOUT_SECONDS,
+) -> Provisioned:
     """Create everything ``settings`` name; ``origins`` may upload to the bucket from a browser.
 
     Safe to run again: what exists is kept.
     """
-    queue_url, queue_arn = _queue(settings, queue_name)
+    sqs = boto3.client("sqs", region_name=settings.storage_s3_region)
+    dead_letter_url, dead_letter_arn = _queue(sqs, f"{queue_name}-dlq", {})
+    redrive = {"deadLetterTargetArn": dead_letter_arn, "maxReceiveCount": str(MAX_RECEIVE_COUNT)}
+    attributes = {"VisibilityTimeout": str(visibility_timeout_seconds), "RedrivePolicy": json.dumps(redrive)}
+    queue_url, queue_arn = _queue(sqs, queue_name, attributes)
     _bucket(settings, queue_arn, origins)
     create_tables(make_models(settings), wait=True)
     create_kv_table(make_kv_models(settings))
     create_secrets_table(make_secret_model(settings))
     kms = boto3.client("kms", region_name=settings.storage_s3_region)
-    return Provisioned(queue_url, queue_arn, ensure_secrets_key(kms, settings.secrets_kms_key_id))
+    secrets_key = ensure_secrets_key(kms, settings.secrets_kms_key_id)
+    return Provisioned(queue_url, queue_arn, secrets_key, dead_letter_url)
 
 
-def _queue(settings: Settings, name: str) -> tuple[str, str]:
-    sqs = boto3.client("sqs", region_name=settings.storage_s3_region)
-    url: str = sqs.create_queue(QueueName=name)["QueueUrl"]
+def _queue(sqs: Any, name: str, attributes: dict[str, str]) -> tuple[str, str]:
+    url: str = sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
     arn: str = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     return url, arn
 

@@ -1,5 +1,7 @@
-"""SQS to the finalize worker, as Lambda's SQS trigger delivers: one message per event, deleted once the
-worker returns, left for its visibility timeout (and redelivered) when the worker raises."""
+"""SQS to the finalize worker, as Lambda's SQS trigger delivers: one message per event (with its
+``ApproximateReceiveCount``), deleted once the worker returns, left for its visibility timeout (and
+redelivered) when the worker raises.  SQS itself counts the receives and, past the queue's
+``maxReceiveCount``, moves the message to the dead-letter queue: the pump never deletes a failed one."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ def sqs_event(message: Mapping[str, Any], queue_arn: str) -> dict[str, Any]:
                 "messageId": message["MessageId"],
                 "receiptHandle": message["ReceiptHandle"],
                 "body": message["Body"],
-                "attributes": {},
+                "attributes": dict(message.get("Attributes", {})),
                 "messageAttributes": {},
                 "eventSource": "aws:sqs",
                 "eventSourceARN": queue_arn,
@@ -57,7 +59,9 @@ class FinalizePump:
     def _run(self) -> None:
         while not self._stopping.is_set():
             try:
-                received = self._sqs.receive_message(QueueUrl=self._queue_url, MaxNumberOfMessages=1, WaitTimeSeconds=1)
+                received = self._sqs.receive_message(
+                    QueueUrl=self._queue_url, MaxNumberOfMessages=1, WaitTimeSeconds=1, AttributeNames=["All"]
+                )
             except Exception as exc:  # the server is going away
                 log_event("dev.pump_error", error=type(exc).__name__)
                 self._stopping.wait(0.5)
@@ -69,6 +73,7 @@ class FinalizePump:
         try:
             self._worker(sqs_event(message, self._queue_arn), None)
         except Exception as exc:  # SQS would redeliver: leave the message for its visibility timeout
-            log_event("dev.finalize_retry", error=type(exc).__name__)
+            attempt = message.get("Attributes", {}).get("ApproximateReceiveCount")
+            log_event("dev.finalize_retry", error=type(exc).__name__, receive_count=attempt)
             return
         self._sqs.delete_message(QueueUrl=self._queue_url, ReceiptHandle=message["ReceiptHandle"])

@@ -20,6 +20,7 @@ from chalicelib.errors import errors_by_code
 from chalicelib.kv.models import make_kv_models
 from chalicelib.registry.models import make_models
 from chalicelib.secrets.models import make_secret_model
+from devstack.provision import MAX_RECEIVE_COUNT
 from infra.check import BOOTSTRAP_TEMPLATE, Packaged, lint
 from tests.infra.cfn import ACCOUNT, REGION, Request, Stack, allows, denies, failed_rules
 
@@ -267,7 +268,7 @@ def test_failed_finalize_events_park_in_a_dead_letter_queue_that_raises_an_alarm
     queue = stack.resolve(stack.resources["FinalizeQueue"]["Properties"])
     assert queue["RedrivePolicy"] == {
         "deadLetterTargetArn": stack.resolve({"Fn::GetAtt": ["FinalizeDeadLetterQueue", "Arn"]}),
-        "maxReceiveCount": 5,
+        "maxReceiveCount": MAX_RECEIVE_COUNT,
     }
     worker_timeout = stack.resources["FinalizeWorker"]["Properties"]["Timeout"]
     assert queue["VisibilityTimeout"] >= 6 * worker_timeout
