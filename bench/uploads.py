@@ -2,6 +2,10 @@
 
 - ``finalize_vs_get``: finalize of a ~100 MiB bundle / a plain streaming GET of the
   same staged object, in the same child process.
+- ``finalize_vs_floor``: finalize / (that GET + the same server-side copy done bare: one multipart
+  upload of ``UploadPartCopy`` parts, as the store copies, straight from boto3).  The floor is what any
+  finalize must do (read the bytes once, copy them once on the S3 side), so the ratio is our overhead
+  rather than moto's copy speed.
 - ``finalize_peak_rss_mib``: peak RSS of a child that finalizes a ~200 MiB bundle
   (moto runs elsewhere, so its copy of the object does not count).
 - ``publish_mib_per_s``: ``extctl``'s publish (initiate → parallel parts → finalize)
@@ -67,11 +71,24 @@ while body.read(1024 * 1024):
     pass
 body.close()
 get_s = time.perf_counter() - start
+s3, bucket = services.s3, settings.storage_s3_bucket
+start = time.perf_counter()
+upload = s3.create_multipart_upload(Bucket=bucket, Key="floor/bundle")["UploadId"]
+copied = s3.upload_part_copy(
+    Bucket=bucket, Key="floor/bundle", UploadId=upload, PartNumber=1,
+    CopySource={"Bucket": bucket, "Key": session.staging_key},
+)
+s3.complete_multipart_upload(
+    Bucket=bucket, Key="floor/bundle", UploadId=upload,
+    MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": copied["CopyPartResult"]["ETag"]}]},
+)
+copy_s = time.perf_counter() - start
+s3.delete_object(Bucket=bucket, Key="floor/bundle")
 start = time.perf_counter()
 result = services.pipeline.finalize(Actor("bench", "bench"), FinalizeRequest(upload_id=session.upload_id))
 finalize_s = time.perf_counter() - start
 assert result.status == "finalized", result
-print(json.dumps({"get_s": get_s, "finalize_s": finalize_s}))
+print(json.dumps({"get_s": get_s, "copy_s": copy_s, "finalize_s": finalize_s}))
 """
 
 PUBLISH_CHILD = """
@@ -171,6 +188,10 @@ def run() -> dict[str, Any]:
             "finalize_vs_get": round(float(timing["finalize_s"]) / float(timing["get_s"]), 3),
             "finalize_seconds": round(float(timing["finalize_s"]), 3),
             "get_seconds": round(float(timing["get_s"]), 3),
+            "finalize_vs_floor": round(
+                float(timing["finalize_s"]) / (float(timing["get_s"]) + float(timing["copy_s"])), 3
+            ),
+            "floor_copy_seconds": round(float(timing["copy_s"]), 3),
             "finalize_bundle_mib": round(size_mib, 1),
             "finalize_peak_rss_mib": round(rss, 1),
             "finalize_rss_bundle_mib": round(b200.stat().st_size / MiB, 1),
