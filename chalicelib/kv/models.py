@@ -23,7 +23,7 @@ from pynamodb.exceptions import TableError
 from pynamodb.models import Model
 
 from chalicelib.config import Settings
-from chalicelib.dynamo import bind_model
+from chalicelib.dynamo import bind_model, response_code
 
 __all__ = [
     "USAGE_KEY",
@@ -93,5 +93,5 @@ def create_kv_table(models: KvModels, *, wait: bool = True) -> None:
     try:
         models.entries.create_table(wait=wait, billing_mode="PAY_PER_REQUEST")
     except TableError as exc:
-        if exc.cause_response_code != "ResourceInUseException":
+        if response_code(exc) != "ResourceInUseException":
             raise

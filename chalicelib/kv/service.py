@@ -40,7 +40,7 @@ from pynamodb.exceptions import DoesNotExist, PynamoDBException, TransactWriteEr
 from pynamodb.expressions.condition import Condition
 from pynamodb.transactions import TransactWrite
 
-from chalicelib.dynamo import condition_failed
+from chalicelib.dynamo import condition_failed, response_code
 from chalicelib.errors import KvConflict, KvError, KvInvalid, KvNotFound, KvQuotaExceeded, KvUnavailable
 from chalicelib.kv.models import USAGE_KEY, KvEntryModel, KvModels, KvUsageModel, usage_partition
 from chalicelib.logs import stage, stage_at
@@ -484,8 +484,8 @@ def _failed(reason: Any) -> bool:
 
 def _raise_unless_cancelled(exc: TransactWriteError) -> None:
     """A cancelled transaction is retried by the caller; anything else means DynamoDB failed."""
-    if exc.cause_response_code != "TransactionCanceledException":
-        raise KvUnavailable(f"KV storage failed: {exc.cause_response_code or 'no response'}") from exc
+    if response_code(exc) != "TransactionCanceledException":
+        raise KvUnavailable(f"KV storage failed: {response_code(exc) or 'no response'}") from exc
 
 
 def _unavailable_on_failure(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -497,7 +497,7 @@ def _unavailable_on_failure(call: Callable[..., Any], *args: Any, **kwargs: Any)
     except PynamoDBException as exc:
         if condition_failed(exc):
             raise
-        raise KvUnavailable(f"KV storage failed: {exc.cause_response_code or 'no response'}") from exc
+        raise KvUnavailable(f"KV storage failed: {response_code(exc) or 'no response'}") from exc
 
 
 def _back_off(attempt: int) -> None:

@@ -27,7 +27,7 @@ from pynamodb.attributes import MapAttribute
 from pynamodb.exceptions import PynamoDBException
 from pynamodb.expressions.condition import size
 
-from chalicelib.dynamo import condition_failed
+from chalicelib.dynamo import condition_failed, response_code
 from chalicelib.errors import RunnerBusy
 from chalicelib.logs import log_event
 from chalicelib.registry.models import Models, storage_errors
@@ -162,5 +162,5 @@ class ConcurrencyLimiter:
                     "gateway.concurrency_release_failed",
                     level=logging.WARNING,
                     key=key,
-                    reason=exc.cause_response_code or str(exc),
+                    reason=response_code(exc) or str(exc),
                 )

@@ -43,7 +43,7 @@ from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 from pynamodb.models import Model
 
 from chalicelib.config import Settings
-from chalicelib.dynamo import bind_model
+from chalicelib.dynamo import bind_model, response_code
 from chalicelib.errors import StorageError
 
 __all__ = [
@@ -290,7 +290,7 @@ def create_tables(models: Models, *, wait: bool = True) -> None:
         try:
             model.create_table(wait=wait, billing_mode="PAY_PER_REQUEST", ignore_update_ttl_errors=True)
         except TableError as exc:
-            if exc.cause_response_code != "ResourceInUseException":
+            if response_code(exc) != "ResourceInUseException":
                 raise
             # Another process created it between pynamodb's existence check and ours:
             # now it exists, so this call only waits for it and turns TTL on.
@@ -305,6 +305,6 @@ def storage_errors(method: Callable[_P, _R]) -> Callable[_P, _R]:
         try:
             return method(*args, **kwargs)
         except PynamoDBException as exc:
-            raise StorageError(f"registry unavailable: {exc.cause_response_code or exc}") from exc
+            raise StorageError(f"registry unavailable: {response_code(exc) or exc}") from exc
 
     return wrapper

@@ -18,6 +18,7 @@ from pynamodb.expressions.update import Action
 from pynamodb.transactions import TransactWrite
 
 from chalicelib.bundles.signing import TrustBundle
+from chalicelib.dynamo import response_code
 from chalicelib.errors import BadRequest, NotFound, StorageError, VersionExists
 from chalicelib.logs import log_event
 from chalicelib.registry.models import (
@@ -180,7 +181,7 @@ class RegistryService:
                     log_event("registry.name_adopted", extension=record.name, publisher=trusted_publisher)
                 return "created"
             except TransactWriteError as exc:
-                if exc.cause_response_code != "TransactionCanceledException":
+                if response_code(exc) != "TransactionCanceledException":
                     raise
             outcome = self._settle(record, claimant)
             if outcome is not None:
@@ -306,7 +307,7 @@ class RegistryService:
                     transaction.update(extensions(name), actions=actions, condition=owner_is(extensions, before))
                     transaction.save(self._audit_item(event), condition=self._models.audit.subject.does_not_exist())
             except TransactWriteError as exc:
-                if exc.cause_response_code != "TransactionCanceledException":
+                if response_code(exc) != "TransactionCanceledException":
                     raise
                 # The owner changed under us (a publish adopting the name, another transfer): read again.
                 time.sleep(0.02 * (attempt + 1))

@@ -18,7 +18,7 @@ from pynamodb.exceptions import TableError
 from pynamodb.models import Model
 
 from chalicelib.config import Settings
-from chalicelib.dynamo import bind_model
+from chalicelib.dynamo import bind_model, response_code
 
 __all__ = ["SecretModel", "create_secrets_table", "make_secret_model"]
 
@@ -50,5 +50,5 @@ def create_secrets_table(model: type[SecretModel], *, wait: bool = True) -> None
     try:
         model.create_table(wait=wait, billing_mode="PAY_PER_REQUEST")
     except TableError as exc:
-        if exc.cause_response_code != "ResourceInUseException":
+        if response_code(exc) != "ResourceInUseException":
             raise

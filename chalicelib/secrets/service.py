@@ -34,7 +34,7 @@ from typing import Any
 from pynamodb.exceptions import DoesNotExist, PynamoDBException
 
 from chalicelib.bundles.manifest import SecretSpec
-from chalicelib.dynamo import condition_failed
+from chalicelib.dynamo import condition_failed, response_code
 from chalicelib.errors import (
     BadRequest,
     ExtError,
@@ -366,4 +366,4 @@ def _storage(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     except PynamoDBException as exc:
         if condition_failed(exc):
             raise
-        raise SecretUnavailable(f"the secret store failed: {exc.cause_response_code or 'no response'}") from None
+        raise SecretUnavailable(f"the secret store failed: {response_code(exc) or 'no response'}") from None
