@@ -81,6 +81,7 @@ from runner_container.host_services import (
     SecretError,
     SecretErrorCode,
 )
+from runner_container.traps import STDERR_TAIL_BYTES, with_details
 
 __all__ = [
     "ABI",
@@ -616,7 +617,8 @@ class ComponentEngine:
             endpoint=_endpoint(request.get("endpoint")),
         )
         stdout = _Output(limits.max_response_bytes if prepared.body_stdio else 0)
-        stderr = _Output(0)
+        # The tail too: an interpreter prints the exception that ends the call last.
+        stderr = _Output(STDERR_TAIL_BYTES)
         wasi = wasmtime.WasiConfig()
         wasi.stdout_custom = stdout.write
         wasi.stderr_custom = stderr.write
@@ -636,7 +638,7 @@ class ComponentEngine:
                     raise ExtensionFailed("component does not export `handle`")
                 response = handle(store, ctx, req)
             except (wasmtime.WasmtimeError, _HostTrap) as exc:
-                raise _failure(exc, state, limits) from None
+                raise with_details(_failure(exc, state, limits), exc, bytes(stderr.tail)) from None
             status, pairs, out_body = _check_response(response, limits.max_response_bytes)
             pairs, out_body, body_bytes = self._stdout_body(prepared, pairs, out_body, stdout, limits)
             consumed = None if fuel is None else fuel - store.get_fuel()

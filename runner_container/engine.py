@@ -61,6 +61,7 @@ from runner_container.host_services import (
 )
 from runner_container.instances import RESTORE_MAX_MEMORY_BYTES, Instance, InstancePool, PoolStats, memory_address
 from runner_container.restore_plan import RESERVED_EXPORT_PREFIX, RESTORABLE_MARKER, plan_module
+from runner_container.traps import with_details
 
 __all__ = [
     "ABI",
@@ -708,7 +709,7 @@ class WasmEngine:
             else:
                 raw, fuel_left = self._call_fresh(prepared.pre, payload, fuel, limits)
         except (wasmtime.Trap, wasmtime.WasmtimeError, _HostTrap) as exc:
-            raise _failure(exc, state, limits) from None
+            raise with_details(_failure(exc, state, limits), state.nested_trap or exc) from None
         finally:
             _ACTIVE.state = None
         status, headers, body = _parse_response(raw)

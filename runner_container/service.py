@@ -38,7 +38,7 @@ from typing import Any
 from chalicelib.bundles.digests import CONTENT_HASH_RE
 from chalicelib.bundles.signing import TrustBundle
 from chalicelib.config import Settings
-from chalicelib.errors import BadRequest, EndpointNotFound, ExtensionTimeout, RunnerBusy, SettingsInvalid
+from chalicelib.errors import BadRequest, EndpointNotFound, ExtensionTimeout, ExtError, RunnerBusy, SettingsInvalid
 from chalicelib.logs import configure_logging, log_event
 from chalicelib.storage.s3 import make_s3_client
 from chalicelib.storage.store import S3BundleStore
@@ -93,6 +93,16 @@ class ExecuteCall:
     @property
     def request_id(self) -> str | None:
         value = self.request["context"].get("request_id")
+        return value if isinstance(value, str) else None
+
+    @property
+    def tenant(self) -> str | None:
+        value = self.request["context"].get("tenant_id")
+        return value if isinstance(value, str) else None
+
+    @property
+    def version(self) -> str | None:
+        value = self.request["context"].get("version")
         return value if isinstance(value, str) else None
 
     def remaining_ms(self, default_ms: int) -> int:
@@ -214,6 +224,7 @@ def _guest_log_sink(call: ExecuteCall) -> Callable[[LogRecord], None]:
             "runner.guest_log",
             level=_PYTHON_LEVELS[record.level],
             extension=call.extension,
+            tenant=call.tenant,
             content_hash=call.content_hash,
             request_id=call.request_id,
             guest_level=record.level.name.lower(),
@@ -222,6 +233,26 @@ def _guest_log_sink(call: ExecuteCall) -> Callable[[LogRecord], None]:
         )
 
     return sink
+
+
+def _failure_details(error: ExtError) -> dict[str, Any]:
+    """The trap's backtrace and the guest's stderr tail (:mod:`runner_container.traps`), for the log only."""
+    return {key: error.details[key] for key in ("backtrace", "stderr") if key in error.details}
+
+
+def _log_call(call: ExecuteCall, started: float, level: int, **fields: Any) -> None:
+    """One ``runner.call`` line per call: what ``extctl logs`` shows next to the guest's own lines."""
+    log_event(
+        "runner.call",
+        level=level,
+        extension=call.extension,
+        tenant=call.tenant,
+        version=call.version,
+        content_hash=call.content_hash,
+        request_id=call.request_id,
+        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        **fields,
+    )
 
 
 class RunnerService:
@@ -259,9 +290,16 @@ class RunnerService:
         ``EXTENSION_FAILED``, ``EXTENSION_NOT_READY``, ``RUNNER_BUSY``, ``HASH_MISMATCH``, ``SIGNATURE_*``,
         ``BAD_REQUEST``…)."""
         call = parse_execute_payload(payload)
-        deadline = time.monotonic() + call.remaining_ms(int(self._settings.ext_gateway_timeout_ms)) / 1000
-        with self._call_slot():
-            return self._execute(call, deadline)
+        started = time.perf_counter()
+        try:
+            deadline = time.monotonic() + call.remaining_ms(int(self._settings.ext_gateway_timeout_ms)) / 1000
+            with self._call_slot():
+                response = self._execute(call, deadline)
+        except ExtError as exc:
+            _log_call(call, started, logging.WARNING, outcome=exc.code, error=exc.message, **_failure_details(exc))
+            raise
+        _log_call(call, started, logging.INFO, outcome="ok", status=response.status)
+        return response
 
     @contextmanager
     def _call_slot(self) -> Iterator[None]:
