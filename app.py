@@ -38,6 +38,7 @@ from chalicelib.errors import (
     Unauthenticated,
     UnsupportedMediaType,
 )
+from chalicelib.extension_logs import LogQuery
 from chalicelib.gateway.service import GatewayRequest
 from chalicelib.install_state import KvKeyQuery, KvListQuery, KvPutRequest, UninstallQuery
 from chalicelib.logs import LOGGER, bind, configure_logging, log_event
@@ -94,8 +95,12 @@ def _current() -> Request:
 
 
 def _request_id() -> str:
-    context = app.current_request.context if app.current_request else {}
-    return str(context.get("requestId") or uuid.uuid4())
+    """API Gateway's id of the current request; one made up once per request where there is none (local)."""
+    if app.current_request is None:
+        return str(uuid.uuid4())
+    context = app.current_request.context
+    # Kept in the request's context, so the gateway, the runner's logs and the answer all name one id.
+    return str(context.setdefault("requestId", str(uuid.uuid4())))
 
 
 def _error_response(error: ExtError, request_id: str) -> Response:
@@ -155,13 +160,15 @@ def api(view: Callable[..., Any]) -> Callable[..., Any]:
             # The whole message, which the client may not get (``hides_detail``), is logged with the request id.
             level = logging.ERROR if exc.hides_detail else logging.INFO
             log_event("api.error", level=level, request_id=request_id, outcome=exc.code, message=exc.message)
-            return _error_response(exc, request_id)
+            result = _error_response(exc, request_id)
         except Exception:
             LOGGER.exception("api.crash", extra={"request_id": request_id})
-            return _error_response(Internal("unexpected error"), request_id)
-        if isinstance(result, Response):
-            return result
-        return Response(body=json.dumps(result), status_code=200, headers={"Content-Type": "application/json"})
+            result = _error_response(Internal("unexpected error"), request_id)
+        if not isinstance(result, Response):
+            result = Response(body=json.dumps(result), status_code=200, headers={"Content-Type": "application/json"})
+        # What a caller quotes to find this request in the logs (``extctl call`` prints it).
+        result.headers["X-Request-Id"] = request_id
+        return result
 
     return wrapper
 
@@ -361,6 +368,14 @@ def update_install(name: str) -> dict[str, Any]:
 def rollback_install(name: str) -> dict[str, Any]:
     identity, request = admin(), RollbackRequest.parse(json_body())
     return services().installs.rollback(identity.tenant, name, request.version, by=identity.sub).to_json()
+
+
+@app.route("/installs/{name}/logs", methods=["GET"])
+@api
+def install_logs(name: str) -> dict[str, Any]:
+    identity, params = admin(), _current().query_params
+    query = LogQuery.parse(name, identity.tenant, {k: params[k] for k in params} if params else {})
+    return services().read_logs(query).to_json()
 
 
 @app.route("/installs/{name}", methods=["DELETE"])

@@ -165,6 +165,13 @@ SETTINGS: tuple[Setting, ...] = (
     _row("RUNNER_BASE_URL", _parse_str, "", "Runner HTTP base URL (local and self-hosted)."),
     _row("RUNNER_PUBLIC_BASE", _parse_str, "", "Public base URL of the runner's `/ext-ui/` assets."),
     _row("RUNNER_AUTH_TOKEN", _parse_str, "", "Shared secret the gateway presents to the runner's HTTP mode."),
+    _row(
+        "RUNNER_LOG_GROUP",
+        _parse_str,
+        "",
+        "CloudWatch Logs group of the runner, where `GET /installs/{name}/logs` (`extctl logs`) reads an install's "
+        "lines (AWS); empty: the runner's HTTP mode at `RUNNER_BASE_URL` keeps them.",
+    ),
     _row("EXT_GATEWAY_TIMEOUT_MS", _parse_int, 10_000, "Gateway's deadline for one runner call.", 100),
     _row("EXT_GATEWAY_MAX_BODY_BYTES", _parse_int, 4 * MiB, "Largest request body forwarded to an extension.", 0),
     _row(

@@ -120,6 +120,21 @@ _SCHEMAS: dict[str, Any] = {
             request_id=_STR,
         ),
     ),
+    "LogLine": _obj(
+        ["ts", "kind", "level"],
+        ts={"type": "number", "description": "Unix time in seconds"},
+        kind={"enum": ["call", "log"]},
+        level=_STR,
+        message=_STR,
+        request_id=_STR,
+        version=_STR,
+        outcome={"type": "string", "description": "a call's `ok` or error code"},
+        status=_INT,
+        duration_ms={"type": "number"},
+        truncated=_BOOL,
+        backtrace={"type": "array", "items": _STR, "description": "a trap's frames, innermost first"},
+        stderr={"type": "string", "description": "the end of the guest's stderr when the call failed"},
+    ),
     "SignatureEnvelope": {
         "description": "An exact ext-bundle-signature/v1 envelope; `signature` is canonical standard base64.",
         "oneOf": [_envelope("ed25519", _ED25519_SIGNATURE), _envelope("ecdsa-p256-sha256", _ECDSA_SIGNATURE)],
@@ -568,7 +583,37 @@ def _paths() -> dict[str, Any]:
                 tag=inst,
             ),
         },
+        "/installs/{name}/logs": {
+            "get": {
+                **_op(
+                    "Admins: the install's log lines (calls, guest logs, traps), oldest first, after `cursor`",
+                    {
+                        **_ok(
+                            "lines",
+                            _obj(["lines", "cursor"], lines={"type": "array", "items": _ref("LogLine")}, cursor=_STR),
+                        ),
+                        **_errors(400, 503),
+                    },
+                    tag=inst,
+                ),
+                "parameters": [
+                    _NAME_PARAM,
+                    _query("cursor", "the `cursor` of the previous page: only newer lines", _STR),
+                    _query("request_id", "only the lines of this request", _STR),
+                    _query(
+                        "limit", "at most this many lines (1–500, default 500)", {**_INT, "minimum": 1, "maximum": 500}
+                    ),
+                    _query(
+                        "since", "without a cursor: the last this many seconds (default 3600)", {**_INT, "minimum": 1}
+                    ),
+                ],
+            }
+        },
     }
+
+
+def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
 
 
 @cache

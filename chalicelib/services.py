@@ -19,6 +19,7 @@ from chalicelib.auth import TokenVerifier
 from chalicelib.bundles.signing import TrustBundle
 from chalicelib.config import Settings
 from chalicelib.errors import SettingsInvalid
+from chalicelib.extension_logs import LogPage, LogQuery, LogReader, make_log_reader
 from chalicelib.gateway.runner_client import CompileClient, RunnerClient, make_compile_client, make_runner_client
 from chalicelib.gateway.service import GatewayService
 from chalicelib.install_state import InstallStateService
@@ -132,6 +133,16 @@ class Services:
     def compiler(self) -> CompileClient | None:
         """Who compiles a version right after its publish (the worker needs no runner function for it)."""
         return make_compile_client(self.settings)
+
+    @cached_property
+    def log_reader(self) -> LogReader | None:
+        return make_log_reader(self.settings)
+
+    def read_logs(self, query: LogQuery) -> LogPage:
+        """The install's log lines (:mod:`chalicelib.extension_logs`); ``SETTINGS_INVALID`` without a source."""
+        if self.log_reader is None:
+            raise SettingsInvalid("no log source: set RUNNER_LOG_GROUP (AWS) or RUNNER_BASE_URL (HTTP runner)")
+        return self.log_reader.read(query)
 
     def _precompile(self, content_hash: str) -> None:
         compiler = self.compiler

@@ -6,7 +6,9 @@ Routes:
   (compared in constant time); JSON bodies up to :data:`MAX_BODY_BYTES` with a ``Content-Length``;
 - ``GET|HEAD /ext-ui/{extension}/{content_hash}/{path}``: UI assets (:mod:`runner_container.ui`), public;
 - ``GET|HEAD /healthz``: ``{"status": "ok"}`` to anyone; with the bearer token also the engine fingerprint
-  and the cache's figures.
+  and the cache's figures;
+- ``GET /v1/logs?extension=&tenant=&after=&request_id=&limit=``: with the bearer token, the extension lines
+  this server keeps (:mod:`runner_container.log_tail`), for the API's ``GET /installs/{name}/logs``.
 
 Every ``ExtError`` becomes its status and ``{"error": {"code", "message", "request_id"}}``; anything
 unexpected is a logged ``500 INTERNAL``.  Each request logs one JSON line (method, path, status,
@@ -34,6 +36,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from chalicelib.config import Settings
 from chalicelib.errors import (
@@ -46,6 +49,7 @@ from chalicelib.errors import (
     Unauthenticated,
 )
 from chalicelib.logs import LOGGER, log_connection_error, log_event
+from runner_container.log_tail import LogTail
 from runner_container.http_responses import (
     SAFE_METHODS,
     HttpResponse,
@@ -73,6 +77,8 @@ _COPY_CHUNK = 64 * 1024
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _HASH_IN_UI_PATH = re.compile(r"^/ext-ui/[^/]+/(sha256(?::|%3[Aa])[0-9a-f]{64})")
 _POST_ROUTES = ("/v1/execute", "/v1/precompile")
+_LOGS_ROUTE = "/v1/logs"
+_MAX_LOG_LINES = 500
 _POST_ONLY = ("POST",)
 _BASE_ERROR_CODES = {501: "NOT_IMPLEMENTED"}
 
@@ -98,6 +104,7 @@ class RunnerHTTPServer(ThreadingHTTPServer):
         super().__init__(address, _Handler)
         self.service = service
         self.auth_token = auth_token
+        self.log_tail = LogTail().attach()
         self._active = 0
         self._idle = threading.Condition()
 
@@ -114,6 +121,10 @@ class RunnerHTTPServer(ThreadingHTTPServer):
         with self._idle:
             self._active -= 1
             self._idle.notify_all()
+
+    def server_close(self) -> None:
+        self.log_tail.detach()
+        super().server_close()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A connection failed outside any request's own error handling: log it (the base class prints)."""
@@ -225,6 +236,11 @@ class _Handler(BaseHTTPRequestHandler):
             # Versions and cache figures help an attacker more than a load balancer: only the gateway's token.
             health = service.health() if self._authorized() else {"status": "ok"}
             return json_response(200, health, {"Cache-Control": "no-store"})
+        if path == _LOGS_ROUTE:
+            if method not in SAFE_METHODS:
+                return method_not_allowed(method, SAFE_METHODS, exchange.request_id)
+            self._authorize()
+            return json_response(200, self._logs(), {"Cache-Control": "no-store"})
         if path not in _POST_ROUTES:
             raise NotFound(f"no route {path}")
         if method != "POST":
@@ -236,6 +252,19 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/v1/execute":
             return json_response(200, service.execute(payload).to_dict())
         return json_response(200, service.precompile(payload.get("content_hash")).to_dict())
+
+    def _logs(self) -> dict[str, Any]:
+        query = {name: values[-1] for name, values in parse_qs(urlsplit(self.path).query).items()}
+        extension, tenant = query.get("extension"), query.get("tenant")
+        if not extension or not tenant:
+            raise BadRequest("`extension` and `tenant` are required")
+        after, limit = query.get("after", "0"), query.get("limit", "500")
+        if not after.isdigit() or not limit.isdigit() or not 1 <= int(limit) <= _MAX_LOG_LINES:
+            raise BadRequest(f"`after` must be a line number and `limit` from 1 to {_MAX_LOG_LINES}")
+        page = self.server.log_tail.query(
+            extension, tenant, after=int(after), request_id=query.get("request_id"), limit=int(limit)
+        )
+        return page.to_dict()
 
     def _authorized(self) -> bool:
         """Whether the request carries the runner's token (always, for a server started without one)."""

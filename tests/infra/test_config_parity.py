@@ -57,6 +57,8 @@ API_ONLY = (
     "EXT_AUTH_ISSUER",
     "EXT_AUTH_AUDIENCE",
     "RUNNER_PUBLIC_BASE",
+    # the API reads the runner's log lines for GET /installs/{name}/logs
+    "RUNNER_LOG_GROUP",
     # only the API seals secrets; the runner decrypts with the key each sealed row names
     "SECRETS_KMS_KEY_ID",
 )
