@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from chalicelib.errors import ApiUnreachable, ExtError, UsageError, error_for_code
+from extctl.session import read_session
 
 if TYPE_CHECKING:
     import requests
@@ -40,9 +41,17 @@ def with_retries(action: Callable[[], _T], *, attempts: int = 5, retryable: froz
 
 
 class ApiClient:
-    """Calls ``{base}{path}`` with the bearer token; errors come back as ``ExtError``."""
+    """Calls ``{base}{path}`` with the bearer token; errors come back as ``ExtError``.
+
+    Without a URL and a token, those of the running ``extctl dev`` (:mod:`extctl.session`).
+    """
 
     def __init__(self, base_url: str | None, token: str | None, *, timeout_s: float = 60.0) -> None:
+        if not base_url and not token:
+            # Neither given: the running `extctl dev`, if there is one.
+            session = read_session()
+            if session is not None:
+                base_url, token = session.api, session.token
         if not base_url:
             raise UsageError("no API URL: pass --api or set EXT_API_URL (extctl dev prints it)")
         if not token:
@@ -75,6 +84,17 @@ class ApiClient:
                 failure.details["retry_after"] = float(response.headers["Retry-After"])
             raise failure
         return data
+
+    def send(
+        self, method: str, path: str, body: bytes | None = None, headers: Mapping[str, str] | None = None
+    ) -> requests.Response:
+        """``method`` ``{base}{path}`` with raw bytes; the answer as it came, whatever its status."""
+        try:
+            return self._session.request(
+                method, self.base_url + path, data=body, headers=dict(headers or {}), timeout=self._timeout
+            )
+        except requests.RequestException as exc:
+            raise ApiUnreachable(f"cannot reach {self.base_url}: {type(exc).__name__}") from None
 
     def get(self, path: str) -> Any:
         return self.request("GET", path)

@@ -19,7 +19,8 @@ from chalicelib.errors import ExtError, Internal
 
 __all__ = ["build_parser", "main"]
 
-Handler = Callable[[argparse.Namespace, TextIO], None]
+Handler = Callable[[argparse.Namespace, TextIO], "int | None"]
+"""A command: prints its result to the stream; returns its exit status (None: 0) or raises ``ExtError``."""
 
 
 def _add_keygen(sub: Any) -> None:
@@ -84,10 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_keygen, _add_init, _add_build, _add_pack, _add_sign, _add_verify):
         add(sub)
-    from extctl import dev, remote, state
+    from extctl import calls, dev, remote, state
 
     remote.add_commands(sub)
     state.add_commands(sub)
+    calls.add_commands(sub, remote.add_connection_options)
     dev.add_command(sub)
     return parser
 
@@ -172,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler: Handler = args.handler
     try:
-        handler(args, sys.stdout)
+        status = handler(args, sys.stdout)
     except ExtError as exc:
         print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
         return 1
@@ -188,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         error = Internal(f"{type(exc).__name__}: {exc} (set EXTCTL_DEBUG=1 for a traceback)")
         print(f"error: {error.code}: {error.message}", file=sys.stderr)
         return 1
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -11,16 +11,20 @@ from typing import Any, TextIO
 from extctl.api import ApiClient, dumps, with_retries
 from extctl.state import confirm_purge
 
-__all__ = ["add_commands"]
+__all__ = ["add_commands", "add_connection_options"]
 
 
 def _client(args: argparse.Namespace) -> ApiClient:
     return ApiClient(args.api, args.token)
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def add_connection_options(parser: argparse.ArgumentParser) -> None:
+    """``--api`` and ``--token``, from the environment by default (else the running ``extctl dev``'s)."""
     parser.add_argument("--api", default=os.environ.get("EXT_API_URL"), help="API base URL (default: $EXT_API_URL)")
     parser.add_argument("--token", default=os.environ.get("EXT_TOKEN"), help="bearer token (default: $EXT_TOKEN)")
+
+
+_common = add_connection_options
 
 
 def add_commands(sub: Any) -> None:
