@@ -7,11 +7,13 @@ import os
 import signal
 import sys
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
 
 from chalicelib.errors import UsageError
+from extctl.watch import start_dev_loop
 
 if TYPE_CHECKING:
     from devstack.stack import StackUrls
@@ -29,6 +31,12 @@ def add_command(sub: Any) -> None:
     p.add_argument("--trust-bundle", help="trust bundle (path or PEM): signatures fail closed")
     p.add_argument("--key", type=Path, help="key that signs the example extension (needed with --trust-bundle)")
     p.add_argument("--no-example", action="store_true", help="do not publish and install the example")
+    p.add_argument(
+        "--watch",
+        type=Path,
+        metavar="DIR",
+        help="rebuild, repack, republish (as <version>-dev.<n>) and reinstall DIR on every change",
+    )
     p.set_defaults(handler=run_dev)
 
 
@@ -88,6 +96,7 @@ def run_dev(args: argparse.Namespace, out: TextIO) -> None:
     # The platform's settings a developer exported (egress allow-list, limits…) apply to the stack too.
     stack = LocalStack(StackConfig(port=args.port, trust_bundle=args.trust_bundle, environment=dict(os.environ)))
     previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
+    stack_exit = ExitStack()
     try:
         urls = stack.start()
         if os.environ.get("EXT_AUTH_SECRET"):
@@ -104,6 +113,8 @@ def run_dev(args: argparse.Namespace, out: TextIO) -> None:
         print(f"EXT_TOKEN={urls.token}", file=out)
         print(f"EXT_ADMIN_URL={urls.admin}", file=out)
         out.flush()
+        loop = start_dev_loop(urls, args.watch, args.key, lambda line: print(line, file=sys.stderr, flush=True))
+        stack_exit.callback(loop.stop)
         # Until here Ctrl-C interrupts start-up as usual; from now on it (and SIGTERM) stops the stack.
         for sig in _STOP_SIGNALS:
             signal.signal(sig, _request_stop)
@@ -117,4 +128,5 @@ def run_dev(args: argparse.Namespace, out: TextIO) -> None:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         print("stopping…", file=sys.stderr)
+        stack_exit.close()
         stack.stop()

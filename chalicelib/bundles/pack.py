@@ -31,7 +31,7 @@ from chalicelib.bundles.verify import VerifiedBundle, verify_file
 from chalicelib.config import BundleLimits
 from chalicelib.errors import BundleDuplicateEntry, BundleUnsupportedEntry, ManifestMissing
 
-__all__ = ["PACK_LEVEL", "PackResult", "collect_members", "pack_project", "write_bundle"]
+__all__ = ["PACK_LEVEL", "Member", "PackResult", "collect_members", "pack_project", "write_bundle"]
 
 PACK_LEVEL = 12
 """zstd level of every bundle (the bench reports why: close to level 19's ratio
