@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from bench import bundles, components, runner, state, uploads
+from bench import bundles, components, loop, runner, state, uploads
 
 SUITES: dict[str, Callable[[], dict[str, Any]]] = {
     "bundles": bundles.run,
@@ -15,6 +15,7 @@ SUITES: dict[str, Callable[[], dict[str, Any]]] = {
     "runner": runner.run,
     "components": components.run,
     "state": state.run,
+    "loop": loop.run,
 }
 
 

@@ -213,7 +213,8 @@ class CloudWatchLogReader:
         else:
             start_ms, seen = int((self._clock() - query.since_s) * 1000), frozenset()
         events = self._events(query, start_ms)
-        events.sort(key=lambda event: (event["timestamp"], event["eventId"]))
+        # Stable: events of one millisecond keep the order CloudWatch gave them.
+        events.sort(key=lambda event: int(event["timestamp"]))
         lines: list[dict[str, Any]] = []
         last_ms, last_ids = start_ms, set(seen)
         for event in events:

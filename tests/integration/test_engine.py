@@ -236,6 +236,16 @@ def test_trap_in_the_handler_fails_with_the_trap_message(engine):
     assert caught.value.message == "extension trapped: wasm trap: wasm `unreachable` instruction executed"
 
 
+def test_a_trap_carries_its_backtrace_with_function_names_for_the_logs_not_the_client(engine):
+    with pytest.raises(ExtensionFailed) as caught:
+        run(engine, fixture("named_trap"))
+
+    assert caught.value.message == "extension trapped: wasm trap: wasm `unreachable` instruction executed"
+    frames = [frame.split(" @ ")[0] for frame in caught.value.details["backtrace"]]
+    assert frames == ["validate", "parse_order", "handler"]
+    assert "backtrace" not in json.dumps(caught.value.to_client_dict("req-1"))
+
+
 def test_out_of_bounds_access_in_the_handler_fails_with_the_memory_fault(engine):
     with pytest.raises(ExtensionFailed, match="out of bounds memory access"):
         run(engine, guest("(i32.load (i32.const 0x7fffffff))"))

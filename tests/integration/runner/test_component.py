@@ -20,6 +20,7 @@ from chalicelib.tenancy import InstallScope
 from runner_container.component import MAX_INLINE_BODY_BYTES, OUTPUT_CAPTURE_BYTES, ComponentEngine, PreparedComponent
 from runner_container.egress import EgressPolicy
 from runner_container.engine import CallLimits, HostServices, LogLevel, WasmEngine
+from runner_container.traps import STDERR_TAIL_BYTES
 from tests.components import FIXTURES, ROOT, ComponentArtifacts, dummy_component
 from tests.integration.state_fixtures import StateBackend, state_backend, upstream_server
 
@@ -125,6 +126,19 @@ def test_deep_recursion_traps_and_fails_that_call_only(engines: ComponentEngine,
     with pytest.raises(ExtensionFailed, match="extension trapped"):
         engines.execute(hostile, request("recursion"), LIMITS, HostServices())
     _serving(engines, hostile)
+
+
+def test_a_trap_carries_its_backtrace_and_the_end_of_stderr_for_the_logs_only(
+    engines: ComponentEngine, hostile: PreparedComponent
+):
+    with pytest.raises(ExtensionFailed) as caught:
+        engines.execute(hostile, request("stderr_then_trap"), LIMITS, HostServices())
+    # The words come after 24 KB of noise: past the head kept for the logs, inside the tail kept for a failure.
+    assert caught.value.details["stderr"].endswith("ValueError: the guest's own last words")
+    assert len(caught.value.details["stderr"]) <= STDERR_TAIL_BYTES
+    assert caught.value.details["backtrace"]
+    client = json.dumps(caught.value.to_client_dict("req-1"))
+    assert "last words" not in client and "backtrace" not in client
 
 
 @pytest.mark.parametrize(("handler", "why"), [("fetch_metadata", b"cloud metadata"), ("fetch_loopback", b"loopback")])
