@@ -98,7 +98,9 @@ def run() -> dict[str, Any]:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp:
         work = Path(tmp)
-        stack = LocalStack(StackConfig(cache_dir=work / "cache"))
+        # Polling the gateway every 20 ms would hit its rate limit (600 a minute): off, as in the runner suite.
+        limits_off = {"EXT_GATEWAY_RATE_LIMIT_PER_MINUTE": "0", "EXT_GATEWAY_TENANT_CONCURRENCY": "0"}
+        stack = LocalStack(StackConfig(cache_dir=work / "cache", settings=limits_off))
         urls = stack.start()
         try:
             c = _measure(ROOT / "examples" / "hello", work, "com.bench.loopc", urls, EDITS)

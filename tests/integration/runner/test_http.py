@@ -21,7 +21,7 @@ from typing import IO, Any
 import pytest
 
 from chalicelib.errors import SettingsInvalid
-from chalicelib.logs import LOGGER, JsonFormatter
+from chalicelib.logs import LOGGER, JsonFormatter, log_event
 from runner_container.engine import WasmEngine
 from runner_container.server import MAX_BODY_BYTES, RunnerHTTPServer, make_server
 from runner_container.service import RunnerService
@@ -129,6 +129,27 @@ def test_healthz_with_a_wrong_token_says_only_ok(client: Client) -> None:
     reply = client.request("GET", "/healthz", headers={"Authorization": "Bearer wrong"})
 
     assert (reply.status, reply.json()) == (200, {"status": "ok"})
+
+
+def test_the_log_lines_are_only_for_the_token_and_only_of_the_asked_tenant(
+    client: Client, request: pytest.FixtureRequest
+) -> None:
+    level = LOGGER.level
+    request.addfinalizer(lambda: LOGGER.setLevel(level))
+    LOGGER.setLevel(logging.INFO)
+    log_event("runner.call", extension="com.example.hello", tenant="t1", request_id="r1", outcome="ok")
+    log_event("runner.call", extension="com.example.hello", tenant="t2", request_id="r2", outcome="ok")
+    path = "/v1/logs?extension=com.example.hello&tenant=t1"
+
+    refused = client.request("GET", path, headers={"Authorization": "Bearer wrong"})
+    assert (refused.status, refused.json()["error"]["code"]) == (401, "UNAUTHENTICATED")
+    answer = client.request("GET", path, headers=AUTH)
+    assert answer.status == 200
+    assert [record["request_id"] for record in answer.json()["records"]] == ["r1"]
+    after = client.request("GET", f"{path}&after={answer.json()['cursor']}", headers=AUTH)
+    assert after.json()["records"] == []
+    missing = client.request("GET", "/v1/logs?extension=com.example.hello", headers=AUTH)
+    assert (missing.status, missing.json()["error"]["code"]) == (400, "BAD_REQUEST")
 
 
 def test_execute_with_the_token_runs_the_example_guest(client: Client, hello: str) -> None:
