@@ -46,9 +46,12 @@ def _greeting_file(project: Path) -> Path:
 
 def _edit_to_answer(path: Path, previous: str, word: str, url: str, token: str) -> float:
     """Seconds from writing ``word`` in place of ``previous`` to an answer through the gateway holding it."""
-    text = path.read_text()
+    # The last occurrence: the code's; a comment above it may quote the greeting too.
+    head, found, tail = path.read_text().rpartition(previous)
+    if not found:
+        raise RuntimeError(f"{previous!r} is not in {path}")
     started = time.perf_counter()
-    path.write_text(text.replace(previous, word, 1))
+    path.write_text(head + word + tail)
     deadline = started + _TIMEOUT_S
     while time.perf_counter() < deadline:
         answer = requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
