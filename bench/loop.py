@@ -53,12 +53,16 @@ def _edit_to_answer(path: Path, previous: str, word: str, url: str, token: str) 
     started = time.perf_counter()
     path.write_text(head + word + tail)
     deadline = started + _TIMEOUT_S
+    answer = None
     while time.perf_counter() < deadline:
         answer = requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
         if answer.status_code == 200 and word in answer.text:
             return time.perf_counter() - started
+        if answer.status_code == 502:  # the new version fails: waiting longer will not help
+            break
         time.sleep(_POLL_S)
-    raise RuntimeError(f"{url} never answered with {word!r}")
+    last = f"{answer.status_code} {answer.text[:200]}" if answer is not None else "nothing"
+    raise RuntimeError(f"{url} never answered with {word!r}; last: {last}")
 
 
 def _measure(source: Path, work: Path, name: str, urls: Any, edits: int) -> dict[str, Any]:
