@@ -17,7 +17,9 @@
 5. run the handler by the manifest's ``runtime``: a core module on the
    :class:`~runner_container.engine.WasmEngine`, a component on the
    :class:`~runner_container.component.ComponentEngine` (the same wasmtime engine, limits and host
-   services); a trap, timeout or OOM raises for this call only.
+   services); a trap, timeout or OOM raises for this call only;
+6. log one ``runner.call`` line (extension, tenant, version, request id, outcome, duration and, for a
+   failure, the trap's backtrace and stderr tail: :mod:`runner_container.traps`), which ``extctl logs`` reads.
 
 ``precompile`` is the compile job (after publish, or asked for by a call): it makes sure the store holds
 the compile outcome for this engine; ``health`` reports the engine fingerprint and the cache's state.
