@@ -11,8 +11,10 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -233,3 +235,35 @@ def test_without_a_url_or_token_the_running_dev_stacks_are_used(
     found = subprocess.run([EXTCTL, "call", NAME, "/hello"], capture_output=True, text=True, env=env, timeout=60)
     assert found.returncode == 0, found.stderr
     assert json.loads(found.stdout) == {"message": "Hello, world!"}
+
+
+class _Teapot(BaseHTTPRequestHandler):
+    """Answers as the gateway does when the extension itself says 418: the extension's body, not an error."""
+
+    def do_GET(self) -> None:
+        body = b"short and stout"
+        self.send_response(418)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Request-Id", "req-teapot")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet."""
+
+
+def test_the_extensions_own_error_answer_is_printed_and_exits_1() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Teapot)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        env = {**os.environ, "EXT_API_URL": f"http://127.0.0.1:{server.server_address[1]}", "EXT_TOKEN": "t"}
+        done = subprocess.run([EXTCTL, "call", NAME, "/brew"], capture_output=True, text=True, env=env, timeout=60)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.returncode == 1
+    assert done.stdout == "short and stout"
+    assert re.search(r"^HTTP 418 \(\d+ ms, request id req-teapot\)$", done.stderr, re.M)
+    assert "error: HTTP_418: the extension answered 418" in done.stderr
