@@ -192,18 +192,15 @@ def _logs(args: argparse.Namespace, out: TextIO) -> int:
     params = {"since": str(args.since)}
     if args.request_id:
         params["request_id"] = args.request_id
-    pages = _pages(api, args.name, params)
-    for count, (lines, _cursor) in enumerate(pages, 1):
-        _print(lines, out, args.json)
-        if not lines or count >= _MAX_PAGES:
-            break
-    if not args.follow:
-        return 0
     try:
-        for lines, _cursor in pages:
+        for count, (lines, _cursor) in enumerate(_pages(api, args.name, params), 1):
             _print(lines, out, args.json)
+            if not args.follow and (not lines or count >= _MAX_PAGES):
+                break
             if not lines:
                 time.sleep(FOLLOW_INTERVAL_S)
     except KeyboardInterrupt:
-        pass  # Ctrl-C is how one stops following: not an error
+        if not args.follow:
+            raise
+        # Ctrl-C is how one stops following, wherever it lands: not an error.
     return 0

@@ -197,7 +197,7 @@ def test_logs_follow_prints_new_lines_until_ctrl_c(urls: StackUrls) -> None:
         env=env,
     )
     try:
-        time.sleep(2)  # the follower has read what there was and polls for more
+        # No pause: the call's lines may come in the follower's first pages or later; Ctrl-C ends either quietly.
         answer = requests.get(
             f"{urls.api}/api/ext/{NAME}/hello?name=Follow",
             headers={"Authorization": f"Bearer {urls.token}"},
