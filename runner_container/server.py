@@ -49,7 +49,6 @@ from chalicelib.errors import (
     Unauthenticated,
 )
 from chalicelib.logs import LOGGER, log_connection_error, log_event
-from runner_container.log_tail import LogTail
 from runner_container.http_responses import (
     SAFE_METHODS,
     HttpResponse,
@@ -58,6 +57,7 @@ from runner_container.http_responses import (
     json_response,
     method_not_allowed,
 )
+from runner_container.log_tail import LogTail
 from runner_container.service import RunnerService, build_service
 from runner_container.ui import UI_PREFIX
 
