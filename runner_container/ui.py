@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote_to_bytes
 
+from chalicelib.bundles.digests import CONTENT_HASH_RE
 from chalicelib.bundles.verify import BundleFile
 from chalicelib.errors import AssetTooLarge, BadRequest, ExtError, NotFound, RunnerBusy
 from runner_container.bundle_fetch import CachedBundle
@@ -117,7 +118,6 @@ DEFAULT_CONTENT_TYPE = "application/octet-stream"
 _DOCUMENT_CSP: Mapping[str, str] = {_HTML: HTML_CSP, CONTENT_TYPES[".svg"]: SVG_CSP}
 """The types a browser renders as a document when an asset is opened directly, and their policies."""
 _NAME = re.compile(r"[a-z][a-z0-9-]*(\.[a-z0-9][a-z0-9-]*)+")
-_HASH = re.compile(r"sha256:[0-9a-f]{64}")
 _ENCODED = re.compile(r"%[0-9A-Fa-f]{2}")
 _ENTITY_TAG = re.compile(r'(?:W/)?"([^"]*)"')
 _MAX_NAME = 128
@@ -161,7 +161,7 @@ def parse_ui_path(raw_path: str) -> UiTarget:
     content_hash = _decode_segment(parts[1], "content hash")
     if len(extension) > _MAX_NAME or not _NAME.fullmatch(extension):
         raise NotFound(f"{extension[:_MAX_NAME]!r} is not an extension name")
-    if not _HASH.fullmatch(content_hash):
+    if not CONTENT_HASH_RE.fullmatch(content_hash):
         raise NotFound("the content hash must be 'sha256:' and 64 lowercase hex digits")
     if len(parts) == 2:
         # Relative, so it holds behind any path prefix; "./" keeps "sha256:" from reading as a URL scheme.
