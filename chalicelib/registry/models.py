@@ -163,6 +163,8 @@ class VersionModel(Model):
     created_at = UTCDateTimeAttribute()
     created_by = _json_map()
     """``{"tenant": …, "sub": …}`` of the publisher."""
+    upload_id = UnicodeAttribute(null=True)
+    """The upload session that registered the version; absent on versions registered before issue 14."""
     by_hash = ByHashIndex()
 
 

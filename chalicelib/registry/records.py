@@ -57,7 +57,9 @@ MAX_CONFIG_BYTES = 16 * 1024
 
 Clock = Callable[[], datetime]
 ExistingState = Literal["same", "conflict", "new"]
-RegisterOutcome = Literal["created", "already"]
+RegisterOutcome = Literal["created", "resumed", "already"]
+"""``created``: this call registered the version; ``resumed``: an earlier attempt of the same upload did (a
+finalize cut off after the registry write); ``already``: another upload did, with the same content hash."""
 
 
 def utc_now() -> datetime:
@@ -252,6 +254,9 @@ class VersionRecord:
     manifest: Mapping[str, Any]
     created_at: datetime
     created_by: Actor
+    upload_id: str | None = None
+    """The upload session that registered this version; ``None`` for versions registered before issue 14 (and
+    for records not made by an upload), which no finalize can then claim as its own."""
 
     @classmethod
     def from_manifest(
@@ -265,6 +270,7 @@ class VersionRecord:
         key_id: str | None,
         created_at: datetime,
         created_by: Actor,
+        upload_id: str | None = None,
     ) -> VersionRecord:
         """The record of a validated manifest (DESIGN §4) and what finalize learnt about its bundle."""
         api = manifest.get("api") or {}
@@ -286,10 +292,11 @@ class VersionRecord:
             manifest=plain_json(manifest),
             created_at=created_at,
             created_by=created_by,
+            upload_id=upload_id,
         )
 
     def to_json(self) -> dict[str, Any]:
-        """The public view of the version (without who published it)."""
+        """The public view of the version (without who published it, or from which upload)."""
         return {
             "name": self.name,
             "version": self.version,
@@ -332,6 +339,7 @@ class VersionRecord:
             manifest=plain_json(item.manifest),
             created_at=item.created_at,
             created_by=Actor(tenant=created_by["tenant"], sub=created_by["sub"]),
+            upload_id=item.upload_id,
         )
 
 

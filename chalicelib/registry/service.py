@@ -163,9 +163,12 @@ class RegistryService:
     ) -> RegisterOutcome:
         """Record ``record`` and claim or update its extension row, in one transaction.
 
-        Returns ``"created"``, or ``"already"`` when the same (name, version) holds the
-        same content hash.  Raises :class:`VersionExists` when it holds another hash and
-        :class:`NameOwned` when another owner holds the name (see :meth:`check_name_owner`).
+        The version item names ``record.upload_id``, written in the same transaction, so a retry of that
+        upload can tell the version it registered from another upload's.  Returns ``"created"``;
+        ``"resumed"`` when the same (name, version) holds the same content hash registered by the same
+        (non-``None``) upload id; ``"already"`` when it holds the same content hash from another upload or a
+        record that names none (registered before issue 14).  Raises :class:`VersionExists` when it holds
+        another hash and :class:`NameOwned` when another owner holds the name (see :meth:`check_name_owner`).
         """
         claimant = Claimant(tenant, record.publisher, trusted_publisher)
         for attempt in range(WRITE_ATTEMPTS):
@@ -193,15 +196,16 @@ class RegistryService:
     def _settle(self, record: VersionRecord, claimant: Claimant) -> RegisterOutcome | None:
         """After a cancelled transaction: the final answer, or ``None`` to try again."""
         self._decide(self._read_extension(record.name), record.name, claimant)
-        state = self.existing_state(record.name, record.version, record.content_hash)
-        if state == "same":
-            return "already"
-        if state == "conflict":
-            raise VersionExists(
-                f"{record.name}@{record.version} is already published with another content hash; "
-                "publish a new version instead"
-            )
-        return None
+        existing = self.find_version(record.name, record.version)
+        if existing is None:
+            return None
+        if existing.content_hash == record.content_hash:
+            mine = record.upload_id is not None and existing.upload_id == record.upload_id
+            return "resumed" if mine else "already"
+        raise VersionExists(
+            f"{record.name}@{record.version} is already published with another content hash; "
+            "publish a new version instead"
+        )
 
     # --- ownership ----------------------------------------------------------------------
 
@@ -387,6 +391,7 @@ class RegistryService:
             manifest=plain_json(record.manifest),
             created_at=record.created_at,
             created_by={"tenant": record.created_by.tenant, "sub": record.created_by.sub},
+            upload_id=record.upload_id,
         )
 
     def _read_extension(self, name: str) -> ExtensionModel | None:

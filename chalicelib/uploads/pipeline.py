@@ -19,7 +19,8 @@ ObjectCreated event (S3 → SQS → worker).  Its stages:
 5. check the signature against ``SIGNING_TRUST_BUNDLE`` (fail closed when set), at the clock's time;
 6. check name ownership (by the signing key's publisher when a trust bundle is set, else by tenant) and
    whether the version exists (same | conflict | new);
-7. register the version in one DynamoDB transaction;
+7. register the version in one DynamoDB transaction, naming the upload, so a retry of a finalize cut off
+   after this write finds its own version (``resumed``) and answers ``finalized`` as an uninterrupted run;
 8. write the publish record (``published.json``: when the signature was checked, which the runner checks
    certificates against), the manifest, signature and entry to ``sha256/<hex>/``, then the bundle (for a
    version found the same, only when the bundle is not there yet);
@@ -359,9 +360,10 @@ class UploadPipeline:
             # race stores nothing, and everything under sha256/ (which /ext-ui/ serves) is a registered
             # version.  The bundle is stored last: present, it means the whole hash is.  A finalize cut off in
             # between leaves a registered version not yet stored; its retry finds the version the same and
-            # completes the store.
-            with stage("finalize.register", **ids):
-                outcome = self._register(session, verified, chosen, check)
+            # completes the store.  The version item names this upload (same transaction), so that retry
+            # answers as the uninterrupted run would have: ``finalized``, not another upload's ``already_finalized``.
+            with stage("finalize.register", **ids) as found:
+                outcome = found["registered"] = self._register(session, verified, chosen, check)
             if state == "new" or not self._store.exists(self._store.object_key(verified.content_hash, BUNDLE_OBJECT)):
                 with stage("finalize.store", **ids):
                     self._store_publish_record(verified, check, checked_at)
@@ -371,7 +373,7 @@ class UploadPipeline:
             content_hash=verified.content_hash,
             extension=manifest.name,
             version=manifest.version,
-            status="already_finalized" if state == "same" or outcome == "already" else "finalized",
+            status="already_finalized" if outcome == "already" else "finalized",
             signature_status=str(check.status),
             key_id=check.key_id,
             size=verified.compressed_size,
@@ -471,6 +473,7 @@ class UploadPipeline:
             key_id=check.key_id,
             created_at=self._clock(),
             created_by=Actor(tenant=session.tenant, sub=session.sub),
+            upload_id=session.upload_id,
         )
         return self._registry.register_version(record, session.tenant, check.key_id, trusted_publisher=check.publisher)
 

@@ -38,8 +38,6 @@ app.finalize_worker(sqs_event(message, "arn:aws:sqs:us-east-1:123456789012:q"), 
 
 # The stages, in the order finalize runs them: after the claim (and the size check), after verify,
 # after the registry write, after the copy into sha256/ (the store), and after the whole finalize.
-_REGISTERED = {"finalize.register", "finalize.store", "upload.finalize"}
-"""Stages after which the version is registered."""
 STAGES = ["finalize.receive", "finalize.verify", "finalize.register", "finalize.store", "upload.finalize"]
 
 
@@ -137,8 +135,6 @@ def test_a_worker_killed_at_a_stage_of_finalize_leaves_what_an_uninterrupted_run
     # No orphan: sha256/ holds the two registered hashes and nothing else; staging/ is empty.
     assert len({key.split("/")[1] for key in stack.keys("sha256/")}) == 2
     assert stack.keys("staging/") == []
-    if kill_after in _REGISTERED:
-        # Issue 14: the retry finds the version its own killed attempt registered and cannot tell it from
-        # another upload's (a version record does not name its upload), so it stores `already_finalized`.
-        pytest.xfail("a retry after the registry write answers already_finalized, not finalized")
+    # After the registry write the retry finds the version its own killed attempt registered (the version
+    # names its upload): it answers as the uninterrupted run did, not as a second upload of the same bytes.
     assert after_crash["status"] == expected["status"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -187,6 +188,31 @@ def test_registering_the_same_version_and_hash_again_is_already(registry):
     registry.register_version(version_record(), "acme", None)
 
     assert registry.register_version(version_record(), "acme", None) == "already"
+
+
+def test_a_version_names_its_upload_and_that_upload_registering_it_again_is_resumed(registry):
+    # Issue 14: a finalize cut off after the registry write retries; it must tell its own version from another's.
+    upload_id, other = new_upload_id(), new_upload_id()
+    assert registry.register_version(replace(version_record(), upload_id=upload_id), "acme", None) == "created"
+
+    assert registry.get_version(NAME, "1.0.0").upload_id == upload_id
+    assert "upload_id" not in registry.get_version(NAME, "1.0.0").to_json()
+    assert registry.register_version(replace(version_record(), upload_id=upload_id), "acme", None) == "resumed"
+    assert registry.register_version(replace(version_record(), upload_id=other), "acme", None) == "already"
+    assert registry.register_version(version_record(), "acme", None) == "already"
+    with pytest.raises(VersionExists):
+        registry.register_version(replace(version_record(digest="bb"), upload_id=upload_id), "acme", None)
+
+
+def test_a_version_stored_before_upload_ids_reads_back_and_no_upload_resumes_it(registry, models):
+    record = version_record()
+    registry.register_version(replace(record, upload_id=new_upload_id()), "acme", None)
+    # The item as the code before issue 14 wrote it: no upload_id attribute at all.
+    models.versions.get(NAME, "1.0.0").update(actions=[models.versions.upload_id.remove()])
+
+    assert registry.get_version(NAME, "1.0.0") == record
+    assert registry.register_version(replace(record, upload_id=new_upload_id()), "acme", None) == "already"
+    assert registry.register_version(record, "acme", None) == "already"
 
 
 def test_registering_the_same_version_with_another_hash_is_version_exists(registry):
