@@ -28,11 +28,14 @@ from chalicelib.secrets import (
 from chalicelib.tenancy import InstallScope
 from runner_container.state import StateServices
 
-__all__ = ["StateBackend", "provision_state", "state_backend", "upstream_server"]
+__all__ = ["StateBackend", "Upstream", "provision_state", "recording_upstream", "state_backend", "upstream_server"]
 
 
 class _Upstream(BaseHTTPRequestHandler):
+    server: _RecordingServer
+
     def do_GET(self) -> None:
+        self.server.seen.append(self.headers.get("x-api-key"))
         body = json.dumps({"x-api-key": self.headers.get("x-api-key"), "path": self.path}).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
@@ -44,19 +47,40 @@ class _Upstream(BaseHTTPRequestHandler):
         pass
 
 
+class _RecordingServer(ThreadingHTTPServer):
+    seen: list[str | None]
+
+
+@dataclass
+class Upstream:
+    """A running upstream: ``address`` is ``127.0.0.1:<port>`` (the egress entry that allows it), ``seen``
+    the ``x-api-key`` header of each request it got, in order (``None`` where there was none)."""
+
+    address: str
+    seen: list[str | None]
+
+
 @contextmanager
-def upstream_server() -> Iterator[str]:
-    """A local server answering every GET with ``{"x-api-key": <the header it got>, "path"}``; yields
-    ``127.0.0.1:<port>``, the egress entry that allows it."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
+def recording_upstream() -> Iterator[Upstream]:
+    """A local server answering every GET with ``{"x-api-key": <the header it got>, "path"}`` and recording
+    the header it got, for as long as the block runs."""
+    server = _RecordingServer(("127.0.0.1", 0), _Upstream)
+    server.seen = []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"127.0.0.1:{server.server_address[1]}"
+        yield Upstream(f"127.0.0.1:{server.server_address[1]}", server.seen)
     finally:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@contextmanager
+def upstream_server() -> Iterator[str]:
+    """:func:`recording_upstream` for callers that need only its address, ``127.0.0.1:<port>``."""
+    with recording_upstream() as upstream:
+        yield upstream.address
 
 
 @dataclass
