@@ -1,10 +1,15 @@
 """A new user's loop in Python and in JavaScript: `extctl dev`, then init → edit the handler → build → pack →
 publish --install → call through the gateway (retrying `EXTENSION_NOT_READY` after its `Retry-After`, as a
-client would, while the runner's compile job compiles the component) → the UI from the runner's /ext-ui/ URL.
+client would, while the runner's compile job compiles the component) → the UI from the runner's /ext-ui/ URL →
+the template's state endpoints: ``POST /counter`` counting in KV, and ``GET /upstream`` carrying the ``API_KEY``
+secret set with ``extctl secrets set`` to a local server that records the header (admitted by the project's
+manifest, edited as the user would, and by the platform's allowlist).
 
 The Python extension also carries the hostile component fixture's handlers (tests/fixtures/components/
 hostile-python), so one build and one compile show both the loop and that misbehaving calls are contained
-through the gateway while the runner keeps serving; a component importing ``wasi:http`` is refused by
+through the gateway while the runner keeps serving (the stack allows private addresses for the local
+upstream, so loopback is refused here by the egress lists; the address check's loopback refusal is
+tests/integration/runner/test_component.py's); a component importing ``wasi:http`` is refused by
 ``extctl pack`` and, uploaded by hand, by the platform's finalize. Everything goes through the console
 scripts and HTTP.
 """
@@ -20,12 +25,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
 
 from tests.bundle_factory import bundle, good_files
 from tests.components import FIXTURES, dummy_component, wit_with
+from tests.integration.state_fixtures import Upstream, recording_upstream
 
 # A test here waits for a componentize build and a compile job (each up to a minute or two on a loaded
 # 2-core machine): pytest-timeout's 300 s hang guard would cut a healthy run.
@@ -46,13 +53,19 @@ HOSTILE_HANDLERS = (
     "status_999",
     "crlf_header",
 )
-HOSTILE_EGRESS = ("169.254.169.254", "127.0.0.1:9")
+HOSTILE_EGRESS = ("169.254.169.254",)
 WASI_HTTP_WIT = "package wasi:http@0.2.0;\ninterface outgoing-handler {\n  handle: func(url: string) -> u32;\n}\n"
 
 
-def run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> str:
+def run(*args: str, cwd: Path, env: dict[str, str] | None = None, stdin: str | None = None) -> str:
     done = subprocess.run(
-        [EXTCTL, *args], cwd=cwd, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})}
+        [EXTCTL, *args],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
     )
     assert done.returncode == 0, f"extctl {' '.join(args)} failed:\n{done.stderr}"
     assert "Traceback" not in done.stderr
@@ -73,7 +86,13 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def dev(workdir: Path) -> Iterator[dict[str, str]]:
+def upstream() -> Iterator[Upstream]:
+    with recording_upstream() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def dev(workdir: Path, upstream: Upstream) -> Iterator[dict[str, str]]:
     log = (workdir / "dev.log").open("w")
     process = subprocess.Popen(
         [EXTCTL, "dev", "--port", "0", "--no-example"],
@@ -81,8 +100,14 @@ def dev(workdir: Path) -> Iterator[dict[str, str]]:
         stdout=subprocess.PIPE,
         stderr=log,
         text=True,
-        # The platform's allowlist lists what the hostile handlers fetch, so the address checks refuse them.
-        env={**os.environ, "TMPDIR": str(workdir), "EXT_EGRESS_ALLOWLIST": ",".join(HOSTILE_EGRESS)},
+        # The platform's allowlist lists what the hostile handlers fetch, so the address checks refuse them,
+        # and the local upstream, on loopback, which only EXT_EGRESS_ALLOW_PRIVATE lets them reach.
+        env={
+            **os.environ,
+            "TMPDIR": str(workdir),
+            "EXT_EGRESS_ALLOWLIST": ",".join((*HOSTILE_EGRESS, upstream.address)),
+            "EXT_EGRESS_ALLOW_PRIVATE": "true",
+        },
     )
     urls: dict[str, str] = {}
     deadline = time.monotonic() + 120
@@ -106,9 +131,10 @@ def api_env(dev: dict[str, str]) -> dict[str, str]:
     return {"EXT_API_URL": dev["EXT_API_URL"], "EXT_TOKEN": dev["EXT_TOKEN"]}
 
 
-def gateway(dev: dict[str, str], extension: str, path: str) -> requests.Response:
+def gateway(dev: dict[str, str], extension: str, path: str, method: str = "GET") -> requests.Response:
     headers = {"Authorization": f"Bearer {dev['EXT_TOKEN']}"}
-    return requests.get(f"{dev['EXT_API_URL']}/api/ext/{extension}{path}", headers=headers, timeout=60)
+    url = f"{dev['EXT_API_URL']}/api/ext/{extension}{path}"
+    return requests.request(method, url, headers=headers, timeout=60)
 
 
 def when_ready(dev: dict[str, str], extension: str, path: str) -> requests.Response:
@@ -149,6 +175,27 @@ def assert_ui_loads(dev: dict[str, str], extension: str, content_hash: str) -> N
         assert requests.get(base + asset, timeout=30).status_code == 200
 
 
+def admit_upstream(project: Path, upstream: Upstream) -> None:
+    """Add the local upstream to the project's manifest ``egress``, as the user would edit it."""
+    manifest = json.loads((project / "manifest.json").read_text("utf-8"))
+    manifest["egress"] += [upstream.address]
+    (project / "manifest.json").write_text(json.dumps(manifest, indent=2), "utf-8")
+
+
+def assert_state_works(dev: dict[str, str], workdir: Path, extension: str, upstream: Upstream) -> None:
+    """The template's counter counts 1 then 2 through the gateway, and ``/upstream`` sends the ``API_KEY`` an
+    admin sets with ``extctl secrets set`` (the value on stdin) to the local upstream, which records it."""
+    counts = [gateway(dev, extension, "/counter", method="POST") for _ in range(2)]
+    assert [(answer.status_code, answer.json()) for answer in counts] == [(200, {"count": 1}), (200, {"count": 2})]
+
+    key = f"sk-{extension}-e2e-0xC0FFEE"
+    run("secrets", "set", extension, "API_KEY", cwd=workdir, env=api_env(dev), stdin=key)
+    already = len(upstream.seen)
+    answer = gateway(dev, extension, f"/upstream?url=http://{upstream.address}/v1/me")
+    assert (answer.status_code, answer.json()) == (200, {"x-api-key": key, "path": "/v1/me"})
+    assert upstream.seen[already:] == [key]
+
+
 def add_hostile_handlers(project: Path) -> None:
     """Append the hostile fixture's handlers to the project's app.py, with an endpoint each."""
     fixture = (FIXTURES / "hostile-python" / "src" / "app.py").read_text("utf-8")
@@ -163,7 +210,7 @@ def add_hostile_handlers(project: Path) -> None:
 
 
 def test_a_python_extension_goes_from_init_to_a_call_and_its_hostile_calls_are_contained(
-    dev: dict[str, str], workdir: Path
+    dev: dict[str, str], workdir: Path, upstream: Upstream
 ) -> None:
     run("init", "com.acme.py", "--lang", "python", cwd=workdir)
     app = workdir / "py" / "src" / "app.py"
@@ -174,12 +221,14 @@ def test_a_python_extension_goes_from_init_to_a_call_and_its_hostile_calls_are_c
     assert edited != source
     app.write_text(edited, "utf-8")
     add_hostile_handlers(workdir / "py")
+    admit_upstream(workdir / "py", upstream)
 
     published = publish(dev, workdir, "py")
 
     answer = when_ready(dev, "com.acme.py", "/hello?name=Ada")
     assert (answer.status_code, answer.json()) == (200, {"hi": "Ada", "lang": "py"})
     assert_ui_loads(dev, "com.acme.py", published["content_hash"])
+    assert_state_works(dev, workdir, "com.acme.py", upstream)
 
     def serving() -> None:
         assert gateway(dev, "com.acme.py", "/hello?name=again").json() == {"hi": "again", "lang": "py"}
@@ -192,10 +241,14 @@ def test_a_python_extension_goes_from_init_to_a_call_and_its_hostile_calls_are_c
     recursion = gateway(dev, "com.acme.py", "/recursion")
     assert (recursion.status_code, error_code(recursion)) == (502, "EXTENSION_FAILED")
     serving()
-    # Listed in the manifest's egress, refused by the address checks all the same.
-    for fetch, why in (("fetch_metadata", "cloud metadata"), ("fetch_loopback", "loopback")):
-        refusal = gateway(dev, "com.acme.py", f"/{fetch}").json()
-        assert refusal["refused"] == "denied" and why in refusal["message"], refusal
+    # Listed in the manifest's egress and the allowlist, refused by the address checks all the same (even
+    # with private addresses allowed).
+    refusal = gateway(dev, "com.acme.py", "/fetch_metadata").json()
+    assert refusal["refused"] == "denied" and "cloud metadata" in refusal["message"], refusal
+    # Loopback is reachable at the upstream's port only: the platform's own API is not in the egress list.
+    api_port = urlsplit(dev["EXT_API_URL"]).port
+    refusal = gateway(dev, "com.acme.py", f"/fetch_loopback?url=http://127.0.0.1:{api_port}/").json()
+    assert refusal["refused"] == "denied" and f"port {api_port} of host '127.0.0.1'" in refusal["message"], refusal
     for lookup in ("socket", "resolve"):
         assert gateway(dev, "com.acme.py", f"/{lookup}").json()["refused"] not in (None, "")
     assert gateway(dev, "com.acme.py", "/stdout_flood").status_code == 200
@@ -243,16 +296,20 @@ def test_a_component_importing_wasi_http_is_refused_by_pack_and_by_the_platform(
     assert import_named in finalize.json()["error"]["message"]
 
 
-def test_a_javascript_extension_goes_from_init_to_a_call(dev: dict[str, str], workdir: Path) -> None:
+def test_a_javascript_extension_goes_from_init_to_a_call(
+    dev: dict[str, str], workdir: Path, upstream: Upstream
+) -> None:
     run("init", "com.acme.js", "--lang", "js", cwd=workdir)
     main = workdir / "js" / "src" / "main.ts"
     source = main.read_text("utf-8")
     edited = source.replace("Response.json({ message: `Hello, ${name}!` })", 'Response.json({ hi: name, lang: "js" })')
     assert edited != source
     main.write_text(edited, "utf-8")
+    admit_upstream(workdir / "js", upstream)
 
     published = publish(dev, workdir, "js")
 
     answer = when_ready(dev, "com.acme.js", "/hello?name=Ada")
     assert (answer.status_code, answer.json()) == (200, {"hi": "Ada", "lang": "js"})
     assert_ui_loads(dev, "com.acme.js", published["content_hash"])
+    assert_state_works(dev, workdir, "com.acme.js", upstream)
