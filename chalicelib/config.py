@@ -233,7 +233,8 @@ SETTINGS: tuple[Setting, ...] = (
         "RUNNER_MAX_CONCURRENT_CALLS",
         _parse_int,
         32,
-        "Calls one runner process executes at once in HTTP mode; more get `503 RUNNER_BUSY` (Lambda runs one).",
+        "Calls one runner process executes at once in HTTP mode; more wait up to 1 s for a slot, then get "
+        "`503 RUNNER_BUSY` (Lambda runs one).",
         1,
     ),
     # compile jobs (runner_container/compiler.py)

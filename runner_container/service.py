@@ -73,6 +73,9 @@ __all__ = [
 LOG_CAPABILITY = "cap:log.emit"
 _MAX_DEADLINE_MS = 15 * 60 * 1000
 _BUSY_RETRY_AFTER_S = 1
+_SLOT_WAIT_S = 1.0
+"""How long a call waits for a free call slot before ``RUNNER_BUSY``: a burst of callers queues briefly
+instead of failing (at most half the call's remaining time, so the wait never costs it its deadline)."""
 _PYTHON_LEVELS = {
     LogLevel.DEBUG: logging.DEBUG,
     LogLevel.INFO: logging.INFO,
@@ -295,7 +298,7 @@ class RunnerService:
         started = time.perf_counter()
         try:
             deadline = time.monotonic() + call.remaining_ms(int(self._settings.ext_gateway_timeout_ms)) / 1000
-            with self._call_slot():
+            with self._call_slot(deadline):
                 response = self._execute(call, deadline)
         except ExtError as exc:
             _log_call(call, started, logging.WARNING, outcome=exc.code, error=exc.message, **_failure_details(exc))
@@ -304,8 +307,9 @@ class RunnerService:
         return response
 
     @contextmanager
-    def _call_slot(self) -> Iterator[None]:
-        if not self._calls.acquire(blocking=False):
+    def _call_slot(self, deadline: float) -> Iterator[None]:
+        wait_s = max(0.0, min(_SLOT_WAIT_S, (deadline - time.monotonic()) / 2))
+        if not self._calls.acquire(timeout=wait_s):
             limit = self._settings.runner_max_concurrent_calls
             raise RunnerBusy(
                 f"the runner is running its limit of {limit} calls; retry in {_BUSY_RETRY_AFTER_S} s",

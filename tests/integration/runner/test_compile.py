@@ -289,3 +289,30 @@ def test_a_runner_at_its_call_limit_answers_runner_busy(env: RunnerEnv, engine: 
     assert refused is not None, "a second call ran beside the first"
     assert refused.details["retry_after"] == 1
     assert service.execute(execute_payload(hello)).status == 200
+
+
+def test_a_call_that_finds_the_runner_full_waits_briefly_for_a_slot_instead_of_failing(
+    env: RunnerEnv, engine: WasmEngine
+) -> None:
+    hello = env.publish(example_bundle())
+    loop = env.publish(wat_bundle("infinite_loop.wat", name="com.acme.loop", limits={"timeout_ms": 200}))
+    service = env.service(engine, runner_max_concurrent_calls=1)
+    service.execute(execute_payload(hello))
+    started = threading.Event()
+    outcome: list[str] = []
+
+    def short_call() -> None:
+        started.set()
+        try:
+            service.execute(execute_payload(loop, extension="com.acme.loop"))
+        except ExtensionTimeout:
+            outcome.append("timed out")
+
+    holder = threading.Thread(target=short_call)
+    holder.start()
+    started.wait()
+    answers = [service.execute(execute_payload(hello)).status for _ in range(3)]
+    holder.join()
+
+    assert outcome == ["timed out"]
+    assert answers == [200, 200, 200]
