@@ -339,7 +339,9 @@ def get_version(name: str, version: str) -> dict[str, Any]:
 @api
 def install() -> Response:
     identity, request = admin(), InstallRequest.parse(json_body())
-    record = services().installs.install(identity.tenant, request.extension, request.version, by=identity.sub)
+    record = services().installs.install(
+        identity.tenant, request.extension, request.version, by=identity.sub, config=request.config
+    )
     return created(record.to_json())
 
 

@@ -248,7 +248,16 @@ _SCHEMAS: dict[str, Any] = {
         granted_capabilities={"type": "array", "items": _STR},
         history={"type": "array"},
     ),
-    "InstallRequest": _obj(["extension", "version"], extension=_TEXT, version=_TEXT),
+    "InstallRequest": _obj(
+        ["extension", "version"],
+        extension=_TEXT,
+        version=_TEXT,
+        config={
+            "type": "object",
+            "description": "must fit the version's `config_schema` (`CONFIG_INVALID` names the field); default `{}`"
+            ", or the install's current config when it already exists",
+        },
+    ),
     "Uninstalled": _obj(
         ["extension", "status"],
         extension=_STR,

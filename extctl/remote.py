@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from chalicelib.errors import UsageError
 from extctl.api import ApiClient, dumps, with_retries
 from extctl.state import confirm_purge
 
@@ -38,6 +40,10 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("install", help="install a version in your tenant (or switch to it)")
     p.add_argument("name")
     p.add_argument("--version", required=True)
+    p.add_argument(
+        "--config",
+        help="the install's config, a JSON object fitting the version's config_schema; @FILE reads a file",
+    )
     _common(p)
     p.set_defaults(handler=_install)
 
@@ -117,7 +123,28 @@ def _publish(args: argparse.Namespace, out: TextIO) -> None:
 
 
 def _install(args: argparse.Namespace, out: TextIO) -> None:
-    print(dumps(_client(args).post("/installs", {"extension": args.name, "version": args.version})), file=out)
+    body: dict[str, Any] = {"extension": args.name, "version": args.version}
+    if args.config is not None:
+        body["config"] = _config_option(args.config)
+    print(dumps(_client(args).post("/installs", body)), file=out)
+
+
+def _config_option(value: str) -> Any:
+    """``--config``'s JSON (``@FILE``: the file's); :class:`UsageError` when it is unreadable or not JSON.
+
+    Whether it is an object that fits the version's schema is the platform's to say.
+    """
+    source = "--config"
+    if value.startswith("@"):
+        source = value[1:]
+        try:
+            value = Path(source).read_text("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--config: cannot read {source}: {exc}") from None
+    try:
+        return json.loads(value)
+    except ValueError as exc:
+        raise UsageError(f"{source} is not JSON: {exc}") from None
 
 
 def _change(args: argparse.Namespace, out: TextIO) -> None:

@@ -70,15 +70,25 @@ def _validated_config(config: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class InstallRequest:
-    """``POST /installs``: ``{"extension", "version"}``."""
+    """``POST /installs``: ``{"extension", "version", "config"?}``.
+
+    ``config`` is the config the install runs the version with (checked against its ``config_schema``
+    by :meth:`InstallService.install`, in the write that installs); without it a new install starts
+    from ``{}`` and an existing one keeps its config.
+    """
 
     extension: str
     version: str
+    config: Mapping[str, Any] | None = None
 
     @classmethod
     def parse(cls, body: Mapping[str, Any]) -> InstallRequest:
-        """Read the body; :class:`BadRequest` names the field that is wrong."""
-        return cls(extension=_string_field(body, "extension"), version=_string_field(body, "version"))
+        """Read the body; :class:`BadRequest` names the field that is wrong (``config``: not a JSON object)."""
+        return cls(
+            extension=_string_field(body, "extension"),
+            version=_string_field(body, "version"),
+            config=_validated_config(body["config"]) if "config" in body else None,
+        )
 
 
 @dataclass(frozen=True)

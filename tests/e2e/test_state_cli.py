@@ -129,3 +129,24 @@ def test_another_tenant_can_neither_read_list_overwrite_nor_purge_kv_or_secrets_
     assert umbrella_purge == {"extension": NAME, "status": "purged", "purged": {"kv_keys": 0, "secrets": 0}}
     assert ok(local, "initech", "kv", "get", NAME, "owner") == "initech"
     assert ok(local, "initech", "secrets", "list", NAME).splitlines()[0].startswith("API_KEY\tset, required\t")
+
+
+def test_extctl_install_sends_a_config_from_json_or_a_file(local: LocalStack, tmp_path: Path) -> None:
+    # Issue 12: a version whose config_schema requires a field is installed with --config.
+    name = "com.acme.configured-cli"
+    strict = {"type": "object", "required": ["host"], "properties": {"host": {"type": "string", "minLength": 1}}}
+    path = tmp_path / "configured.tar.zst"
+    path.write_bytes(bundle(good_files(name=name, version="1.0.0", config_schema=strict)))
+    publish_bundle(ApiClient(local.urls.api, token_of(local, "acme")), path)
+
+    stderr = fails(local, "CONFIG_INVALID", "acme", "install", name, "--version", "1.0.0", "--config", "{}")
+    assert "config.host" in stderr
+    fails(local, "USAGE", "acme", "install", name, "--version", "1.0.0", "--config", "{host")
+    installed = json.loads(ok(local, "acme", "install", name, "--version", "1.0.0", "--config", '{"host": "a"}'))
+    assert installed["config"] == {"host": "a"}
+    (tmp_path / "config.json").write_text('{"host": "b"}')
+    switched = json.loads(
+        ok(local, "acme", "install", name, "--version", "1.0.0", "--config", f"@{tmp_path}/config.json")
+    )
+    assert switched["config"] == {"host": "b"}
+    ok(local, "acme", "uninstall", name, "--purge", "--yes")

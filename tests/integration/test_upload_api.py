@@ -554,6 +554,30 @@ def test_a_patch_with_version_and_config_checks_the_new_config_against_the_new_v
     assert [entry["version"] for entry in back.json["history"]] == ["1.1.0"]
 
 
+def test_an_install_carries_its_config_checked_against_the_versions_schema(stack: AwsStack) -> None:
+    # Issue 12: a version whose schema requires a field could not be installed, since POST /installs took
+    # no config and `{}` was checked instead.
+    strict = {
+        "type": "object",
+        "required": ["host"],
+        "properties": {"host": {"type": "string", "minLength": 1}, "retries": {"type": "integer"}},
+    }
+    publish(stack, bundle(good_files(config_schema=strict)))
+    install = {"extension": "com.acme.tools", "version": "1.0.0"}
+
+    missing = stack.call("POST", "/installs", {**install, "config": {"retries": 3}})
+    assert (missing.status_code, missing.json["error"]["code"]) == (400, "CONFIG_INVALID")
+    assert missing.json["error"]["message"].startswith("config.host:"), missing.json
+    assert stack.call("GET", "/installs/com.acme.tools").status_code == 404
+    not_an_object = stack.call("POST", "/installs", {**install, "config": ["host"]})
+    assert (not_an_object.status_code, not_an_object.json["error"]["code"]) == (400, "BAD_REQUEST")
+
+    installed = stack.call("POST", "/installs", {**install, "config": {"host": "h", "retries": 3}})
+    assert installed.status_code == 201, installed.json
+    assert installed.json["config"] == {"host": "h", "retries": 3}
+    assert stack.call("GET", "/installs/com.acme.tools").json["config"] == {"host": "h", "retries": 3}
+
+
 def test_a_patch_with_one_malformed_field_changes_nothing(stack: AwsStack) -> None:
     publish(stack, bundle())
     publish(stack, bundle(good_files(version="1.1.0")))
