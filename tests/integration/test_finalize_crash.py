@@ -95,7 +95,7 @@ def _end_state(stack: AwsStack, target: dict[str, Any], name: str, data: bytes) 
     session = app_module.services().uploads.get(target["upload_id"], "acme")
     replay = stack.call("POST", "/ext-bundles/finalize", {"upload_id": target["upload_id"]})
     hex_digest = replay.json["content_hash"].split(":", 1)[1]
-    extension = stack.call("GET", f"/extensions/{name}?include=versions")
+    extension = stack.call("GET", f"/extensions/{name}")
     multipart = stack.s3.list_multipart_uploads(Bucket=BUCKET, Prefix=session.staging_key).get("Uploads", [])
     return {
         "state": session.state,
