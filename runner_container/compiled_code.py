@@ -488,8 +488,9 @@ class CompiledCode:
             failure = CompileFailure(FailureKind.INVALID, exc.message, self._limits)
             self._record_failure(bundle.content_hash, hex_digest, failure, strict=strict)
             return failure
-        self._remember(hex_digest, module)
+        # Stored before remembered: once a call runs this code, the store holds it for every other runner.
         self._publish(bundle.content_hash, local, strict=strict)
+        self._remember(hex_digest, module)
         return module
 
     def _publish(self, content_hash: str, artifact: Path, *, strict: bool) -> None:

@@ -6,7 +6,6 @@ import base64
 import json
 import logging
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -73,12 +72,9 @@ def test_a_manifest_timeout_stops_an_infinite_loop_and_the_runner_keeps_serving(
     hello = env.publish(example_bundle())
     service.execute(execute_payload(hello))
 
-    started = time.monotonic()
-    with pytest.raises(ExtensionTimeout, match="50 ms"):
+    # The error names the limit that applied: the manifest's 50 ms, not the 5 s default.
+    with pytest.raises(ExtensionTimeout, match="limit of 50 ms"):
         service.execute(execute_payload(loop, extension="com.acme.loop"))
-    elapsed = time.monotonic() - started
-
-    assert elapsed < 2.0, "the manifest's 50 ms limit applied, not the 5 s default"
     assert service.execute(execute_payload(hello, query={"name": "again"})).status == 200
 
 
