@@ -1,14 +1,16 @@
-// Changes to the tenant's installs that several views start: installing a version and moving an
-// install to another one, each after a dialog that says what the version will be granted; and
-// `act`, which runs any change and puts the person back where they were.
+// Changes to the tenant's installs that several views start: installing a version (with its config,
+// when its manifest has a `config_schema`) and moving an install to another one, each after a
+// dialog that says what the version will be granted; and `act`, which runs any change and puts the
+// person back where they were.
 //
 // A view passes its `surface`: {box, list, fallback}, the error box and card list it shows and
 // the control that takes the focus when the changed card is gone.
 
-import { api, enc } from "./api.js";
+import { api, ApiError, enc } from "./api.js";
 import { extensionByName, refresh, versionRecord } from "./catalog.js";
+import { configForm, fieldOfMessage, formableSchema, schemaDefaults } from "./config-form.js";
 import { confirmDialog } from "./dialog.js";
-import { el } from "./dom.js";
+import { el, slug } from "./dom.js";
 import { clearBox, showError } from "./errors.js";
 import { tenantName } from "./session.js";
 import { toast } from "./toast.js";
@@ -54,6 +56,10 @@ export function grantList(record, currentCapabilities = null) {
 }
 
 export async function installVersion(record, surface) {
+  if (formableSchema(record.config_schema)) {
+    await installWithConfig(record, surface);
+    return;
+  }
   const confirmed = await confirmDialog({
     title: `Install ${record.name} ${record.version}?`,
     body: [el("p", { text: `Every user of tenant ${tenantName()} gets it, enabled.` }), ...grantList(record)],
@@ -66,6 +72,66 @@ export async function installVersion(record, surface) {
     await api("POST", "installs", { extension: record.name, version: record.version });
     toast(`Installed ${record.name} ${record.version}.`);
   });
+}
+
+// Installs a version whose manifest has a config_schema: the dialog holds the schema's form (the one
+// Configure shows), filled with the schema's defaults, and the config goes with the install, which
+// the server checks in the same write. Until the install is done the dialog stays open with what was
+// typed: a field the page can check (required, a number, JSON) or a CONFIG_INVALID from the server
+// is shown next to its field, any other failure above the buttons.
+async function installWithConfig(record, surface) {
+  const schema = record.config_schema;
+  const form = configForm(schema, schemaDefaults(schema), `install-cf-${slug(record.name)}`);
+  const problem = el("div", { className: "alert alert-error install-error", role: "alert", tabindex: "-1" });
+  problem.hidden = true;
+  let attempted = false;
+  const submit = async () => {
+    form.clearErrors();
+    clearBox(problem);
+    const read = form.read();
+    if (read.problems.length > 0) {
+      for (const [name, text] of read.problems) {
+        form.showFieldError(name, text);
+      }
+      form.focusField(read.problems[0][0]);
+      return false;
+    }
+    attempted = true;
+    try {
+      await api("POST", "installs", { extension: record.name, version: record.version, config: read.config });
+    } catch (error) {
+      const field = error instanceof ApiError && error.code === "CONFIG_INVALID" ? fieldOfMessage(error.message) : null;
+      if (field !== null && form.showFieldError(field, error.message)) {
+        form.focusField(field);
+      } else {
+        showError(problem, error);
+        problem.focus();
+      }
+      return false;
+    }
+    return true;
+  };
+  const confirmed = await confirmDialog({
+    title: `Install ${record.name} ${record.version}?`,
+    body: [
+      el("p", { text: `Every user of tenant ${tenantName()} gets it, enabled.` }),
+      ...grantList(record),
+      el("h3", { text: "Its configuration" }),
+      el("p", { className: "hint", text: "Given to the extension on every call; Configure changes it later." }),
+      form.element,
+      problem,
+    ],
+    okLabel: "Install",
+    onConfirm: submit,
+    focus: form.element.querySelector(".cf-input"),
+  });
+  if (confirmed) {
+    await act(record.name, ".v-install", surface, async () => {
+      toast(`Installed ${record.name} ${record.version}.`);
+    });
+  } else if (attempted) {
+    await refresh(); // a failed attempt may have met a change made elsewhere: show the tenant as it is
+  }
 }
 
 export async function changeVersion(install, version, surface) {

@@ -1,9 +1,9 @@
-// A form for an install's config, made from its version's `config_schema`: one field per top-level
-// property (text, number, whole number, on/off, a choice from `enum`), with its description and
-// whether it is required; any other property is edited as JSON in a field of its own. Keys the
-// schema does not name are kept as they are. The server validates again; its CONFIG_INVALID
-// message starts with the field's path (`config.retries: …`), which `showFieldError` puts next to
-// that field.
+// A form for an install's config, made from its version's `config_schema` (Configure and the install
+// dialog both use it): one field per top-level property (text, number, whole number, on/off, a
+// choice from `enum`), with its description and whether it is required; any other property is
+// edited as JSON in a field of its own. Keys the schema does not name are kept as they are. The
+// server validates again; its CONFIG_INVALID message starts with the field's path
+// (`config.retries: …`), which `showFieldError` puts next to that field.
 
 import { el, isPlainObject, slug } from "./dom.js";
 
@@ -12,6 +12,17 @@ const SIMPLE = new Set(["string", "number", "integer", "boolean"]);
 // Whether `schema` can be shown as a form: an object schema with named properties.
 export function formableSchema(schema) {
   return isPlainObject(schema) && isPlainObject(schema.properties) && Object.keys(schema.properties).length > 0;
+}
+
+// The config a new install starts from: each top-level property's `default`, where the schema gives one.
+export function schemaDefaults(schema) {
+  const defaults = {};
+  for (const [name, property] of Object.entries(schema.properties)) {
+    if (isPlainObject(property) && property.default !== undefined) {
+      defaults[name] = property.default;
+    }
+  }
+  return defaults;
 }
 
 function kindOf(property) {

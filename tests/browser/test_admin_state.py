@@ -1,5 +1,5 @@
-"""An install's secrets, its config form and the uninstall dialog's data choice, in a real Chromium
-against the whole local stack."""
+"""An install's secrets, its config form (in Configure and in the install dialog) and the uninstall
+dialog's data choice, in a real Chromium against the whole local stack."""
 
 from __future__ import annotations
 
@@ -37,6 +37,16 @@ def sign_in(page: Page, stack: BrowserStack, tenant: str) -> None:
     expect(page.locator("#identity")).to_contain_text(tenant)
     page.click("#tab-installs")
     expect(page.locator("#panel-installs")).to_be_visible()
+
+
+def open_install_dialog(page: Page, stack: BrowserStack, tenant: str, name: str) -> Locator:
+    """Signs in and clicks Install… on ``name`` 1.0.0 in the Extensions tab; the open dialog."""
+    page.goto(stack.admin_url(stack.token(tenant)))
+    expect(page.locator("#identity")).to_contain_text(tenant)
+    page.locator(f"#ext-list [data-extension='{name}'] [data-version='1.0.0'] .v-install").click()
+    dialog = page.locator("#confirm-dialog")
+    expect(dialog).to_contain_text(f"Install {name} 1.0.0?")
+    return dialog
 
 
 def install_card(page: Page, name: str) -> Locator:
@@ -212,3 +222,73 @@ def test_the_uninstall_dialog_keeps_data_by_default_and_purges_it_when_asked(
     expect(page.locator("#toast")).to_have_text(f"Uninstalled {name} and deleted its data.")
     api.post("/installs", {"extension": name, "version": "1.0.0"})
     assert api.get(f"/installs/{name}/kv")["keys"] == []
+
+
+def test_installing_a_version_with_a_config_schema_asks_for_its_config_in_the_dialog_and_sends_it_typed(
+    page: Page, stack: BrowserStack, tenant: str, screenshots: Path
+) -> None:
+    name = "com.ui.install-schema"
+    schema = {
+        "type": "object",
+        "required": ["board", "retries"],
+        "properties": {
+            "board": {"type": "string", "description": "Board to sync"},
+            "retries": {"type": "integer", "minimum": 0, "maximum": 5, "default": 2},
+            "verbose": {"type": "boolean"},
+            "mode": {"enum": ["fast", "safe"], "default": "safe"},
+        },
+    }
+    stack.publish(tenant, stack.write_bundle(name, "1.0.0", config_schema=schema))
+    posts: list[str] = []
+    page.on("request", lambda request: posts.append(request.post_data or "") if request.method == "POST" else None)
+    dialog = open_install_dialog(page, stack, tenant, name)
+    form = dialog.locator(".config-form")
+    board = form.locator("[data-field='board'] input")
+    retries = form.locator("[data-field='retries'] input")
+    expect(dialog.get_by_label("board")).to_be_focused()
+    expect(board).to_have_accessible_description("Board to sync")
+    expect(retries).to_have_value("2")
+    expect(form.locator("[data-field='mode'] select option:checked")).to_have_text("safe")
+
+    # Empty: the page names the missing field and sends nothing.
+    page.click("#confirm-ok")
+    expect(form.locator("[data-field='board'] .cf-error")).to_have_text("This field is required.")
+    expect(board).to_have_attribute("aria-invalid", "true")
+    assert posts == []
+
+    # The server's CONFIG_INVALID lands next to its field; the dialog keeps what was typed.
+    board.fill("ops")
+    retries.fill("9")
+    board.press("Enter")
+    expect(form.locator("[data-field='retries'] .cf-error")).to_have_text(
+        "config.retries: 9 is greater than the maximum of 5"
+    )
+    expect(retries).to_be_focused()
+    expect(board).to_have_value("ops")
+    expect(form.locator("[data-field='board'] .cf-error")).to_be_hidden()
+    assert len(posts) == 1
+    page.screenshot(path=screenshots / "install-config-invalid-1280.png", full_page=True)
+
+    retries.fill("3")
+    form.locator("[data-field='verbose'] input").check()
+    page.click("#confirm-ok")
+    expect(page.locator("#toast")).to_have_text(f"Installed {name} 1.0.0.")
+    expect(dialog).to_be_hidden()
+    config = stack.api(tenant).get(f"/installs/{name}")["config"]
+    assert config == {"board": "ops", "retries": 3, "verbose": True, "mode": "safe"}
+    assert type(config["retries"]) is int and config["verbose"] is True
+    assert json.loads(posts[-1]) == {"extension": name, "version": "1.0.0", "config": config}
+
+
+def test_a_version_without_a_config_schema_installs_from_the_dialog_without_a_form(
+    page: Page, stack: BrowserStack, tenant: str
+) -> None:
+    name = "com.ui.install-plain"
+    stack.publish(tenant, stack.write_bundle(name, "1.0.0"))
+    dialog = open_install_dialog(page, stack, tenant, name)
+    expect(dialog.locator(".config-form")).to_have_count(0)
+    expect(page.locator("#confirm-ok")).to_be_focused()
+    page.click("#confirm-ok")
+    expect(page.locator("#toast")).to_have_text(f"Installed {name} 1.0.0.")
+    install = stack.api(tenant).get(f"/installs/{name}")
+    assert (install["version"], install["config"]) == ("1.0.0", {})
