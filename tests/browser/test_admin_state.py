@@ -268,6 +268,10 @@ def test_installing_a_version_with_a_config_schema_asks_for_its_config_in_the_di
     expect(form.locator("[data-field='board'] .cf-error")).to_be_hidden()
     assert len(posts) == 1
     page.screenshot(path=screenshots / "install-config-invalid-1280.png", full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("document.querySelector('#confirm-dialog').scrollWidth <= innerWidth")
+    page.screenshot(path=screenshots / "install-config-invalid-390.png")
+    page.set_viewport_size({"width": 1280, "height": 900})
 
     retries.fill("3")
     form.locator("[data-field='verbose'] input").check()
