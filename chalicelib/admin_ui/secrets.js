@@ -83,11 +83,13 @@ export async function loadSecrets(install, panel) {
     listed = await api("GET", `installs/${enc(install.extension)}/secrets`);
   } catch (error) {
     panel.status.textContent = "";
+    setBusy(panel, false);
     showError(panel.box, error);
     return;
   }
   const secrets = listed.secrets || [];
   panel.list.replaceChildren(...secrets.map((secret) => secretRow(install, secret, panel)));
+  panel.list.setAttribute("aria-busy", "false");
   const missing = secrets.filter((secret) => secret.missing).length;
   if (secrets.length === 0) {
     panel.status.textContent = "This version declares no secrets.";
@@ -95,6 +97,15 @@ export async function loadSecrets(install, panel) {
     panel.status.textContent = `${missing} required ${missing === 1 ? "secret is" : "secrets are"} missing.`;
   } else {
     panel.status.textContent = "Every required secret is set.";
+  }
+}
+
+// One change at a time: from a request's start until the list is drawn again, the panel's controls are
+// disabled, so a Delete cannot overtake the Replace sent just before it.
+function setBusy(panel, busy) {
+  panel.list.setAttribute("aria-busy", String(busy));
+  for (const control of panel.list.querySelectorAll("input, button")) {
+    control.disabled = busy;
   }
 }
 
@@ -106,9 +117,11 @@ async function setSecret(install, name, input, panel) {
     return;
   }
   clearBox(panel.box);
+  setBusy(panel, true);
   try {
     await api("PUT", `installs/${enc(install.extension)}/secrets/${enc(name)}`, { value });
   } catch (error) {
+    setBusy(panel, false);
     showError(panel.box, error);
     panel.box.focus();
     return;
@@ -120,9 +133,11 @@ async function setSecret(install, name, input, panel) {
 
 async function deleteSecret(install, name, panel) {
   clearBox(panel.box);
+  setBusy(panel, true);
   try {
     await api("DELETE", `installs/${enc(install.extension)}/secrets/${enc(name)}`);
   } catch (error) {
+    setBusy(panel, false);
     showError(panel.box, error);
     panel.box.focus();
     return;

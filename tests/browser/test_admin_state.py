@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Locator, Page, Request, Response, expect
+from playwright.sync_api import Locator, Page, Request, Response, Route, expect
 
 from tests.browser.conftest import BrowserStack
 
@@ -99,10 +99,18 @@ def test_an_admin_sets_replaces_and_deletes_a_secret_and_the_page_never_holds_it
     listed = {s["name"]: s for s in stack.api(tenant).get(f"/installs/{name}/secrets")["secrets"]}
     assert listed["API_KEY"]["set"] is True
 
-    # replace, then delete: required and missing again
+    # replace, then delete: required and missing again. While the replace is on its way the row's controls
+    # are disabled, so the delete cannot overtake it (and leave the secret set after "Deleted").
+    held: list[Route] = []
+    page.route(f"**/installs/{name}/secrets/API_KEY", lambda route: held.append(route))
     row.locator(".secret-value").fill(value + "-2")
     row.locator(".secret-value").press("Enter")
-    expect(page.locator("#toast")).to_have_text(f"Saved API_KEY for {name}.")
+    expect(panel.locator("[data-secret='API_KEY'] .secret-delete")).to_be_disabled()
+    expect(panel.locator(".secrets-list")).to_have_attribute("aria-busy", "true")
+    assert len(held) == 1 and held[0].request.method == "PUT"
+    held[0].continue_()
+    page.unroute(f"**/installs/{name}/secrets/API_KEY")
+    expect(panel.locator("[data-secret='API_KEY'] .secret-delete")).to_be_enabled()
     panel.locator("[data-secret='API_KEY'] .secret-delete").click()
     expect(page.locator("#toast")).to_have_text(f"Deleted API_KEY of {name}.")
     expect(panel.locator("[data-secret='API_KEY']")).to_contain_text("missing")
