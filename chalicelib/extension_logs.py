@@ -203,7 +203,8 @@ class CloudWatchLogReader:
     """
 
     def __init__(self, client: Any, log_group: str, *, clock: Any = time.time) -> None:
-        self._client = client
+        self.client = client
+        """The CloudWatch Logs client it reads with."""
         self._group = log_group
         self._clock = clock
 
@@ -238,7 +239,7 @@ class CloudWatchLogReader:
         events: list[dict[str, Any]] = []
         for _ in range(_MAX_PAGES):
             try:
-                answer = self._client.filter_log_events(**arguments)
+                answer = self.client.filter_log_events(**arguments)
             except Exception as exc:  # botocore's errors: the logs are unreadable, say so with the code
                 code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
                 raise StorageError(f"CloudWatch Logs cannot be read ({code})") from None
@@ -264,7 +265,8 @@ def make_log_reader(settings: Settings) -> LogReader | None:
     if settings.runner_log_group:
         import boto3
 
-        return CloudWatchLogReader(boto3.client("logs"), settings.runner_log_group)
+        logs = boto3.client("logs", region_name=settings.storage_s3_region)
+        return CloudWatchLogReader(logs, settings.runner_log_group)
     if settings.runner_base_url:
         return RunnerLogReader(settings.runner_base_url, str(settings.runner_auth_token))
     return None
