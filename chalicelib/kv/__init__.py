@@ -1,7 +1,6 @@
 """Per-install key-value storage for extensions (``cap:storage.kv``, DESIGN §6c).
 
-Typical wiring (the runner; the API reaches KV only through the runner, whose role alone may use
-the table)::
+Typical wiring of a guest's call (the API's admin routes and purge use :class:`KvService` directly)::
 
     service = KvService(make_kv_models(settings))
     access = KvAccess(service, InstallScope(tenant, extension), OperationBudget(service.limits.max_operations),
@@ -18,7 +17,6 @@ from chalicelib.kv.abi import (
     KvListRequest,
     KvRequest,
     KvSetRequest,
-    handle_core_request,
     parse_core_request,
     wit_case,
 )
@@ -40,7 +38,6 @@ __all__ = [
     "KvUsage",
     "OperationBudget",
     "create_kv_table",
-    "handle_core_request",
     "make_kv_models",
     "parse_core_request",
     "wit_case",

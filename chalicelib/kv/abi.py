@@ -4,9 +4,10 @@ The runner builds one :class:`KvAccess` per call (the install's scope, whether i
 ``cap:storage.kv``, and a fresh :class:`~chalicelib.kv.service.OperationBudget`) and hands it to the
 host functions, which stay thin:
 
-- ``wasm-core@1``, import ``ext.kv(req_ptr, req_len, out_ptr) -> i32``: the host passes the guest's
-  request bytes to :func:`handle_core_request` and writes the bytes it returns back through the
-  guest's ``alloc`` (0 = ok; errors are in the JSON, never a trap)::
+- ``wasm-core@1``, import ``ext.kv(req_ptr, req_len, out_ptr) -> i32``: the host parses the guest's
+  request bytes with :func:`parse_core_request` (``runner_container.host_services.core_kv_answer``)
+  and writes the answer back through the guest's ``alloc`` (0 = ok; errors are in the JSON, never a
+  trap)::
 
       {"op": "get", "key": "k"}                        -> {"value_b64": "…", "revision": 7}
       {"op": "set", "key": "k", "value_b64": "…",
@@ -31,7 +32,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chalicelib.errors import (
-    ExtError,
     KvConflict,
     KvDenied,
     KvError,
@@ -52,7 +52,6 @@ __all__ = [
     "KvListRequest",
     "KvRequest",
     "KvSetRequest",
-    "handle_core_request",
     "parse_core_request",
     "wit_case",
 ]
@@ -229,28 +228,3 @@ class KvAccess:
     def list(self, prefix: str = "", cursor: str | None = None, limit: int = 0) -> KvPage:
         self._admit()
         return self._service.list(self._scope, prefix, cursor, limit)
-
-    def execute(self, request: KvRequest) -> dict[str, Any]:
-        """Run ``request``; the success body of the core ABI."""
-        if isinstance(request, KvGetRequest):
-            return self.get(request.key).to_json()
-        if isinstance(request, KvSetRequest):
-            return {"revision": self.set(request.key, request.value, request.if_revision)}
-        if isinstance(request, KvDeleteRequest):
-            return {"deleted": self.delete(request.key)}
-        return self.list(request.prefix, request.cursor, request.limit).to_json()
-
-
-def handle_core_request(access: KvAccess, raw: bytes) -> bytes:
-    """The whole ``ext.kv`` host function of ``wasm-core@1``, from the guest's bytes to the answer's bytes.
-
-    A refusal is the JSON ``{"error": {"code", "message"}}``: a :class:`KvError`'s own code, or
-    ``KV_UNAVAILABLE`` for any other platform error.  Never raises an :class:`ExtError`.
-    """
-    try:
-        body = access.execute(parse_core_request(raw))
-    except KvError as exc:
-        body = {"error": {"code": exc.code, "message": exc.message}}
-    except ExtError as exc:
-        body = {"error": {"code": KvUnavailable.code, "message": exc.message}}
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

@@ -25,11 +25,12 @@ from chalicelib.kv import (
     KvUsage,
     OperationBudget,
     create_kv_table,
-    handle_core_request,
     make_kv_models,
 )
 from chalicelib.tenancy import InstallScope
 from devstack.aws import aws_environment
+from runner_container.host_services import core_kv_answer
+from runner_container.state import InstallKv
 
 EXTENSION = "com.acme.sync"
 _tenants = itertools.count()
@@ -333,9 +334,16 @@ def test_a_storage_failure_is_unavailable(scope: InstallScope) -> None:
 # --- the core ABI ---------------------------------------------------------------------------------------
 
 
+def core(access: KvAccess, raw: bytes) -> dict[str, Any]:
+    """The ``ext.kv`` answer the runner gives a guest, checked against its return code (0 ok, 1 refused)."""
+    code, answer = core_kv_answer(InstallKv(access), raw)
+    body: dict[str, Any] = json.loads(answer)
+    assert code == (1 if "error" in body else 0)
+    return body
+
+
 def call(access: KvAccess, **request: Any) -> dict[str, Any]:
-    answer: dict[str, Any] = json.loads(handle_core_request(access, json.dumps(request).encode()))
-    return answer
+    return core(access, json.dumps(request).encode())
 
 
 def test_the_core_abi_round_trips_every_operation(kv: KvService, scope: InstallScope) -> None:
@@ -359,7 +367,7 @@ def test_the_core_abi_answers_refusals_as_errors_never_raising(kv: KvService, sc
     call(access, op="set", key="k", value_b64="", if_revision=None)
     assert call(access, op="set", key="k", value_b64="", if_revision=0)["error"]["code"] == "KV_CONFLICT"
     assert call(access, op="set", key="k" * 600, value_b64="")["error"]["code"] == "KV_INVALID"
-    assert json.loads(handle_core_request(access, b"{not json"))["error"]["code"] == "KV_INVALID"
+    assert core(access, b"{not json")["error"]["code"] == "KV_INVALID"
 
 
 # --- concurrency ----------------------------------------------------------------------------------------
