@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -130,8 +131,11 @@ class BundleFetcher:
         incoming = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=self._disk.incoming))
         try:
             verified = self._download(content_hash, incoming / BUNDLE_DIR, scope, reservation)
+            # Debug lines at each stage's end: an operator (and the crash tests) can tell where a load stopped.
+            log_event("runner.bundle_unpacked", level=logging.DEBUG, content_hash=content_hash, scope=scope.value)
             check = self._check_signature(content_hash, verified.manifest.name)
             self._write_index(incoming / INDEX_FILE, verified, check, scope)
+            log_event("runner.bundle_indexed", level=logging.DEBUG, content_hash=content_hash, scope=scope.value)
             final = self._disk.root / key
             self._install(incoming, final)
         except BaseException:

@@ -479,6 +479,7 @@ class CompiledCode:
         # A new inode: anything mapping an earlier file at this path keeps its bytes.
         os.replace(result.artifact, local)
         self._disk.settle(hex_digest, reservation, size)
+        log_event("runner.module_installed", level=logging.DEBUG, content_hash=bundle.content_hash, bytes=size)
         loaded = self._load_file(artifact_kind(bundle), local)
         try:
             module = self._check(loaded)
