@@ -7,10 +7,12 @@ job, :meth:`Compiler.run`, goes through these stages:
 1. size: code over ``max_wasm_bytes`` fails at once, no process started;
 2. slot: at most ``concurrency`` jobs of one runner process run at a time;
 3. child: ``python -m runner_container.compiler`` caps its own address space (``RLIMIT_AS``) and CPU
-   time (``RLIMIT_CPU``, a backstop should the parent die) *before* it imports wasmtime, builds an
-   engine with the parent's exact :class:`wasmtime.Config` settings, compiles, serializes the native code
-   to the output path (never more than ``max_output_bytes``, the room the caller reserved for it) and
-   prints one JSON line with its peak RSS and CPU time;
+   time (``RLIMIT_CPU``, a backstop) *before* it imports wasmtime, builds an engine with the parent's
+   exact :class:`wasmtime.Config` settings, compiles, serializes the native code to the output path
+   (never more than ``max_output_bytes``, the room the caller reserved for it) and prints one JSON line
+   with its peak RSS and CPU time.  It ends as soon as its parent does, however that dies (a pipe only
+   the parent holds open reaches end of file): a killed runner leaves no compile running, and nothing
+   written into a cache dir a restarted runner has already cleared;
 4. wall clock: past ``timeout_s`` the parent kills the child;
 5. outcome: the artifact, or a :class:`CompileFailure` with its kind and reason: ``invalid`` (wasmtime
    refused the code, deterministic), ``too_large`` (the code, or the native code it compiles to),
@@ -28,9 +30,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import resource
+import select
 import signal
 import subprocess
 import sys
@@ -44,6 +48,7 @@ from typing import Any
 
 from chalicelib.config import Settings
 from chalicelib.errors import ExtensionFailed
+from chalicelib.logs import log_event
 
 __all__ = [
     "FAILURE_FORMAT",
@@ -63,6 +68,8 @@ _INLINE_MEMORY_BYTES = 1024 * MiB
 _MAX_REASON_CHARS = 2000
 _STDERR_TAIL_BYTES = 4096
 _ALLOCATION_FAILED = "memory allocation of"
+_ORPHANED_EXIT = 3
+"""The child's exit status when its parent is gone (nobody reads it; it only has to differ from success)."""
 
 
 class ArtifactKind(StrEnum):
@@ -257,7 +264,7 @@ class Compiler:
             kind.value,
             json.dumps(self._engine_settings),
             str(limits.memory_bytes),
-            # CPU time may exceed wall time (the compiler uses every core); this only stops an orphan.
+            # CPU time may exceed wall time (the compiler uses every core); a backstop: the pipe stops an orphan first.
             str(math.ceil(limits.timeout_s * (os.cpu_count() or 1)) + 1),
             str(max_output_bytes if max_output_bytes is not None else -1),
             os.fspath(wasm),
@@ -273,19 +280,12 @@ class Compiler:
         with self._count_lock:
             self._started += 1
         started = time.perf_counter()
-        with subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True
-        ) as child:
-            try:
-                stdout, stderr = child.communicate(timeout=limits.timeout_s)
-                timed_out = False
-            except subprocess.TimeoutExpired:
-                child.kill()
-                stdout, stderr = child.communicate()
-                timed_out = True
+        returncode, stdout, stderr, timed_out = _run_child(
+            command, env, limits.timeout_s, kind=kind.value, wasm_bytes=size
+        )
         wall = time.perf_counter() - started
         report = _last_json_line(stdout)
-        failure = _classify(child.returncode, report, stderr, limits, timed_out)
+        failure = _classify(returncode, report, stderr, limits, timed_out)
         if failure is not None:
             output.unlink(missing_ok=True)
             return CompileResult(None, failure, size, wall)
@@ -297,6 +297,39 @@ class Compiler:
             cpu_s=float(report["cpu_s"]),
             peak_rss_bytes=int(report["peak_rss_kib"]) * 1024,
         )
+
+
+def _run_child(
+    command: list[str], env: Mapping[str, str], timeout_s: float, **fields: Any
+) -> tuple[int, bytes, bytes, bool]:
+    """Run the compiler child to its end (killed past ``timeout_s``): its status, stdout, stderr, and whether
+    it timed out.  It gets the read end of a pipe whose write end only this process holds (``os.pipe``'s
+    ends are not inherited), so it reads end of file, and stops, once this process is gone."""
+    parent_alive, keep_alive = os.pipe()
+    try:
+        try:
+            child = subprocess.Popen(
+                [*command, str(parent_alive)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                start_new_session=True,
+                pass_fds=(parent_alive,),
+            )
+        finally:
+            os.close(parent_alive)
+        with child:
+            log_event("runner.compile_started", level=logging.DEBUG, pid=child.pid, **fields)
+            try:
+                stdout, stderr = child.communicate(timeout=timeout_s)
+                timed_out = False
+            except subprocess.TimeoutExpired:
+                child.kill()
+                stdout, stderr = child.communicate()
+                timed_out = True
+    finally:
+        os.close(keep_alive)
+    return child.returncode, stdout, stderr, timed_out
 
 
 def _last_json_line(stdout: bytes) -> dict[str, Any]:
@@ -347,12 +380,30 @@ def _cap(limit: int, value: int, hard: int | None = None) -> None:
     resource.setrlimit(limit, (fit(value), fit(hard if hard is not None else value)))
 
 
-def _child_main(argv: list[str]) -> int:
-    """``python -m runner_container.compiler KIND SETTINGS MEMORY CPU_S MAX_OUT WASM OUT``; see :meth:`Compiler.run`.
+def _parent_gone(fd: int, *, wait: bool) -> bool:
+    """Whether the parent has ended: the pipe ``fd`` only it writes to (it never does) is at end of file."""
+    if not wait and not select.select([fd], [], [], 0)[0]:
+        return False
+    return os.read(fd, 1) == b""
 
-    ``MAX_OUT`` is the most native code the child may write (-1: no limit).
+
+def _exit_with_parent(fd: int) -> None:
+    """Wait for the parent's end, then exit at once (a daemon thread of the child)."""
+    if _parent_gone(fd, wait=True):
+        os._exit(_ORPHANED_EXIT)
+
+
+def _child_main(argv: list[str]) -> int:
+    """``python -m runner_container.compiler KIND SETTINGS MEMORY CPU_S MAX_OUT WASM OUT PARENT_FD``; see
+    :meth:`Compiler.run`.
+
+    ``MAX_OUT`` is the most native code the child may write (-1: no limit); ``PARENT_FD`` the read end of a
+    pipe only the parent holds open: the child exits once it reads end of file, and never writes its output
+    after that.
     """
-    kind, settings, memory, cpu_s, max_out, wasm_path, out_path = argv
+    kind, settings, memory, cpu_s, max_out, wasm_path, out_path, parent_fd = argv
+    parent_alive = int(parent_fd)
+    threading.Thread(target=_exit_with_parent, args=(parent_alive,), name="parent-alive", daemon=True).start()
     _cap(resource.RLIMIT_AS, int(memory))
     _cap(resource.RLIMIT_CPU, int(cpu_s), int(cpu_s) + 1)
     # Imported only now, so the limits cover everything wasmtime maps and allocates.
@@ -376,6 +427,8 @@ def _child_main(argv: list[str]) -> int:
             reason = f"the compiled code is {_size(len(artifact))}, more than the {_size(int(max_out))} it may take"
             print(json.dumps({"ok": False, "kind": FailureKind.TOO_LARGE.value, "reason": reason}), flush=True)
             return 1
+        if _parent_gone(parent_alive, wait=False):
+            return _ORPHANED_EXIT
         with open(out_path, "xb") as out:
             out.write(artifact)
     except MemoryError:

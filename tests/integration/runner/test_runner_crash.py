@@ -9,7 +9,9 @@ crash is.  What the platform promises, and these tests check:
   call's deadline, and the same while the runner is down; once it is back, the same call answers as it did
   before the crash;
 - mid-fill: the restarted runner starts, never uses what the killed one left half-made (its first call
-  answers right), keeps no scratch file, and every entry it keeps is whole.
+  answers right), keeps no scratch file, and every entry it keeps is whole;
+- a compiler child does not outlive the runner that started it: nothing it would have written lands in
+  the cache after the crash.
 """
 
 from __future__ import annotations
@@ -298,12 +300,13 @@ def test_a_runner_killed_during_a_call_answers_runner_busy_and_the_same_call_wor
 # --- killed mid-fill ---------------------------------------------------------------------------------------
 
 # The stages of a cold call, in order: the bundle unpacked and verified in .incoming/, its index written
-# there, the entry renamed into place; the compiler's artifact written in .incoming/, then renamed next to
-# the bundle (then loaded and uploaded to the store).
+# there, the entry renamed into place; the compiler child started, its artifact written in .incoming/, the
+# artifact renamed next to the bundle (then loaded and uploaded to the store).
 FILL_STAGES = [
     "runner.bundle_unpacked",
     "runner.bundle_indexed",
     "runner.bundle_fetched",
+    "runner.compile_started",
     "runner.module_compiled",
     "runner.module_installed",
 ]
@@ -369,3 +372,31 @@ def test_a_runner_killed_while_it_downloads_compiled_code_restarts_and_answers_r
     assert broken_entries(cache) == []
     assert answer_of(restarted.execute(payload)) == (200, 200, text)
     assert not any(line.get("event") == "runner.module_compiled" for line in restarted.lines)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie nobody reaped has ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_a_compiler_child_does_not_outlive_the_runner_that_started_it(
+    stack: AwsStack, stack_env: dict[str, str], runners: list[RunnerProcess], tmp_path: Path
+) -> None:
+    content_hash = store_of(stack, tmp_path).publish(guest_bundle("com.acme.orphan", fixed_guest("orphan")))
+    cache = tmp_path / "cache"
+    killed = start(runners, runner_env(stack_env, cache), free_port(), kill_at="runner.compile_started")
+    attempt(killed, execute_payload(content_hash, extension="com.acme.orphan"))
+    child = int(killed.wait_for("runner.compile_started")["pid"])
+    assert killed.died() == -signal.SIGKILL
+
+    deadline = time.monotonic() + _WAIT_S
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child)
+    # Had the child gone on compiling, its artifact would now sit in the dead runner's .incoming/, where
+    # nothing clears it until a runner starts on this cache dir again.
+    assert [p.name for p in (cache / ".incoming").glob("*.cwasm")] == []
