@@ -10,12 +10,12 @@ Finalize still hashes what arrived: these signatures are a defence in AWS only.
 from __future__ import annotations
 
 import base64
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from chalicelib.bundles.digests import HEX_DIGEST_RE
 from chalicelib.errors import BadRequest
 from chalicelib.storage.multipart import BUNDLE_CONTENT_TYPE, MAX_PARTS, PartRange
 
@@ -30,8 +30,6 @@ __all__ = [
 
 MAX_PRESIGN_TTL_SECONDS = 7 * 24 * 3600
 """SigV4's longest presigned lifetime."""
-
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -84,7 +82,7 @@ def _expiry(ttl_seconds: int) -> datetime:
 
 def sha256_checksum_header(sha256_hex: str) -> str:
     """The ``x-amz-checksum-sha256`` value (base64 of the raw digest) for a hex digest."""
-    if not _SHA256_HEX.fullmatch(sha256_hex):
+    if not HEX_DIGEST_RE.fullmatch(sha256_hex):
         raise BadRequest(f"sha256 must be 64 lowercase hex characters, got {sha256_hex!r}")
     return base64.b64encode(bytes.fromhex(sha256_hex)).decode("ascii")
 

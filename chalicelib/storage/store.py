@@ -32,6 +32,7 @@ from typing import Any, BinaryIO, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from chalicelib.bundles.digests import DIGEST_RULE, hex_digest_of
 from chalicelib.config import Settings
 from chalicelib.errors import BadRequest, NotFound, StorageError
 from chalicelib.storage.multipart import S3Multipart, UploadedPart
@@ -61,7 +62,6 @@ PUBLISH_RECORD_OBJECT = "published.json"
 """When and how finalize published the bundle (:mod:`chalicelib.bundles.publication`)."""
 _FIXED_OBJECTS = frozenset({BUNDLE_OBJECT, MANIFEST_OBJECT, SIGNATURE_OBJECT, ENTRY_OBJECT, PUBLISH_RECORD_OBJECT})
 
-_CONTENT_HASH = re.compile(r"sha256:([0-9a-f]{64})")
 _FINGERPRINT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _KEY_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}")
 _CHUNK_BYTES = 1024 * 1024
@@ -171,10 +171,10 @@ class StagingArea(Protocol):
 
 def content_hash_hex(content_hash: str) -> str:
     """The 64 hex digits of a ``sha256:<hex>`` content hash; raises ``BadRequest`` otherwise."""
-    match = _CONTENT_HASH.fullmatch(content_hash)
-    if match is None:
-        raise BadRequest(f"content hash must be 'sha256:' and 64 lowercase hex digits, got {content_hash!r}")
-    return match.group(1)
+    digest = hex_digest_of(content_hash)
+    if digest is None:
+        raise BadRequest(f"content hash must be {DIGEST_RULE}, got {content_hash!r}")
+    return digest
 
 
 @contextmanager

@@ -8,12 +8,12 @@ the upload session stores, so a replay answers with exactly what the first final
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from chalicelib.bundles.digests import hex_digest_of
 from chalicelib.bundles.signing import SignatureEnvelope
 from chalicelib.errors import BadRequest
 from chalicelib.json_values import as_integer
@@ -30,8 +30,6 @@ __all__ = [
     "UploadStatus",
     "UploadTarget",
 ]
-
-_SHA256 = re.compile(r"(?:sha256:)?([0-9a-f]{64})")
 
 
 # --- requests ----------------------------------------------------------------------------
@@ -100,10 +98,10 @@ def _upload_id(value: Any) -> str:
 def _declared_sha256(value: Any) -> str | None:
     if value is None:
         return None
-    match = _SHA256.fullmatch(value) if isinstance(value, str) else None
-    if match is None:
+    digest = hex_digest_of(value, bare_ok=True) if isinstance(value, str) else None
+    if digest is None:
         raise BadRequest("`sha256` must be 64 lowercase hex characters (optionally prefixed with sha256:)")
-    return match.group(1)
+    return digest
 
 
 def _envelope(value: Any) -> SignatureEnvelope | None:
