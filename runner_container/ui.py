@@ -57,6 +57,7 @@ from urllib.parse import unquote_to_bytes
 from chalicelib.bundles.digests import CONTENT_HASH_RE
 from chalicelib.bundles.verify import BundleFile
 from chalicelib.errors import AssetTooLarge, BadRequest, ExtError, NotFound, RunnerBusy
+from chalicelib.tenancy import is_extension_name
 from runner_container.bundle_fetch import CachedBundle
 from runner_container.cache import BundleCache
 from runner_container.http_responses import (
@@ -117,10 +118,8 @@ CONTENT_TYPES: Mapping[str, str] = {
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 _DOCUMENT_CSP: Mapping[str, str] = {_HTML: HTML_CSP, CONTENT_TYPES[".svg"]: SVG_CSP}
 """The types a browser renders as a document when an asset is opened directly, and their policies."""
-_NAME = re.compile(r"[a-z][a-z0-9-]*(\.[a-z0-9][a-z0-9-]*)+")
 _ENCODED = re.compile(r"%[0-9A-Fa-f]{2}")
 _ENTITY_TAG = re.compile(r'(?:W/)?"([^"]*)"')
-_MAX_NAME = 128
 
 
 # --- pure parts: URL, path, resolution, headers ---------------------------------------------
@@ -159,8 +158,8 @@ def parse_ui_path(raw_path: str) -> UiTarget:
         raise NotFound("UI URLs are /ext-ui/{extension}/{content_hash}/{path}")
     extension = _decode_segment(parts[0], "extension name")
     content_hash = _decode_segment(parts[1], "content hash")
-    if len(extension) > _MAX_NAME or not _NAME.fullmatch(extension):
-        raise NotFound(f"{extension[:_MAX_NAME]!r} is not an extension name")
+    if not is_extension_name(extension):
+        raise NotFound(f"{extension[:128]!r} is not an extension name")
     if not CONTENT_HASH_RE.fullmatch(content_hash):
         raise NotFound("the content hash must be 'sha256:' and 64 lowercase hex digits")
     if len(parts) == 2:
