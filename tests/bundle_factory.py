@@ -29,6 +29,21 @@ def wasm(wat: str = MINIMAL_WAT) -> bytes:
     return bytes(wasmtime.wat2wasm(wat))
 
 
+def fixed_response_guest(response: dict[str, Any], code: int = 0) -> bytes:
+    """A guest that answers every call with ``response`` (and returns ``code``)."""
+    text = json.dumps(response).replace("\\", "\\\\").replace('"', '\\"')
+    size = len(json.dumps(response).encode())
+    return wasm(
+        f"""(module (memory (export "memory") 1)
+        (data (i32.const 1024) "{text}")
+        (func (export "alloc") (param i32) (result i32) i32.const 8192)
+        (func (export "handler") (param i32 i32 i32) (result i32)
+          (i32.store (local.get 2) (i32.const 1024))
+          (i32.store offset=4 (local.get 2) (i32.const {size}))
+          i32.const {code}))"""
+    )
+
+
 def manifest(**overrides: Any) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "name": "com.acme.tools",

@@ -23,27 +23,20 @@ from chalicelib.errors import ExtError, RunnerBusy
 from chalicelib.gateway.service import GatewayRequest
 from runner_container.server import RunnerHTTPServer, make_server
 from runner_container.service import build_service
-from tests.bundle_factory import TYPE_MISMATCH_WAT, bundle, good_files, manifest_bytes, slow_to_compile_wasm, wasm
+from tests.bundle_factory import (
+    TYPE_MISMATCH_WAT,
+    bundle,
+    fixed_response_guest,
+    good_files,
+    manifest_bytes,
+    slow_to_compile_wasm,
+    wasm,
+)
 from tests.integration.fake_lambda import FakeLambda, runner_answer, throttled
 from tests.integration.stack import AwsStack, auth, fresh_rate_window, publish
 
 ROOT = Path(__file__).resolve().parents[2]
 WAT = ROOT / "tests" / "fixtures" / "wat"
-
-
-def fixed_response_guest(response: dict[str, Any], code: int = 0) -> bytes:
-    """A guest that answers every call with ``response`` (and returns ``code``)."""
-    text = json.dumps(response).replace("\\", "\\\\").replace('"', '\\"')
-    size = len(json.dumps(response).encode())
-    return wasm(
-        f"""(module (memory (export "memory") 1)
-        (data (i32.const 1024) "{text}")
-        (func (export "alloc") (param i32) (result i32) i32.const 8192)
-        (func (export "handler") (param i32 i32 i32) (result i32)
-          (i32.store (local.get 2) (i32.const 1024))
-          (i32.store offset=4 (local.get 2) (i32.const {size}))
-          i32.const {code}))"""
-    )
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ import pytest
 from chalicelib.storage.s3 import make_s3_client
 from chalicelib.storage.store import S3BundleStore
 from devstack.ports import free_port
-from tests.bundle_factory import bundle, good_files, wasm
+from tests.bundle_factory import bundle, fixed_response_guest, good_files, wasm
 from tests.integration.runner_fixtures import REPO, RunnerEnv, execute_payload
 from tests.integration.stack import AwsStack, auth, publish
 
@@ -47,17 +47,8 @@ _WAIT_S = 60.0
 
 def fixed_guest(text: str) -> bytes:
     """A ``wasm-core@1`` guest answering every call ``200`` with the body ``text``."""
-    response = json.dumps({"status": 200, "headers": {"content-type": "text/plain"}, "body_b64": _b64(text)})
-    escaped = response.replace("\\", "\\\\").replace('"', '\\"')
-    return wasm(
-        f"""(module (memory (export "memory") 1)
-        (data (i32.const 1024) "{escaped}")
-        (func (export "alloc") (param i32) (result i32) i32.const 8192)
-        (func (export "handler") (param i32 i32 i32) (result i32)
-          (i32.store (local.get 2) (i32.const 1024))
-          (i32.store offset=4 (local.get 2) (i32.const {len(response.encode())}))
-          i32.const 0))"""
-    )
+    body = base64.b64encode(text.encode()).decode()
+    return fixed_response_guest({"status": 200, "headers": {"content-type": "text/plain"}, "body_b64": body})
 
 
 LOOPING_GUEST = """(module
@@ -70,10 +61,6 @@ LOOPING_GUEST = """(module
     (loop $forever (br $forever))
     i32.const 0))"""
 """Says so in its log as soon as it runs, then never returns: the call is in flight once the line is out."""
-
-
-def _b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
 
 
 def guest_bundle(name: str, code: bytes, **manifest: Any) -> bytes:
