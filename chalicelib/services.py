@@ -35,7 +35,7 @@ from chalicelib.registry import (
     make_models,
     utc_now,
 )
-from chalicelib.secrets import SecretsService, make_secret_model
+from chalicelib.secrets import SecretsService, make_kms_client, make_secret_model
 from chalicelib.storage.multipart import MultipartUploads, S3Multipart
 from chalicelib.storage.presign import S3UploadSigner, UploadSigner
 from chalicelib.storage.s3 import make_s3_client, make_s3_presign_client
@@ -98,7 +98,7 @@ class Services:
 
     @cached_property
     def secrets(self) -> SecretsService:
-        kms = boto3.client("kms", region_name=self.settings.storage_s3_region)
+        kms = make_kms_client(self.settings)
         return SecretsService(make_secret_model(self.settings), kms, self.settings.secrets_kms_key_id, utc_now)
 
     @cached_property

@@ -19,7 +19,7 @@ import boto3
 from chalicelib.config import Settings
 from chalicelib.kv import create_kv_table, make_kv_models
 from chalicelib.registry import create_tables, make_models
-from chalicelib.secrets import create_secrets_table, ensure_secrets_key, make_secret_model
+from chalicelib.secrets import create_secrets_table, ensure_secrets_key, make_kms_client, make_secret_model
 from chalicelib.storage.s3 import ensure_bucket, make_s3_client
 
 __all__ = ["MAX_RECEIVE_COUNT", "QUEUE_NAME", "VISIBILITY_TIMEOUT_SECONDS", "Provisioned", "provision"]
@@ -61,7 +61,7 @@ def provision(
     create_tables(make_models(settings), wait=True)
     create_kv_table(make_kv_models(settings))
     create_secrets_table(make_secret_model(settings))
-    kms = boto3.client("kms", region_name=settings.storage_s3_region)
+    kms = make_kms_client(settings)
     secrets_key = ensure_secrets_key(kms, settings.secrets_kms_key_id)
     return Provisioned(queue_url, queue_arn, secrets_key, dead_letter_url)
 

@@ -22,8 +22,6 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
-
 from chalicelib import kv as platform_kv
 from chalicelib import secrets as platform_secrets
 from chalicelib.config import Settings
@@ -106,7 +104,7 @@ class StateServices:
     @classmethod
     def from_settings(cls, settings: Settings, *, kms: Any = None) -> StateServices:
         """The services on ``KV_TABLE_NAME`` and ``SECRETS_TABLE_NAME``; KMS from the process's AWS settings."""
-        client = kms if kms is not None else boto3.client("kms", region_name=settings.storage_s3_region)
+        client = kms if kms is not None else platform_secrets.make_kms_client(settings)
         return cls(
             platform_kv.KvService(platform_kv.make_kv_models(settings)),
             platform_secrets.SecretReader(platform_secrets.make_secret_model(settings), client),

@@ -1,6 +1,9 @@
 """A TCP fault proxy in front of the AWS the platform reaches (moto's server): outside a fault window it
 forwards bytes both ways; inside one, each chunk a client sends is, at a seeded rate, answered with an
 HTTP 500 or 503, a throttling error in the service's own format, a connection reset, or forwarded late.
+A window may target one JSON-protocol service by its ``X-Amz-Target`` prefix (``TrentService.`` is KMS):
+then only that service's requests meet faults, and KMS's answers have KMS's own error shapes
+(``KMSInternalException``, ``DependencyTimeoutException``, ``ThrottlingException``).
 
 It sits where AWS does (``AWS_ENDPOINT_URL``), so every SDK client of the process (boto3 for S3, SQS and
 KMS, pynamodb for DynamoDB) and presigned URLs meet the same faults, with nothing patched.  A fault may
@@ -10,6 +13,7 @@ land on a request's first bytes or inside its body: both happen to real connecti
 from __future__ import annotations
 
 import random
+import re
 import select
 import socket
 import struct
@@ -19,9 +23,15 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["FAULTS", "FaultProxy"]
+__all__ = ["FAULTS", "HANG", "KMS", "KMS_FAULTS", "FaultProxy"]
 
 FAULTS = ("500", "503", "throttle", "reset", "slow")
+KMS = "TrentService."
+"""The ``X-Amz-Target`` prefix of KMS's requests."""
+KMS_FAULTS = (*FAULTS, "dependency-timeout")
+"""KMS's faults: ``dependency-timeout`` is its ``DependencyTimeoutException`` (elsewhere a plain 500)."""
+HANG = "hang"
+"""A fault outside the random mix: the request is held, unanswered, until the window closes, then dropped."""
 
 _CLOSE = b"Connection: close\r\n"
 _S3_SLOW_DOWN = (
@@ -29,6 +39,13 @@ _S3_SLOW_DOWN = (
     b"<Message>Please reduce your request rate.</Message></Error>"
 )
 _JSON_THROTTLE = b'{"__type":"com.amazonaws.dynamodb.v20120810#ThrottlingException","message":"Rate exceeded"}'
+_TARGET = re.compile(rb"^x-amz-target:[ \t]*([A-Za-z0-9_.]+)", re.IGNORECASE | re.MULTILINE)
+_KMS_ERRORS = {
+    "500": ("500 Internal Server Error", "KMSInternalException"),
+    "dependency-timeout": ("500 Internal Server Error", "DependencyTimeoutException"),
+    "503": ("503 Service Unavailable", "KMSInternalException"),
+    "throttle": ("400 Bad Request", "ThrottlingException"),
+}
 
 
 def _answer(status: str, body: bytes, content_type: bytes) -> bytes:
@@ -51,6 +68,11 @@ class FaultProxy:
         """Faults injected so far, by kind."""
         self.chunks = 0
         """Chunks clients sent (requests, or parts of their bodies) so far."""
+        self.targets: Counter[str] = Counter()
+        """Requests so far by ``X-Amz-Target`` (``TrentService.Decrypt``: KMS Decrypt attempts), faulted or not."""
+        self._only: str | None = None
+        self._calm = threading.Event()
+        self._calm.set()
         self._closing = threading.Event()
         threading.Thread(target=self._accept, name="fault-proxy", daemon=True).start()
 
@@ -59,18 +81,22 @@ class FaultProxy:
         return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
 
     @contextmanager
-    def window(self, rate: float, faults: tuple[str, ...] = FAULTS) -> Iterator[None]:
-        """Inside the block each chunk a client sends meets one of ``faults`` with probability ``rate``."""
+    def window(self, rate: float, faults: tuple[str, ...] = FAULTS, *, only: str | None = None) -> Iterator[None]:
+        """Inside the block each chunk a client sends meets one of ``faults`` with probability ``rate``;
+        with ``only`` (an ``X-Amz-Target`` prefix such as :data:`KMS`), only that service's requests do."""
         with self._lock:
-            self._rate, self._faults = rate, faults
+            self._rate, self._faults, self._only = rate, faults, only
+            self._calm.clear()
         try:
             yield
         finally:
             with self._lock:
-                self._rate, self._faults = 0.0, ()
+                self._rate, self._faults, self._only = 0.0, (), None
+                self._calm.set()
 
     def close(self) -> None:
         self._closing.set()
+        self._calm.set()
         self._listener.close()
 
     def _accept(self) -> None:
@@ -81,10 +107,14 @@ class FaultProxy:
                 return
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
-    def _choose(self) -> str | None:
+    def _choose(self, target: str | None) -> str | None:
         with self._lock:
             self.chunks += 1
-            if not self._faults or self._rng.random() >= self._rate:
+            if target is not None:
+                self.targets[target] += 1
+            if not self._faults or (self._only is not None and not (target or "").startswith(self._only)):
+                return None
+            if self._rng.random() >= self._rate:
                 return None
             fault = self._rng.choice(self._faults)
             self.injected[fault] += 1
@@ -109,25 +139,35 @@ class FaultProxy:
                     if sock is upstream:
                         client.sendall(data)
                         continue
-                    fault = self._choose()
-                    if fault is not None and not self._inject(fault, client, data):
+                    found = _TARGET.search(data)
+                    target = found.group(1).decode() if found else None
+                    fault = self._choose(target)
+                    if fault is not None and not self._inject(fault, client, target):
                         return
                     upstream.sendall(data)
 
-    def _inject(self, fault: str, client: socket.socket, data: bytes) -> bool:
-        """Apply ``fault`` to a chunk ``data`` from ``client``; whether the connection goes on."""
+    def _inject(self, fault: str, client: socket.socket, target: str | None) -> bool:
+        """Apply ``fault`` to a chunk from ``client`` (a request to ``target``, or ``None`` for a REST one
+        or a body's later part); whether the connection goes on."""
         if fault == "slow":
             time.sleep(self._slow_s)
             return True
+        if fault == HANG:
+            self._calm.wait()
+            return False
         try:
             if fault == "reset":
                 client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            elif fault == "throttle" and b"x-amz-target" in data.lower():
+            elif target is not None and target.startswith(KMS) and fault in _KMS_ERRORS:
+                status, kind = _KMS_ERRORS[fault]
+                body = f'{{"__type":"{kind}","message":"injected {kind}"}}'.encode()
+                client.sendall(_answer(status, body, b"application/x-amz-json-1.1"))
+            elif fault == "throttle" and target is not None:
                 client.sendall(_answer("400 Bad Request", _JSON_THROTTLE, b"application/x-amz-json-1.0"))
             elif fault == "throttle":
                 client.sendall(_answer("503 Slow Down", _S3_SLOW_DOWN, b"application/xml"))
             else:
-                status = "500 Internal Server Error" if fault == "500" else "503 Service Unavailable"
+                status = "503 Service Unavailable" if fault == "503" else "500 Internal Server Error"
                 client.sendall(_answer(status, b"", b"text/plain"))
         except OSError:
             pass

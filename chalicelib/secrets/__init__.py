@@ -3,7 +3,7 @@
 Typical wiring::
 
     model = make_secret_model(settings)
-    kms = boto3.client("kms", region_name=settings.storage_s3_region)
+    kms = make_kms_client(settings)
     admin = SecretsService(model, kms, settings.secrets_kms_key_id)          # the API
     reader = SecretReader(model, kms)                                        # the runner
     access = SecretsAccess(reader, InstallScope(tenant, extension), declared_names,
@@ -14,7 +14,13 @@ The runner builds the access per call in ``runner_container/state.py`` and serve
 """
 
 from chalicelib.secrets.models import SecretModel, create_secrets_table, make_secret_model
-from chalicelib.secrets.sealing import MAX_SECRET_BYTES, SecretValue, ensure_secrets_key
+from chalicelib.secrets.sealing import (
+    KMS_MAX_ATTEMPTS,
+    MAX_SECRET_BYTES,
+    SecretValue,
+    ensure_secrets_key,
+    make_kms_client,
+)
 from chalicelib.secrets.service import (
     PutSecretRequest,
     SecretList,
@@ -27,6 +33,7 @@ from chalicelib.secrets.service import (
 )
 
 __all__ = [
+    "KMS_MAX_ATTEMPTS",
     "MAX_SECRET_BYTES",
     "PutSecretRequest",
     "SecretList",
@@ -39,6 +46,7 @@ __all__ = [
     "create_secrets_table",
     "ensure_secrets_key",
     "handle_core_request",
+    "make_kms_client",
     "make_secret_model",
     "wit_case",
 ]

@@ -14,6 +14,11 @@ as a :class:`SecretValue`.
 
 botocore logs every response body at DEBUG, which for ``GenerateDataKey`` and ``Decrypt`` holds the
 plaintext data key: :func:`silence_response_bodies` drops those lines (both services call it).
+
+Both sides build their KMS client with :func:`make_kms_client`: at most ``KMS_MAX_ATTEMPTS`` requests per
+call and short timeouts, so a KMS that fails or hangs costs a guest call at most about 9 s
+(3 × 2 s, plus standard mode's backoff of up to 1 s and 2 s), inside the gateway's 10 s deadline, and it
+hears ``SECRET_UNAVAILABLE`` rather than its own timeout (``tests/integration/test_aws_faults.py``).
 """
 
 from __future__ import annotations
@@ -26,20 +31,25 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+import boto3
+from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from chalicelib.config import Settings
 from chalicelib.errors import SecretInvalid, SecretUnavailable
 from chalicelib.tenancy import InstallScope
 
 __all__ = [
     "FORMAT",
+    "KMS_MAX_ATTEMPTS",
     "MAX_SECRET_BYTES",
     "Sealed",
     "SecretValue",
     "encryption_context",
     "ensure_secrets_key",
+    "make_kms_client",
     "seal",
     "silence_response_bodies",
     "unseal",
@@ -48,6 +58,21 @@ __all__ = [
 FORMAT = "kms-aes256gcm/v1"
 MAX_SECRET_BYTES = 8 * 1024
 _NONCE_BYTES = 12
+KMS_MAX_ATTEMPTS = 3
+"""Requests one KMS call may make (botocore's standard retry mode: throttling, 5xx and resets are retried)."""
+_KMS_CONNECT_TIMEOUT_SECONDS = 1
+_KMS_READ_TIMEOUT_SECONDS = 2
+"""KMS answers in milliseconds; botocore's default of 60 s per attempt would outlast any call's deadline."""
+
+
+def make_kms_client(settings: Settings) -> Any:
+    """The KMS client of ``settings``' region, with bounded retries and timeouts (the module's docstring)."""
+    config = Config(
+        retries={"mode": "standard", "total_max_attempts": KMS_MAX_ATTEMPTS},
+        connect_timeout=_KMS_CONNECT_TIMEOUT_SECONDS,
+        read_timeout=_KMS_READ_TIMEOUT_SECONDS,
+    )
+    return boto3.client("kms", region_name=settings.storage_s3_region, config=config)
 
 
 class SecretValue:
