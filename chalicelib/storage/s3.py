@@ -18,7 +18,8 @@ from chalicelib.config import Settings
 
 __all__ = ["ensure_bucket", "error_code", "make_s3_client", "make_s3_presign_client"]
 
-_RETRIES = {"max_attempts": 5, "mode": "standard"}
+_RETRIES = {"total_max_attempts": 5, "mode": "standard"}
+"""At most 5 requests per S3 operation, the first included (``max_attempts`` would count retries only)."""
 _CONNECT_TIMEOUT_SECONDS = 5
 _READ_TIMEOUT_SECONDS = 60
 

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import boto3
 import pytest
 import requests
+from botocore.exceptions import ClientError
 
 import app as app_module
 from chalicelib.bundles.pack import pack_project
@@ -192,6 +193,16 @@ def test_a_total_outage_answers_storage_error_after_a_bounded_number_of_attempts
         attempts = proxy.chunks - before
     assert (outage.status_code, _contract(outage.status_code, outage.json)) == (503, "STORAGE_ERROR")
     assert 1 < attempts <= MAX_ATTEMPTS
+
+
+def test_an_s3_operation_in_an_outage_gives_up_after_five_requests(proxy: FaultProxy, stack: AwsStack) -> None:
+    with proxy.window(rate=1.0, faults=("503",)):
+        before = proxy.chunks
+        with pytest.raises(ClientError) as raised:
+            stack.s3.head_object(Bucket=stack.settings.storage_s3_bucket, Key="sha256/none")
+        attempts = proxy.chunks - before
+    assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+    assert attempts == MAX_ATTEMPTS
 
 
 # --- KMS: secrets set by admins and read by guests while KMS (alone or with the rest) fails -------------
