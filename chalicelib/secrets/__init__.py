@@ -28,7 +28,6 @@ from chalicelib.secrets.service import (
     SecretsAccess,
     SecretsService,
     SecretStatus,
-    handle_core_request,
     wit_case,
 )
 
@@ -45,7 +44,6 @@ __all__ = [
     "SecretsService",
     "create_secrets_table",
     "ensure_secrets_key",
-    "handle_core_request",
     "make_kms_client",
     "make_secret_model",
     "wit_case",

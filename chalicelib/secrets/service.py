@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import builtins
 import hashlib
-import json
 import logging
 import re
 import threading
@@ -37,7 +36,6 @@ from chalicelib.bundles.manifest import SecretSpec
 from chalicelib.dynamo import condition_failed, response_code
 from chalicelib.errors import (
     BadRequest,
-    ExtError,
     SecretDenied,
     SecretError,
     SecretInvalid,
@@ -57,7 +55,6 @@ __all__ = [
     "SecretStatus",
     "SecretsAccess",
     "SecretsService",
-    "handle_core_request",
     "wit_case",
 ]
 
@@ -337,24 +334,6 @@ def wit_case(error: SecretError) -> tuple[str, str | None]:
     """The ``secret-error`` case for ``error`` and its payload (only ``unavailable`` carries one)."""
     case = WIT_CASES.get(type(error), "unavailable")
     return case, (error.message if case == "unavailable" else None)
-
-
-def handle_core_request(access: SecretsAccess, raw_name: bytes) -> bytes:
-    """The whole ``ext.secret_get`` host function of ``wasm-core@1``: name bytes in, answer bytes out.
-
-    ``{"value": "…"}``, or ``{"error": {"code", "message"}}`` (``SECRET_DENIED``, ``SECRET_NOT_FOUND``,
-    ``SECRET_UNAVAILABLE``).  Never raises an :class:`ExtError`.
-    """
-    try:
-        name = raw_name.decode("utf-8")
-        body: dict[str, Any] = {"value": access.get(name).reveal()}
-    except UnicodeDecodeError:
-        body = {"error": {"code": SecretDenied.code, "message": "a secret name is UTF-8 text"}}
-    except (SecretDenied, SecretNotFound, SecretUnavailable) as exc:
-        body = {"error": {"code": exc.code, "message": exc.message}}
-    except ExtError as exc:
-        body = {"error": {"code": SecretUnavailable.code, "message": exc.message}}
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def _storage(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

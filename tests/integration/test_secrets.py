@@ -30,11 +30,12 @@ from chalicelib.secrets import (
     SecretValue,
     create_secrets_table,
     ensure_secrets_key,
-    handle_core_request,
     make_secret_model,
 )
 from chalicelib.secrets.sealing import encryption_context
 from chalicelib.tenancy import InstallScope
+from runner_container.host_services import core_secret_answer
+from runner_container.state import InstallSecrets
 
 EXTENSION = "com.acme.crm"
 ALIAS = "alias/ext-secrets-it"
@@ -312,16 +313,22 @@ def test_a_call_reads_each_name_once(admin: SecretsService, reader: SecretReader
         SecretsAccess(reader, scope, ["API_KEY"], allowed=True).get("API_KEY")
 
 
+def core(access: SecretsAccess, raw_name: bytes) -> tuple[int, dict[str, Any]]:
+    """The runner's ``ext.secret_get`` answer for ``raw_name``: its return code and JSON."""
+    code, answer = core_secret_answer(InstallSecrets(access), raw_name)
+    return code, json.loads(answer)
+
+
 def test_the_core_abi_answers_the_value_or_an_error(
     admin: SecretsService, reader: SecretReader, scope: InstallScope
 ) -> None:
     put(admin, scope, "API_KEY", "ключ")
     access = SecretsAccess(reader, scope, ["API_KEY", "WEBHOOK_TOKEN"], allowed=True)
 
-    assert json.loads(handle_core_request(access, b"API_KEY")) == {"value": "ключ"}
-    assert json.loads(handle_core_request(access, b"WEBHOOK_TOKEN"))["error"]["code"] == "SECRET_NOT_FOUND"
-    assert json.loads(handle_core_request(access, b"OTHER"))["error"]["code"] == "SECRET_DENIED"
-    assert json.loads(handle_core_request(access, b"\xff"))["error"]["code"] == "SECRET_DENIED"
+    assert core(access, b"API_KEY") == (0, {"value": "ключ"})
+    assert core(access, b"WEBHOOK_TOKEN")[1]["error"]["code"] == "SECRET_NOT_FOUND"
+    assert core(access, b"OTHER")[1]["error"]["code"] == "SECRET_DENIED"
+    assert core(access, b"\xff") == (1, {"error": {"code": "SECRET_DENIED", "message": "a secret name is UTF-8 text"}})
 
 
 def test_kms_and_storage_failures_are_unavailable(
@@ -395,7 +402,9 @@ def test_a_secret_value_appears_in_no_log_line_message_repr_or_response_of_any_p
         drive(lambda: reader.get(scope, "API_KEY"))  # get, decrypting
         drive(lambda: reader.get(scope, "API_KEY"))  # get, cached
         access = SecretsAccess(reader, scope, names, allowed=True)
-        drive(lambda: handle_core_request(access, b"API_KEY").replace(secret.encode(), b"<the value>"))  # call
+        runner_secrets = InstallSecrets(access)
+        # call: the answer carries the value to the guest, so only its redacted form is checked
+        drive(lambda: core_secret_answer(runner_secrets, b"API_KEY")[1].replace(secret.encode(), b"<the value>"))
         drive(lambda: access.get("NOT_DECLARED"))  # failing get: undeclared
         drive(lambda: SecretsAccess(reader, scope, names, allowed=False).get("API_KEY"))  # failing get: denied
         drive(lambda: reader.get(scope, "WEBHOOK_TOKEN"))  # failing get: not set
