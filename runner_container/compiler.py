@@ -238,7 +238,8 @@ class Compiler:
             reason = f"the code is {_size(size)}; compile jobs take at most {_size(limits.max_wasm_bytes)}"
             return CompileResult(None, CompileFailure(FailureKind.TOO_LARGE, reason, limits), size, 0.0)
         started = time.monotonic()
-        if not self._slots.acquire(timeout=within_s if within_s is not None else -1):
+        # timeout=None waits as long as it takes; a semaphore's -1 (unlike a lock's) would not wait at all.
+        if not self._slots.acquire(timeout=within_s):
             return None
         try:
             if within_s is not None:

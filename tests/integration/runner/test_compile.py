@@ -237,6 +237,29 @@ def test_the_compilers_child_writes_no_more_native_code_than_the_room_reserved_f
     assert not (tmp_path / "main.cwasm").exists()
 
 
+def test_a_compile_job_that_finds_every_slot_taken_waits_for_one(engine: WasmEngine, tmp_path: Path) -> None:
+    """Without a deadline a compile waits for a slot as long as it takes (a job never gets "no slot")."""
+    compiler, limits = Compiler(engine.config_settings), CompileLimits.from_settings(load_settings({}))
+    (tmp_path / "slow.wasm").write_bytes(slow_to_compile_wasm(20_000))
+    (tmp_path / "small.wasm").write_bytes(wasm())
+    first: list[Any] = []
+    holder = threading.Thread(
+        target=lambda: first.append(compiler.run(tmp_path / "slow.wasm", tmp_path / "slow.cwasm", limits))
+    )
+    holder.start()
+    deadline = time.monotonic() + 60
+    while compiler.started == 0:  # the first compile holds the only slot once its child has started
+        assert time.monotonic() < deadline, "the first compile never started"
+        time.sleep(0.01)
+
+    waited = compiler.run(tmp_path / "small.wasm", tmp_path / "small.cwasm", limits, within_s=None)
+    holder.join(timeout=120)
+
+    assert waited is not None and waited.artifact is not None
+    assert first and first[0] is not None and first[0].artifact is not None
+    assert compiler.started == 2
+
+
 # --- the caller's deadline and the runner's capacity ---------------------------------------------------
 
 
