@@ -8,7 +8,8 @@ flight to the moment its lease ends (the gateway's deadline plus a margin):
 2. full: read the map, drop leases that ended (an instance that died mid-call never gave its slot back),
    and try once more; still full is ``RUNNER_BUSY``, remembered by this instance for a moment so a flood
    of rejected calls costs no writes;
-3. give back: one write removes the call; a failure there only leaves a lease that ends on its own.
+3. give back: one write removes the call (and ends this instance's memory of the key being full); a
+   failure there only leaves a lease that ends on its own.
 """
 
 from __future__ import annotations
@@ -150,6 +151,8 @@ class ConcurrencyLimiter:
                 raise
 
     def _give_back(self, key: str, call_id: str) -> None:
+        with self._lock:
+            self._full_until.pop(key, None)  # a slot this instance frees is one it knows is free
         limits = self._models.ratelimits
         try:
             limits(f"concurrency#{key}").update(

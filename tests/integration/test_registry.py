@@ -981,6 +981,17 @@ def test_an_instance_that_found_a_tenant_full_refuses_for_a_moment_without_askin
         pass
 
 
+def test_a_slot_this_instance_gives_back_ends_its_memory_of_the_tenant_being_full(models):
+    clock = SecondsClock()
+    limiter = ConcurrencyLimiter(models, clock, memo_s=0.5)
+
+    with limiter.slot("acme", 1, 15), pytest.raises(RunnerBusy), limiter.slot("acme", 1, 15):
+        pass
+    # This instance freed the slot itself: it knows the tenant is no longer full.
+    with limiter.slot("acme", 1, 15):
+        pass
+
+
 def test_a_cap_of_zero_takes_no_slot(models):
     limiter = ConcurrencyLimiter(models)
 
