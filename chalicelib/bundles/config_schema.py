@@ -204,7 +204,7 @@ def validate_config(schema: Mapping[str, Any] | None, config: Mapping[str, Any])
         _sort_context(candidate)
     error = best_match(candidates) or candidates[0]
     path = list(error.absolute_path)
-    # A missing or unexpected property belongs next to that property, not to the object holding it.
+    # A missing, depended-on or unexpected property belongs next to that property, not to the object holding it.
     named = _property_named(error)
     if named is not None:
         path.append(named)
@@ -227,10 +227,25 @@ def _sort_context(error: jsonschema.ValidationError) -> None:
 
 
 def _property_named(error: jsonschema.ValidationError) -> str | None:
+    """The property a ``required``, ``dependentRequired`` or ``additionalProperties`` error is about.
+
+    jsonschema raises one error per missing property but keeps only the whole keyword's value, so the
+    property is the missing one whose message is this error's (the first missing one would put the
+    path of ``zeta`` on the message about ``alpha``).
+    """
     instance = error.instance
     if error.validator == "required" and isinstance(instance, Mapping):
         missing = [name for name in error.validator_value if name not in instance]
-        return str(missing[0]) if missing else None
+        return _the_one_named(error.message, {f"{name!r} is a required property": name for name in missing})
+    if error.validator == "dependentRequired" and isinstance(instance, Mapping):
+        messages = {
+            f"{each!r} is a dependency of {name!r}": each
+            for name, dependencies in error.validator_value.items()
+            if name in instance
+            for each in dependencies
+            if each not in instance
+        }
+        return _the_one_named(error.message, messages)
     if error.validator == "additionalProperties" and isinstance(instance, Mapping):
         allowed = set(error.schema.get("properties", {}))
         patterns = list(error.schema.get("patternProperties", {}))
@@ -239,6 +254,11 @@ def _property_named(error: jsonschema.ValidationError) -> str | None:
         )
         return extra[0] if len(extra) == 1 else None
     return None
+
+
+def _the_one_named(message: str, names_by_message: Mapping[str, Any]) -> str | None:
+    name = names_by_message.get(message)
+    return None if name is None else str(name)
 
 
 def _config_path(path: Sequence[Any]) -> str:

@@ -143,3 +143,49 @@ def test_the_extension_name_pattern_is_the_manifest_schemas() -> None:
     assert pattern == "^" + EXTENSION_NAME.pattern + "$"
     assert re.fullmatch(pattern.strip("^$"), "com.acme.tools")
     assert json.dumps(EXTENSION_NAME.pattern)
+
+
+@pytest.mark.parametrize(
+    ("schema", "config", "message"),
+    [
+        (
+            {"type": "object", "dependentRequired": {"a": ["b", "c"]}},
+            {"a": 1},
+            "config.b: 'b' is a dependency of 'a'",
+        ),
+        (
+            {"type": "object", "dependentRequired": {"a": ["b", "c"]}},
+            {"a": 1, "b": 2},
+            "config.c: 'c' is a dependency of 'a'",
+        ),
+        (
+            {"type": "object", "properties": {"n": {"type": "object", "dependentRequired": {"a.x": ["b y"]}}}},
+            {"n": {"a.x": 1}},
+            "config.n[\"b y\"]: 'b y' is a dependency of 'a.x'",
+        ),
+        (
+            {"type": "object", "dependentSchemas": {"a": {"required": ["q"]}}},
+            {"a": 1},
+            "config.q: 'q' is a required property",
+        ),
+    ],
+)
+def test_a_missing_dependency_is_named_by_its_own_path(schema: dict[str, Any], config: Any, message: str) -> None:
+    error = refused(config, schema)
+    assert error.message == message
+    assert error.details["field"] == message.split(": ")[0]
+
+
+@pytest.mark.parametrize("required", [["zeta", "alpha"], ["alpha", "zeta"]])
+@pytest.mark.parametrize("nested", [False, True])
+def test_of_several_missing_properties_the_path_names_the_one_the_message_names(
+    required: list[str], nested: bool
+) -> None:
+    inner = {"type": "object", "required": required}
+    schema = {"type": "object", "properties": {"n": inner}} if nested else inner
+    error = refused({"n": {}} if nested else {}, schema)
+    field, _, text = error.message.partition(": ")
+    named = re.fullmatch(r"'(\w+)' is a required property", text)
+    assert named is not None
+    assert field == ("config.n." if nested else "config.") + named.group(1)
+    assert error.details == {"field": field, "problems": 2}
