@@ -1,14 +1,14 @@
-// Changes to the tenant's installs that several views start: installing a version (with its config,
-// when its manifest has a `config_schema`) and moving an install to another one, each after a
-// dialog that says what the version will be granted; and `act`, which runs any change and puts the
-// person back where they were.
+// Changes to the tenant's installs that several views start: installing a version and moving an
+// install to another one (each with its config, when the version's manifest has a `config_schema`),
+// each after a dialog that says what the version will be granted; and `act`, which runs any change
+// and puts the person back where they were.
 //
 // A view passes its `surface`: {box, list, fallback}, the error box and card list it shows and
 // the control that takes the focus when the changed card is gone.
 
 import { api, ApiError, enc } from "./api.js";
 import { extensionByName, refresh, versionRecord } from "./catalog.js";
-import { configForm, fieldOfMessage, formableSchema, schemaDefaults } from "./config-form.js";
+import { carriedConfig, configForm, fieldOfMessage, formableSchema, schemaDefaults } from "./config-form.js";
 import { confirmDialog } from "./dialog.js";
 import { el, slug } from "./dom.js";
 import { clearBox, showError } from "./errors.js";
@@ -74,18 +74,16 @@ export async function installVersion(record, surface) {
   });
 }
 
-// Installs a version whose manifest has a config_schema: the dialog holds the schema's form (the one
-// Configure shows), filled with the schema's defaults, and the config goes with the install, which
-// the server checks in the same write. Until the install is done the dialog stays open with what was
-// typed: a field the page can check (required, a number, JSON) or a CONFIG_INVALID from the server
-// is shown next to its field, any other failure above the buttons.
-async function installWithConfig(record, surface) {
-  const schema = record.config_schema;
-  const form = configForm(schema, schemaDefaults(schema), `install-cf-${slug(record.name)}`);
+// The config form inside a change's dialog and what confirming does. `send(config)` makes the
+// change, in which the server checks the config. Until it is done the dialog stays open with what
+// was typed: a field the page can check (required, a number, JSON) or a CONFIG_INVALID from the
+// server is shown next to its field, any other failure in `problem`, above the buttons.
+function configStep(schema, config, idPrefix, send) {
+  const form = configForm(schema, config, idPrefix);
   const problem = el("div", { className: "alert alert-error install-error", role: "alert", tabindex: "-1" });
   problem.hidden = true;
-  let attempted = false;
-  const submit = async () => {
+  const step = { form, problem, attempted: false };
+  step.submit = async () => {
     form.clearErrors();
     clearBox(problem);
     const read = form.read();
@@ -96,9 +94,9 @@ async function installWithConfig(record, surface) {
       form.focusField(read.problems[0][0]);
       return false;
     }
-    attempted = true;
+    step.attempted = true;
     try {
-      await api("POST", "installs", { extension: record.name, version: record.version, config: read.config });
+      await send(read.config);
     } catch (error) {
       const field = error instanceof ApiError && error.code === "CONFIG_INVALID" ? fieldOfMessage(error.message) : null;
       if (field !== null && form.showFieldError(field, error.message)) {
@@ -111,6 +109,16 @@ async function installWithConfig(record, surface) {
     }
     return true;
   };
+  return step;
+}
+
+// Installs a version whose manifest has a config_schema: the dialog holds the schema's form (the one
+// Configure shows), filled with the schema's defaults, and the config goes with the install.
+async function installWithConfig(record, surface) {
+  const schema = record.config_schema;
+  const step = configStep(schema, schemaDefaults(schema), `install-cf-${slug(record.name)}`, (config) =>
+    api("POST", "installs", { extension: record.name, version: record.version, config }),
+  );
   const confirmed = await confirmDialog({
     title: `Install ${record.name} ${record.version}?`,
     body: [
@@ -118,23 +126,31 @@ async function installWithConfig(record, surface) {
       ...grantList(record),
       el("h3", { text: "Its configuration" }),
       el("p", { className: "hint", text: "Given to the extension on every call; Configure changes it later." }),
-      form.element,
-      problem,
+      step.form.element,
+      step.problem,
     ],
     okLabel: "Install",
-    onConfirm: submit,
-    focus: form.element.querySelector(".cf-input"),
+    onConfirm: step.submit,
+    focus: step.form.element.querySelector(".cf-input"),
   });
   if (confirmed) {
     await act(record.name, ".v-install", surface, async () => {
       toast(`Installed ${record.name} ${record.version}.`);
     });
-  } else if (attempted) {
+  } else if (step.attempted) {
     await refresh(); // a failed attempt may have met a change made elsewhere: show the tenant as it is
   }
 }
 
-export async function changeVersion(install, version, surface) {
+// Moves `install` to `version` (an upgrade, a downgrade or a return to one in its history) after a
+// dialog that says what the version is granted. `wording` may replace the dialog's verb, its first
+// sentence and the toast when it is done.
+//
+// When the version has a config_schema, the dialog holds its form, filled with the install's config
+// over the schema's defaults, and the config goes with the version in one PATCH, which the server
+// checks in the same write: so a version whose schema the current config does not fit (a new
+// required field) is reached by filling that field in, and one it does fit by one click.
+export async function changeVersion(install, version, surface, wording = {}) {
   const extension = extensionByName(install.extension);
   const record = versionRecord(install.extension, version);
   if (!extension || !record) {
@@ -143,22 +159,53 @@ export async function changeVersion(install, version, surface) {
   const order = extension.versions.map((item) => item.version);
   const upgrade = order.indexOf(version) < order.indexOf(install.version);
   const inHistory = (install.history || []).some((entry) => entry.version === version);
-  const verb = upgrade ? "Upgrade" : inHistory ? "Roll back" : "Downgrade";
-  const confirmed = await confirmDialog({
+  const verb = wording.verb || (upgrade ? "Upgrade" : inHistory ? "Roll back" : "Downgrade");
+  const intro = wording.intro || `From ${install.version} to ${version}, for every user of tenant ${tenantName()}.`;
+  const done = wording.done || `${install.extension} now runs ${version}.`;
+  const path = `installs/${enc(install.extension)}`;
+  const dialog = {
     title: `${verb} ${install.extension} to ${version}?`,
-    body: [
-      el("p", { text: `From ${install.version} to ${version}, for every user of tenant ${tenantName()}.` }),
-      ...grantList(record, install.granted_capabilities || []),
-    ],
+    body: [el("p", { text: intro }), ...grantList(record, install.granted_capabilities || [])],
     okLabel: verb,
-  });
-  if (!confirmed) {
+  };
+  if (!formableSchema(record.config_schema)) {
+    if (!(await confirmDialog(dialog))) {
+      return;
+    }
+    await act(install.extension, ".inst-version-select", surface, async () => {
+      await api("PATCH", path, { version });
+      toast(done);
+    });
     return;
   }
-  await act(install.extension, ".inst-version-select", surface, async () => {
-    await api("PATCH", `installs/${enc(install.extension)}`, { version });
-    toast(`${install.extension} now runs ${version}.`);
+  const schema = record.config_schema;
+  const carried = carriedConfig(schema, install.config);
+  const step = configStep(schema, carried.config, `change-cf-${slug(install.extension)}`, (config) =>
+    api("PATCH", path, { version, config }),
+  );
+  dialog.body.push(
+    el("h3", { text: "Its configuration" }),
+    el("p", { className: "hint", text: `What ${version} runs with: the current one, with its defaults where unset.` }),
+  );
+  if (carried.dropped.length > 0) {
+    const text = `Not carried over, as ${version} does not accept them: ${carried.dropped.join(", ")}.`;
+    dialog.body.push(el("p", { className: "alert alert-warning change-dropped", text }));
+  }
+  dialog.body.push(step.form.element, step.problem);
+  // The first field the config lacks has the focus; with none, the confirming button does.
+  const lacking = step.form.read().problems[0];
+  const confirmed = await confirmDialog({
+    ...dialog,
+    onConfirm: step.submit,
+    focus: lacking ? step.form.control(lacking[0]) : null,
   });
+  if (confirmed) {
+    await act(install.extension, ".inst-version-select", surface, async () => {
+      toast(done);
+    });
+  } else if (step.attempted) {
+    await refresh();
+  }
 }
 
 // Runs one change to `name`, shows its error in the surface's box, reloads, and puts the focus

@@ -1,9 +1,9 @@
-// A form for an install's config, made from its version's `config_schema` (Configure and the install
-// dialog both use it): one field per top-level property (text, number, whole number, on/off, a
-// choice from `enum`), with its description and whether it is required; any other property is
-// edited as JSON in a field of its own. Keys the schema does not name are kept as they are. The
-// server validates again; its CONFIG_INVALID message starts with the field's path
-// (`config.retries: …`), which `showFieldError` puts next to that field.
+// A form for an install's config, made from its version's `config_schema` (Configure, the install
+// dialog and the dialog of a version change all use it): one field per top-level property (text,
+// number, whole number, on/off, a choice from `enum`), with its description and whether it is
+// required; any other property is edited as JSON in a field of its own. Keys the schema does not
+// name are kept as they are. The server validates again; its CONFIG_INVALID message starts with the
+// field's path (`config.retries: …`), which `showFieldError` puts next to that field.
 
 import { el, isPlainObject, slug } from "./dom.js";
 
@@ -23,6 +23,38 @@ export function schemaDefaults(schema) {
     }
   }
   return defaults;
+}
+
+// The config an install takes to a version with `schema`: its `config` over the schema's defaults,
+// less the keys the schema would refuse (not among its properties or patternProperties when
+// additionalProperties or unevaluatedProperties is false), which `dropped` names. The server
+// validates whatever else the schema says.
+export function carriedConfig(schema, config) {
+  const current = isPlainObject(config) ? config : {};
+  const closed = schema.additionalProperties === false || schema.unevaluatedProperties === false;
+  const patterns = isPlainObject(schema.patternProperties) ? Object.keys(schema.patternProperties) : [];
+  const admitted = (name) =>
+    Object.hasOwn(schema.properties, name) || !closed || patterns.some((pattern) => matches(pattern, name));
+  const carried = schemaDefaults(schema);
+  const dropped = [];
+  for (const [name, value] of Object.entries(current)) {
+    if (admitted(name)) {
+      carried[name] = value;
+    } else {
+      dropped.push(name);
+    }
+  }
+  return { config: carried, dropped };
+}
+
+// Whether a patternProperties pattern matches `name`; one JavaScript cannot compile matches nothing
+// (the server, which checks it with Python's re, has the last word).
+function matches(pattern, name) {
+  try {
+    return new RegExp(pattern, "u").test(name);
+  } catch (_error) {
+    return false;
+  }
 }
 
 function kindOf(property) {
@@ -119,7 +151,8 @@ function readField(field) {
 }
 
 // Builds the form; `idPrefix` keeps its ids unique on the page. Returns
-// {element, read() → {config, problems: [[name, text]]}, showFieldError(name, text) → bool, clearErrors()}.
+// {element, read() → {config, problems: [[name, text]]}, showFieldError(name, text) → bool,
+// clearErrors(), focusField(name), control(name) → the field's input or null}.
 export function configForm(schema, config, idPrefix) {
   const required = new Set(Array.isArray(schema.required) ? schema.required : []);
   const current = isPlainObject(config) ? config : {};
@@ -205,5 +238,10 @@ export function configForm(schema, config, idPrefix) {
     }
   }
 
-  return { element, read, showFieldError, clearErrors, focusField };
+  function control(name) {
+    const field = fields.get(name);
+    return field ? field.control : null;
+  }
+
+  return { element, read, showFieldError, clearErrors, focusField, control };
 }

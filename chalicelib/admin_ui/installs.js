@@ -366,16 +366,21 @@ function rollbackVerb(install) {
   return order.indexOf(install.history[0].version) < order.indexOf(install.version) ? "Return" : "Roll back";
 }
 
+// Back to the version the install left last. One with a config_schema goes through changeVersion,
+// whose dialog holds that schema's form and sends the config with the version.
 async function rollBack(install) {
   const previous = install.history[0].version;
   const record = versionRecord(install.extension, previous);
   const verb = rollbackVerb(install);
+  const intro = `From ${install.version} back to ${previous}, for every user of tenant ${tenantName()}.`;
+  const done = `${install.extension} now runs ${previous} again.`;
+  if (record && formableSchema(record.config_schema)) {
+    await changeVersion(install, previous, surface, { verb, intro, done });
+    return;
+  }
   const confirmed = await confirmDialog({
     title: `${verb} ${install.extension} to ${previous}?`,
-    body: [
-      el("p", { text: `From ${install.version} back to ${previous}, for every user of tenant ${tenantName()}.` }),
-      ...(record ? grantList(record, install.granted_capabilities || []) : []),
-    ],
+    body: [el("p", { text: intro }), ...(record ? grantList(record, install.granted_capabilities || []) : [])],
     okLabel: verb,
   });
   if (!confirmed) {
@@ -383,7 +388,7 @@ async function rollBack(install) {
   }
   await act(install.extension, ".inst-version-select", surface, async () => {
     await api("POST", `installs/${enc(install.extension)}/rollback`, { version: previous });
-    toast(`${install.extension} now runs ${previous} again.`);
+    toast(done);
   });
 }
 

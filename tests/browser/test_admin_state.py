@@ -37,6 +37,8 @@ def sign_in(page: Page, stack: BrowserStack, tenant: str) -> None:
     expect(page.locator("#identity")).to_contain_text(tenant)
     page.click("#tab-installs")
     expect(page.locator("#panel-installs")).to_be_visible()
+    # Each tab loads the lists again: a control used before the last load ends is redrawn under the click.
+    expect(page.locator("#installs-list")).not_to_have_attribute("aria-busy", "true")
 
 
 def open_install_dialog(page: Page, stack: BrowserStack, tenant: str, name: str) -> Locator:
@@ -304,3 +306,86 @@ def test_a_version_without_a_config_schema_installs_from_the_dialog_without_a_fo
     expect(page.locator("#toast")).to_have_text(f"Installed {name} 1.0.0.")
     install = stack.api(tenant).get(f"/installs/{name}")
     assert (install["version"], install["config"]) == ("1.0.0", {})
+
+
+def test_switching_to_a_version_whose_schema_the_config_does_not_fit_asks_for_it_in_the_dialog(
+    page: Page, stack: BrowserStack, tenant: str, screenshots: Path
+) -> None:
+    name = "com.ui.upgrade-schema"
+    v1 = {"type": "object", "properties": {"board": {"type": "string"}, "verbose": {"type": "boolean"}}}
+    v2 = {
+        "type": "object",
+        "required": ["board", "retries"],
+        "additionalProperties": False,
+        "properties": {
+            "board": {"type": "string"},
+            "verbose": {"type": "boolean"},
+            "retries": {"type": "integer", "minimum": 0, "maximum": 5, "description": "Attempts per item"},
+            "mode": {"enum": ["fast", "safe"], "default": "safe"},
+        },
+    }
+    installed(stack, tenant, name, config_schema=v1)
+    api = stack.api(tenant)
+    api.patch(f"/installs/{name}", {"config": {"board": "ops", "verbose": True, "legacy": 1}})
+    stack.publish(tenant, stack.write_bundle(name, "2.0.0", config_schema=v2))
+    patches: list[str] = []
+    page.on("request", lambda request: patches.append(request.post_data or "") if request.method == "PATCH" else None)
+    sign_in(page, stack, tenant)
+    card = install_card(page, name)
+    card.locator(".inst-version-select").select_option("2.0.0")
+    card.locator(".inst-switch").click()
+    dialog = page.locator("#confirm-dialog")
+    expect(dialog).to_contain_text(f"Upgrade {name} to 2.0.0?")
+
+    # The form of 2.0.0's schema, with the current values and 2.0.0's defaults; a key its schema
+    # refuses is named as not carried over; the focus is on the field the config lacks.
+    form = dialog.locator(".config-form")
+    retries = form.locator("[data-field='retries'] input")
+    expect(form.locator("[data-field='board'] input")).to_have_value("ops")
+    expect(form.locator("[data-field='verbose'] input")).to_be_checked()
+    expect(form.locator("[data-field='mode'] select option:checked")).to_have_text("safe")
+    expect(retries).to_have_value("")
+    expect(retries).to_be_focused()
+    expect(retries).to_have_accessible_description("Attempts per item")
+    expect(dialog.locator(".change-dropped")).to_contain_text("legacy")
+
+    # Empty: the page names the missing field and sends nothing.
+    page.click("#confirm-ok")
+    expect(form.locator("[data-field='retries'] .cf-error")).to_have_text("This field is required.")
+    expect(retries).to_have_attribute("aria-invalid", "true")
+    assert patches == []
+
+    # The server's CONFIG_INVALID lands next to its field; the install stays where it was.
+    retries.fill("9")
+    retries.press("Enter")
+    expect(form.locator("[data-field='retries'] .cf-error")).to_have_text(
+        "config.retries: 9 is greater than the maximum of 5"
+    )
+    expect(retries).to_be_focused()
+    assert api.get(f"/installs/{name}")["version"] == "1.0.0"
+    page.screenshot(path=screenshots / "upgrade-config-invalid-1280.png", full_page=True)
+
+    retries.fill("3")
+    page.click("#confirm-ok")
+    expect(page.locator("#toast")).to_have_text(f"{name} now runs 2.0.0.")
+    expect(dialog).to_be_hidden()
+    install = api.get(f"/installs/{name}")
+    expected = {"board": "ops", "verbose": True, "retries": 3, "mode": "safe"}
+    assert (install["version"], install["config"]) == ("2.0.0", expected)
+    assert type(install["config"]["retries"]) is int
+    assert json.loads(patches[-1]) == {"version": "2.0.0", "config": expected}
+    assert len(patches) == 2
+
+    # Rolling back to 1.0.0, whose schema the config fits: the form shows what will apply (its own
+    # fields; the others are kept, as 1.0.0's schema allows them) and one click confirms.
+    card.locator(".inst-rollback").click()
+    expect(dialog).to_contain_text(f"Roll back {name} to 1.0.0?")
+    expect(dialog.locator("[data-field='board'] input")).to_have_value("ops")
+    expect(dialog.locator("[data-field='retries']")).to_have_count(0)
+    expect(dialog.locator(".change-dropped")).to_have_count(0)
+    expect(page.locator("#confirm-ok")).to_be_focused()
+    page.click("#confirm-ok")
+    expect(page.locator("#toast")).to_have_text(f"{name} now runs 1.0.0 again.")
+    install = api.get(f"/installs/{name}")
+    assert (install["version"], install["config"]) == ("1.0.0", expected)
+    assert json.loads(patches[-1]) == {"version": "1.0.0", "config": expected}
