@@ -14,11 +14,13 @@ from functools import cached_property
 from typing import Any
 
 import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
 
 from chalicelib.auth import TokenVerifier
 from chalicelib.bundles.signing import TrustBundle
 from chalicelib.config import Settings
-from chalicelib.errors import SettingsInvalid
+from chalicelib.errors import SettingsInvalid, StorageError
 from chalicelib.extension_logs import LogPage, LogQuery, LogReader, make_log_reader
 from chalicelib.gateway.runner_client import CompileClient, RunnerClient, make_compile_client, make_runner_client
 from chalicelib.gateway.service import GatewayService
@@ -178,13 +180,19 @@ class Services:
 
     @cached_property
     def sqs(self) -> Any:
-        return boto3.client("sqs", region_name=self.settings.storage_s3_region)
+        # Bounded like the S3 client: at most 5 requests a send, none waiting past 10 s for its answer.
+        config = Config(retries={"mode": "standard", "total_max_attempts": 5}, connect_timeout=5, read_timeout=10)
+        return boto3.client("sqs", region_name=self.settings.storage_s3_region, config=config)
 
     def _request_finalize(self, staging_key: str) -> None:
         if not self.settings.finalize_queue_url:
             raise SettingsInvalid("FINALIZE_MODE=queue needs FINALIZE_QUEUE_URL")
         body = finalize_request(self.settings.storage_s3_bucket, staging_key)
-        self.sqs.send_message(QueueUrl=self.settings.finalize_queue_url, MessageBody=body)
+        try:
+            self.sqs.send_message(QueueUrl=self.settings.finalize_queue_url, MessageBody=body)
+        except (BotoCoreError, ClientError) as exc:
+            # Nothing was queued: the upload stays as it was, and finalize sent again queues it then.
+            raise StorageError(f"could not queue the finalize: {type(exc).__name__}") from exc
 
     @cached_property
     def gateway(self) -> GatewayService:

@@ -27,6 +27,7 @@ __all__ = ["FAULTS", "HANG", "KMS", "KMS_FAULTS", "FaultProxy"]
 
 FAULTS = ("500", "503", "throttle", "reset", "slow")
 KMS = "TrentService."
+SQS = "AmazonSQS."
 """The ``X-Amz-Target`` prefix of KMS's requests."""
 KMS_FAULTS = (*FAULTS, "dependency-timeout")
 """KMS's faults: ``dependency-timeout`` is its ``DependencyTimeoutException`` (elsewhere a plain 500)."""

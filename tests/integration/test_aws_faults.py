@@ -44,7 +44,7 @@ from extctl.build import build_project, find_toolchain
 from runner_container.server import make_server
 from runner_container.service import build_service
 from tests.bundle_factory import bundle, good_files
-from tests.faults import HANG, KMS, KMS_FAULTS, FaultProxy
+from tests.faults import HANG, KMS, KMS_FAULTS, SQS, FaultProxy
 from tests.integration.stack import AwsStack, auth, publish
 from tests.integration.test_install_state_api import NAME as STATEFUL
 from tests.integration.test_install_state_api import publish_version
@@ -193,6 +193,33 @@ def test_a_total_outage_answers_storage_error_after_a_bounded_number_of_attempts
         attempts = proxy.chunks - before
     assert (outage.status_code, _contract(outage.status_code, outage.json)) == (503, "STORAGE_ERROR")
     assert 1 < attempts <= MAX_ATTEMPTS
+
+
+def test_a_finalize_whose_queue_is_down_answers_storage_error_and_succeeds_when_sent_again(
+    proxy: FaultProxy, stack: AwsStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FINALIZE_MODE", "queue")
+    monkeypatch.setenv("FINALIZE_QUEUE_URL", stack.queue_url)
+    app_module.services.cache_clear()
+    arn = stack.sqs.get_queue_attributes(QueueUrl=stack.queue_url, AttributeNames=["QueueArn"])["Attributes"]
+    publisher = Publisher(stack, bundle(good_files(name="com.acme.queued")))
+    assert publisher.step() and publisher.step()  # initiated, uploaded
+
+    for fault in ("reset", "503"):
+        with proxy.window(rate=1.0, faults=(fault,), only=SQS):
+            before = proxy.targets["AmazonSQS.SendMessage"]
+            assert not publisher.step()
+            sent = proxy.targets["AmazonSQS.SendMessage"] - before
+        status, body = publisher.answers[-1]
+        assert (status, _contract(status, body)) == (503, "STORAGE_ERROR"), fault
+        assert 1 < sent <= MAX_ATTEMPTS
+
+    pump = FinalizePump(stack.queue_url, arn["QueueArn"], app_module.finalize_worker).start()
+    try:
+        assert publisher.step(), publisher.answers[-1]
+    finally:
+        pump.stop()
+    assert publisher.result is not None and publisher.result["status"] == "finalized"
 
 
 def test_an_s3_operation_in_an_outage_gives_up_after_five_requests(proxy: FaultProxy, stack: AwsStack) -> None:
