@@ -111,15 +111,20 @@ def _contract(status: int, body: Any) -> str | None:
     return str(body["error"]["code"])
 
 
-def test_faults_in_aws_give_documented_errors_and_converge_once_they_stop(
-    proxy: FaultProxy, stack: AwsStack, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # As deployed: the route hands finalize to the worker through SQS, which the pump polls through the proxy.
+def _finalize_through_queue(stack: AwsStack, monkeypatch: pytest.MonkeyPatch) -> FinalizePump:
+    """Finalize as deployed: the route queues it on SQS; the returned pump (not started) feeds the worker."""
     monkeypatch.setenv("FINALIZE_MODE", "queue")
     monkeypatch.setenv("FINALIZE_QUEUE_URL", stack.queue_url)
     app_module.services.cache_clear()
     arn = stack.sqs.get_queue_attributes(QueueUrl=stack.queue_url, AttributeNames=["QueueArn"])["Attributes"]
-    pump = FinalizePump(stack.queue_url, arn["QueueArn"], app_module.finalize_worker).start()
+    return FinalizePump(stack.queue_url, arn["QueueArn"], app_module.finalize_worker)
+
+
+def test_faults_in_aws_give_documented_errors_and_converge_once_they_stop(
+    proxy: FaultProxy, stack: AwsStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As deployed: the route hands finalize to the worker through SQS, which the pump polls through the proxy.
+    pump = _finalize_through_queue(stack, monkeypatch).start()
     try:
         _faults_then_convergence(proxy, stack)
     finally:
@@ -198,10 +203,7 @@ def test_a_total_outage_answers_storage_error_after_a_bounded_number_of_attempts
 def test_a_finalize_whose_queue_is_down_answers_storage_error_and_succeeds_when_sent_again(
     proxy: FaultProxy, stack: AwsStack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("FINALIZE_MODE", "queue")
-    monkeypatch.setenv("FINALIZE_QUEUE_URL", stack.queue_url)
-    app_module.services.cache_clear()
-    arn = stack.sqs.get_queue_attributes(QueueUrl=stack.queue_url, AttributeNames=["QueueArn"])["Attributes"]
+    pump = _finalize_through_queue(stack, monkeypatch)
     publisher = Publisher(stack, bundle(good_files(name="com.acme.queued")))
     assert publisher.step() and publisher.step()  # initiated, uploaded
 
@@ -214,7 +216,7 @@ def test_a_finalize_whose_queue_is_down_answers_storage_error_and_succeeds_when_
         assert (status, _contract(status, body)) == (503, "STORAGE_ERROR"), fault
         assert 1 < sent <= MAX_ATTEMPTS
 
-    pump = FinalizePump(stack.queue_url, arn["QueueArn"], app_module.finalize_worker).start()
+    pump.start()
     try:
         assert publisher.step(), publisher.answers[-1]
     finally:
