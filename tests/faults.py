@@ -23,12 +23,13 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["FAULTS", "HANG", "KMS", "KMS_FAULTS", "FaultProxy"]
+__all__ = ["FAULTS", "HANG", "KMS", "KMS_FAULTS", "SQS", "FaultProxy"]
 
 FAULTS = ("500", "503", "throttle", "reset", "slow")
 KMS = "TrentService."
-SQS = "AmazonSQS."
 """The ``X-Amz-Target`` prefix of KMS's requests."""
+SQS = "AmazonSQS."
+"""The ``X-Amz-Target`` prefix of SQS's requests (its JSON protocol)."""
 KMS_FAULTS = (*FAULTS, "dependency-timeout")
 """KMS's faults: ``dependency-timeout`` is its ``DependencyTimeoutException`` (elsewhere a plain 500)."""
 HANG = "hang"
