@@ -14,14 +14,12 @@ error or a log line; afterwards every secret reads back as last acknowledged and
 from __future__ import annotations
 
 import base64
-import io
-import logging
 import os
 import secrets
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,7 +33,6 @@ import app as app_module
 from chalicelib.bundles.pack import pack_project
 from chalicelib.config import load_settings
 from chalicelib.errors import ToolchainMissing, errors_by_code
-from chalicelib.logs import JsonFormatter
 from chalicelib.secrets import SecretReader, make_secret_model
 from chalicelib.secrets.sealing import encryption_context
 from chalicelib.tenancy import InstallScope
@@ -48,6 +45,7 @@ from tests.faults import HANG, KMS, KMS_FAULTS, SQS, FaultProxy
 from tests.integration.stack import AwsStack, auth, publish
 from tests.integration.test_install_state_api import NAME as STATEFUL
 from tests.integration.test_install_state_api import publish_version
+from tests.log_capture import EveryLogLine
 
 DOCUMENTED = set(errors_by_code()) - {"INTERNAL"}
 MAX_ATTEMPTS = 5
@@ -306,21 +304,6 @@ class Admin:
         return {name: value for name, value in self.acknowledged.items() if value is not None}
 
 
-@pytest.fixture
-def logs(caplog: pytest.LogCaptureFixture) -> Iterator[Callable[[], str]]:
-    """Everything logged meanwhile, at DEBUG: the platform's JSON lines (the ``ext`` logger does not
-    propagate once configured), and every other logger's records with all their fields."""
-    sink = io.StringIO()
-    handler = logging.StreamHandler(sink)
-    handler.setFormatter(JsonFormatter())
-    ext = logging.getLogger("ext")
-    ext.addHandler(handler)
-    caplog.set_level(logging.DEBUG, logger="ext")
-    caplog.set_level(logging.DEBUG)
-    yield lambda: "\n".join([sink.getvalue(), caplog.text, *(repr(record.__dict__) for record in caplog.records)])
-    ext.removeHandler(handler)
-
-
 def _leaks(admin: Admin, stack: AwsStack, texts: list[str]) -> list[str]:
     """The values, and the data keys of the rows left, that appear in ``texts``."""
     kms = boto3.client("kms", endpoint_url=stack.endpoint, region_name="us-east-1")
@@ -355,7 +338,7 @@ def _assert_whole(stack: AwsStack, expected: dict[str, str], extension: str) -> 
 
 
 def test_a_kms_outage_refuses_a_secret_as_unavailable_after_a_bounded_number_of_attempts(
-    proxy: FaultProxy, stack: AwsStack, logs: Callable[[], str]
+    proxy: FaultProxy, stack: AwsStack, every_log_line: EveryLogLine
 ) -> None:
     publish_version(stack, "1.0.0")
     assert stack.call("POST", "/installs", {"extension": STATEFUL, "version": "1.0.0"}).status_code == 201
@@ -375,12 +358,12 @@ def test_a_kms_outage_refuses_a_secret_as_unavailable_after_a_bounded_number_of_
     # Only the value sent during the slow window was stored; the refused ones left nothing behind.
     _assert_whole(stack, admin.expected(), STATEFUL)
     assert admin.expected() == {"API_KEY": admin.sent[KMS_FAULTS.index("slow")]}
-    assert _leaks(admin, stack, [logs(), repr(admin.answers)]) == []
+    assert _leaks(admin, stack, [every_log_line.text(), repr(admin.answers)]) == []
 
 
 @pytest.mark.parametrize("faulted", sorted(SCOPES))
 def test_admins_setting_and_deleting_secrets_during_kms_faults_see_documented_answers_and_converge(
-    proxy: FaultProxy, stack: AwsStack, logs: Callable[[], str], faulted: str
+    proxy: FaultProxy, stack: AwsStack, every_log_line: EveryLogLine, faulted: str
 ) -> None:
     publish_version(stack, "1.0.0")
     assert stack.call("POST", "/installs", {"extension": STATEFUL, "version": "1.0.0"}).status_code == 201
@@ -410,7 +393,7 @@ def test_admins_setting_and_deleting_secrets_during_kms_faults_see_documented_an
     reader = SecretReader(make_secret_model(stack.settings), kms)
     scope = InstallScope("acme", STATEFUL)
     assert {name: reader.get(scope, name).reveal() for name in admin.expected()} == admin.expected()
-    assert _leaks(admin, stack, [logs(), repr(admin.answers)]) == []
+    assert _leaks(admin, stack, [every_log_line.text(), repr(admin.answers)]) == []
 
 
 @pytest.fixture(scope="module")
@@ -473,7 +456,7 @@ def _guest_read(stack: AwsStack, name: str) -> tuple[str, str | None]:
 
 @pytest.mark.parametrize("faulted", sorted(SCOPES))
 def test_guests_reading_secrets_during_kms_faults_get_an_allowed_value_or_unavailable_and_converge(
-    proxy: FaultProxy, gateway: AwsStack, logs: Callable[[], str], faulted: str
+    proxy: FaultProxy, gateway: AwsStack, every_log_line: EveryLogLine, faulted: str
 ) -> None:
     admin = Admin(gateway, PROXY_NAME, f"guest-{faulted}")
     # A total KMS outage, the runner's cache cold for a new value: a clear failure after a few Decrypt
@@ -514,4 +497,4 @@ def test_guests_reading_secrets_during_kms_faults_get_an_allowed_value_or_unavai
     for name in ("API_KEY", "OTHER"):
         expected = admin.acknowledged[name]
         assert _guest_read(gateway, name) == (("value", expected) if expected else ("error", "SECRET_NOT_FOUND"))
-    assert _leaks(admin, gateway, [logs(), repr(admin.answers)]) == []
+    assert _leaks(admin, gateway, [every_log_line.text(), repr(admin.answers)]) == []

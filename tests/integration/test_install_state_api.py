@@ -8,8 +8,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -17,10 +15,10 @@ from urllib.parse import quote, urlencode
 import pytest
 
 import app as app_module
-from chalicelib.logs import JsonFormatter
 from chalicelib.registry import Actor, SignatureStatus, VersionRecord
 from tests.bundle_factory import manifest as good_manifest
 from tests.integration.stack import AwsStack, auth
+from tests.log_capture import EveryLogLine
 
 NAME = "com.acme.stateful"
 SECRETS = [
@@ -335,37 +333,8 @@ def test_another_tenant_can_neither_read_list_overwrite_nor_purge_kv_or_secrets(
 # --- the value never shows ---------------------------------------------------------------------------------
 
 
-class _Sink:
-    def __init__(self) -> None:
-        self.text = ""
-
-    def write(self, text: str) -> int:
-        self.text += text
-        return len(text)
-
-    def flush(self) -> None:
-        return None
-
-
-@pytest.fixture
-def every_log_line(caplog: pytest.LogCaptureFixture) -> Iterator[_Sink]:
-    """Every log record at DEBUG (botocore's and pynamodb's included) and the platform's JSON lines."""
-    sink = _Sink()
-    handler = logging.StreamHandler(sink)
-    handler.setFormatter(JsonFormatter())
-    platform = logging.getLogger("ext")
-    platform.addHandler(handler)
-    caplog.set_level(logging.DEBUG, logger="ext")
-    caplog.set_level(logging.DEBUG)
-    try:
-        yield sink
-    finally:
-        platform.removeHandler(handler)
-    sink.text += caplog.text + "\n".join(repr(record.__dict__) for record in caplog.records)
-
-
 def test_a_secret_value_appears_in_no_response_or_log_line_of_any_admin_route(
-    installed: AwsStack, every_log_line: _Sink
+    installed: AwsStack, every_log_line: EveryLogLine
 ) -> None:
     secret = "canary-Hq4uP7-admin-side"
     secret_path = f"/installs/{NAME}/secrets/API_KEY"
@@ -391,8 +360,8 @@ def test_a_secret_value_appears_in_no_response_or_log_line_of_any_admin_route(
         f"{answer.headers}\n{answer.body.decode() if isinstance(answer.body, bytes) else answer.body}"
         for answer in answers
     )
-    output = responses + "\n" + every_log_line.text
+    output = responses + "\n" + every_log_line.text()
     needles = {secret, base64.b64encode(secret.encode()).decode(), secret.encode().hex(), json.dumps(secret)}
     assert [needle for needle in needles if needle in output] == []
     # The paths ran and logged: the test is not vacuous.
-    assert "secrets.put" in every_log_line.text and "secrets.purge" in every_log_line.text
+    assert "secrets.put" in every_log_line.json_lines and "secrets.purge" in every_log_line.json_lines

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-import logging
 import pickle
 import traceback
 from collections.abc import Callable, Iterator
@@ -20,7 +19,6 @@ from moto import mock_aws
 from chalicelib.bundles.manifest import SecretSpec
 from chalicelib.config import load_settings
 from chalicelib.errors import BadRequest, ExtError, SecretDenied, SecretInvalid, SecretNotFound, SecretUnavailable
-from chalicelib.logs import JsonFormatter
 from chalicelib.secrets import (
     PutSecretRequest,
     SecretModel,
@@ -36,6 +34,7 @@ from chalicelib.secrets.sealing import encryption_context
 from chalicelib.tenancy import InstallScope
 from runner_container.host_services import core_secret_answer
 from runner_container.state import InstallSecrets
+from tests.log_capture import EveryLogLine
 
 EXTENSION = "com.acme.crm"
 ALIAS = "alias/ext-secrets-it"
@@ -369,7 +368,11 @@ def _every_rendering(obj: Any) -> str:
 
 
 def test_a_secret_value_appears_in_no_log_line_message_repr_or_response_of_any_path(
-    model: type[SecretModel], kms: Any, caplog: pytest.LogCaptureFixture, scope: InstallScope
+    model: type[SecretModel],
+    kms: Any,
+    caplog: pytest.LogCaptureFixture,
+    every_log_line: EveryLogLine,
+    scope: InstallScope,
 ) -> None:
     secret = "canary-Zq8vX2-do-not-leak"
     seen: list[Any] = []
@@ -380,44 +383,34 @@ def test_a_secret_value_appears_in_no_log_line_message_repr_or_response_of_any_p
         except Exception as exc:
             seen.append(exc)
 
-    # The platform's own JSON lines (the `ext` logger may not propagate: app.py configures it), at DEBUG.
-    json_lines = logging.getLogger("ext")
-    json_handler = logging.StreamHandler(stream := _Sink())
-    json_handler.setFormatter(JsonFormatter())
-    json_lines.addHandler(json_handler)
-    caplog.set_level(logging.DEBUG, logger="ext")
-    caplog.set_level(logging.DEBUG)  # every other logger: botocore's, pynamodb's
     admin = SecretsService(model, kms, ALIAS, lambda: T0)
     reader = SecretReader(model, kms)
     elsewhere = boto3.client("kms", region_name="eu-west-1")
     names = [spec.name for spec in DECLARED]
-    try:
-        request = PutSecretRequest.parse({"value": secret})
-        seen += [request, request.value, f"{request.value}", f"{request.value!r}"]
-        drive(lambda: admin.put(scope, "API_KEY", request, DECLARED, by="alice"))  # set
-        drive(lambda: admin.put(scope, "UNDECLARED", request, DECLARED))  # set, refused
-        drive(lambda: PutSecretRequest.parse({"value": secret * 400}))  # too long
-        drive(lambda: PutSecretRequest.parse({"value": secret, "extra": secret}))  # malformed
-        drive(lambda: admin.list(scope, DECLARED))  # list
-        drive(lambda: reader.get(scope, "API_KEY"))  # get, decrypting
-        drive(lambda: reader.get(scope, "API_KEY"))  # get, cached
-        access = SecretsAccess(reader, scope, names, allowed=True)
-        runner_secrets = InstallSecrets(access)
-        # call: the answer carries the value to the guest, so only its redacted form is checked
-        drive(lambda: core_secret_answer(runner_secrets, b"API_KEY")[1].replace(secret.encode(), b"<the value>"))
-        drive(lambda: access.get("NOT_DECLARED"))  # failing get: undeclared
-        drive(lambda: SecretsAccess(reader, scope, names, allowed=False).get("API_KEY"))  # failing get: denied
-        drive(lambda: reader.get(scope, "WEBHOOK_TOKEN"))  # failing get: not set
-        drive(lambda: SecretReader(model, elsewhere).get(scope, "API_KEY"))  # KMS failure
-        drive(lambda: SecretsService(model, elsewhere, ALIAS).put(scope, "API_KEY", request, DECLARED))
-        item = model.get(scope.key, "API_KEY")
-        moved = InstallScope(scope.tenant + "moved", scope.extension)
-        model(moved.key, "API_KEY", **{k: getattr(item, k) for k in _SEALED_FIELDS}).save()
-        drive(lambda: SecretReader(model, kms).get(moved, "API_KEY"))  # wrong context
-        drive(lambda: admin.delete(scope, "API_KEY"))
-        drive(lambda: admin.purge(moved))
-    finally:
-        json_lines.removeHandler(json_handler)
+    request = PutSecretRequest.parse({"value": secret})
+    seen += [request, request.value, f"{request.value}", f"{request.value!r}"]
+    drive(lambda: admin.put(scope, "API_KEY", request, DECLARED, by="alice"))  # set
+    drive(lambda: admin.put(scope, "UNDECLARED", request, DECLARED))  # set, refused
+    drive(lambda: PutSecretRequest.parse({"value": secret * 400}))  # too long
+    drive(lambda: PutSecretRequest.parse({"value": secret, "extra": secret}))  # malformed
+    drive(lambda: admin.list(scope, DECLARED))  # list
+    drive(lambda: reader.get(scope, "API_KEY"))  # get, decrypting
+    drive(lambda: reader.get(scope, "API_KEY"))  # get, cached
+    access = SecretsAccess(reader, scope, names, allowed=True)
+    runner_secrets = InstallSecrets(access)
+    # call: the answer carries the value to the guest, so only its redacted form is checked
+    drive(lambda: core_secret_answer(runner_secrets, b"API_KEY")[1].replace(secret.encode(), b"<the value>"))
+    drive(lambda: access.get("NOT_DECLARED"))  # failing get: undeclared
+    drive(lambda: SecretsAccess(reader, scope, names, allowed=False).get("API_KEY"))  # failing get: denied
+    drive(lambda: reader.get(scope, "WEBHOOK_TOKEN"))  # failing get: not set
+    drive(lambda: SecretReader(model, elsewhere).get(scope, "API_KEY"))  # KMS failure
+    drive(lambda: SecretsService(model, elsewhere, ALIAS).put(scope, "API_KEY", request, DECLARED))
+    item = model.get(scope.key, "API_KEY")
+    moved = InstallScope(scope.tenant + "moved", scope.extension)
+    model(moved.key, "API_KEY", **{k: getattr(item, k) for k in _SEALED_FIELDS}).save()
+    drive(lambda: SecretReader(model, kms).get(moved, "API_KEY"))  # wrong context
+    drive(lambda: admin.delete(scope, "API_KEY"))
+    drive(lambda: admin.purge(moved))
 
     # The data keys would open the sealed values just as well: they must not show either.
     data_keys = [
@@ -427,26 +420,13 @@ def test_a_secret_value_appears_in_no_log_line_message_repr_or_response_of_any_p
     ]
     needles = {secret, base64.b64encode(secret.encode()).decode(), secret.encode().hex()}
     needles |= {form for key in data_keys for form in (base64.b64encode(key).decode(), key.hex(), repr(key)[2:-1])}
-    records = [repr(record.__dict__) for record in caplog.records]
-    output = "\n".join([caplog.text, stream.text, *(_every_rendering(obj) for obj in seen), *records])
+    output = "\n".join([every_log_line.text(), *(_every_rendering(obj) for obj in seen)])
     assert [needle for needle in needles if needle in output] == []
     # The paths ran and logged: the test is not vacuous.
     assert any(isinstance(obj, SecretValue) for obj in seen)
     assert {type(obj) for obj in seen} >= {SecretInvalid, SecretDenied, SecretNotFound, SecretUnavailable, BadRequest}
-    assert "secrets.put" in stream.text and "secrets.get" in stream.text
+    assert "secrets.put" in every_log_line.json_lines and "secrets.get" in every_log_line.json_lines
     assert "botocore" in {record.name.split(".")[0] for record in caplog.records}
-
-
-class _Sink:
-    def __init__(self) -> None:
-        self.text = ""
-
-    def write(self, text: str) -> int:
-        self.text += text
-        return len(text)
-
-    def flush(self) -> None:
-        return None
 
 
 def test_a_secret_value_never_prints_or_pickles() -> None:
